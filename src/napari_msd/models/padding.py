@@ -1,0 +1,77 @@
+"""Reflective boundary padding that also works when the pad exceeds the image.
+
+``torch.nn.functional.pad(mode="reflect")`` mirrors an axis once and therefore
+refuses a pad as large as the axis itself. MS-D layers use dilations up to 10
+(or more), and thin slabs or tiny tiles are smaller than that. There the image is
+mirrored repeatedly (the even, periodic extension with period ``2 * (n - 1)``),
+which equals torch's ``reflect`` wherever that is defined and stays defined for
+any pad; an axis of length 1 is extended by repeating its single value. The fast
+torch kernels are used whenever they apply.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+_PAD = {1: torch._C._nn.reflection_pad1d, 2: torch._C._nn.reflection_pad2d, 3: torch._C._nn.reflection_pad3d}
+_PAD_BACKWARD = {
+    1: torch.ops.aten.reflection_pad1d_backward.grad_input,
+    2: torch.ops.aten.reflection_pad2d_backward.grad_input,
+    3: torch.ops.aten.reflection_pad3d_backward.grad_input,
+}
+
+
+def reflect_index(n: int, pad: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """Source indices of an axis of length ``n`` padded by ``pad`` on both sides."""
+    if n < 1:
+        raise ValueError(f"cannot pad an empty axis (length {n}); give the image at least one pixel")
+    idx = torch.arange(-pad, n + pad, device=device)
+    if n == 1:
+        return torch.zeros_like(idx)
+    period = 2 * (n - 1)
+    idx = torch.remainder(idx, period)
+    return torch.where(idx >= n, period - idx, idx)
+
+
+def _torch_can_pad(shape: torch.Size, pad: int, ndim: int) -> bool:
+    return len(shape) >= ndim + 1 and all(pad < n for n in shape[-ndim:])
+
+
+def reflect_pad(x: torch.Tensor, pad: int, ndim: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Pad the last ``ndim`` axes of ``x`` by ``pad`` on both sides (repeated reflection).
+
+    ``out``, if given, is a preallocated contiguous tensor of the padded shape
+    (it saves an allocation per call in hot loops); the result may or may not be it.
+    """
+    if pad == 0:
+        return x
+    if _torch_can_pad(x.shape, pad, ndim):
+        if out is None:
+            return F.pad(x, (pad,) * (2 * ndim), mode="reflect")
+        return _PAD[ndim](x, (pad,) * (2 * ndim), out=out)
+    for dim in range(x.ndim - ndim, x.ndim):
+        x = x.index_select(dim, reflect_index(x.shape[dim], pad, x.device))
+    return x
+
+
+def reflect_pad_adjoint(g: torch.Tensor, pad: int, ndim: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Adjoint of :func:`reflect_pad`: fold the gradient of a padded tensor back onto the image.
+
+    ``out``, if given, is a preallocated contiguous tensor of the unpadded shape.
+    """
+    if pad == 0:
+        return g
+    shape = g.shape[:-ndim] + tuple(n - 2 * pad for n in g.shape[-ndim:])
+    if _torch_can_pad(torch.Size(shape), pad, ndim):
+        out = g.new_empty(shape) if out is None else out
+        # the kernel reads only the shape of its ``self`` argument, so ``out`` serves for both
+        return _PAD_BACKWARD[ndim](g, out, [pad] * (2 * ndim), grad_input=out)
+    for dim in reversed(range(g.ndim - ndim, g.ndim)):
+        n = g.shape[dim] - 2 * pad
+        out_shape = list(g.shape)
+        out_shape[dim] = n
+        out = g.new_zeros(out_shape)
+        out.index_add_(dim, reflect_index(n, pad, g.device), g)
+        g = out
+    return g

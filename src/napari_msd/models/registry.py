@@ -1,0 +1,29 @@
+"""Architectures by name, so a model file can rebuild its network from plain data."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from .msd import MSDNet
+from .unet import UNet
+
+ARCHITECTURES: dict[str, type[nn.Module]] = {"msd": MSDNet, "unet": UNet}
+
+
+def build_model(arch: str, config: dict[str, Any]) -> nn.Module:
+    """Instantiate architecture ``arch`` from the keyword arguments in ``config``."""
+    try:
+        cls = ARCHITECTURES[arch]
+    except KeyError:
+        raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(sorted(ARCHITECTURES))}") from None
+    try:
+        return cls(**config)
+    except TypeError as err:
+        raise ValueError(f"invalid {arch} configuration {config}: {err}") from None
+
+
+def receptive_field(model: nn.Module) -> int:
+    """Theoretical receptive-field radius in pixels of any registered model."""
+    return int(model.receptive_field)
