@@ -160,7 +160,9 @@ class _MSDFunction(torch.autograd.Function):
         flat = buf.view(n, n_maps, -1)
         g_out = grad_logits.reshape(n, grad_logits.shape[1], -1)
 
-        grad_head_weight = torch.einsum("nop,ncp->oc", g_out, flat)
+        grad_head_weight = head_weight.new_zeros(head_weight.shape)
+        for b in range(n):  # per-sample products over transposed views: no copy of the buffer
+            grad_head_weight.addmm_(g_out[b], flat[b].t())
         grad_head_bias = g_out.sum(dim=(0, 2))
         grad = torch.matmul(head_weight.t(), g_out)  # (N, maps, P): the one gradient buffer
         grad_bias = buf.new_zeros(width * depth)
