@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -25,6 +26,96 @@ def _cmd_info(args: argparse.Namespace) -> None:
         raise CLIError(str(err)) from None
     json.dump(metadata.to_dict(), sys.stdout, indent=2, sort_keys=True)
     sys.stdout.write("\n")
+
+
+def _training_data(image: str, labels: str, name: str | None = None):
+    from .io import open_image, read_labels
+    from .training.sampling import TrainingData
+
+    return TrainingData(open_image(image), read_labels(labels), name or image)
+
+
+def _train_config(args: argparse.Namespace):
+    from .training.augment import Augmentation
+    from .training.engine import TrainConfig
+    from .training.inputs import InputSpec
+
+    if args.ndim == 3 and args.slices > 1:
+        raise CLIError("--ndim 3 trains on 3D patches; --slices (2.5D) applies to 2D models only")
+    mode = "3d" if args.ndim == 3 else ("2.5d" if args.slices > 1 else "2d")
+    model = {k: v for k, v in (("depth", args.depth), ("width", args.width), ("base_channels", args.base_channels))
+             if v is not None}
+    if args.arch == "msd" and args.base_channels is not None:
+        raise CLIError("--base-channels is a U-Net setting; MS-D takes --depth and --width")
+    if args.arch == "unet" and args.width is not None:
+        raise CLIError("--width is an MS-D setting; a U-Net takes --depth and --base-channels")
+    steps = args.steps if args.steps is not None else (None if args.time is not None else 1000)
+    return TrainConfig(
+        arch=args.arch, model=model,
+        input=InputSpec(mode=mode, slices=args.slices if mode == "2.5d" else 1,
+                        orientations=tuple(args.orientations.split(","))),
+        patch_size=args.patch_size, batch_size=args.batch_size, steps=steps, time_limit=args.time,
+        learning_rate=args.lr, validate_every=args.validate_every, patience=args.patience,
+        augmentation=Augmentation(intensity=args.intensity, elastic=args.elastic), dice_weight=args.dice,
+        device=args.device, threads=args.threads, seed=args.seed,
+        class_names=args.class_names.split(",") if args.class_names else None,
+    )
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    from .io import ImageReadError, ModelFileError
+    from .training.engine import Trainer
+    from .training.events import Paused, Saved, TrainingFinished, TrainingStarted, TrainStep, Validated
+    from .training.sampling import TrainingDataError
+
+    from pathlib import Path
+
+    if Path(args.output).exists() and not args.overwrite:
+        raise CLIError(f"{args.output} already exists; pass --overwrite to replace it or choose another file name")
+    try:
+        config = _train_config(args)
+        data = [_training_data(args.image, args.labels)] + [_training_data(i, lab) for i, lab in args.pair]
+        replay = [_training_data(i, lab) for i, lab in args.replay]
+        if replay and not args.init:
+            raise CLIError("--replay keeps earlier labels while fine-tuning; use it with --from MODEL")
+        trainer = Trainer(data, config, init=args.init, replay=replay, output=args.output, overwrite=args.overwrite)
+    except (ImageReadError, ModelFileError, TrainingDataError, FileExistsError, ValueError) as err:
+        raise CLIError(str(err)) from None
+
+    from tqdm import tqdm
+
+    total = config.steps if config.steps is not None else config.time_limit
+    bar = tqdm(total=total, unit="step" if config.steps is not None else "s", disable=args.quiet, dynamic_ncols=True,
+               bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} [{elapsed}<{remaining}{postfix}]")
+    previous = signal.signal(signal.SIGINT, lambda *_: (trainer.stop(), signal.signal(signal.SIGINT, previous)))
+    postfix: dict[str, str] = {}
+    try:
+        for event in trainer.run():
+            if isinstance(event, TrainingStarted):
+                bar.write(f"training {config.arch} ({event.n_parameters:,} parameters) on {event.device}; "
+                          f"patches {'x'.join(map(str, event.patch_size))}; labeled pixels {event.train_pixels}, "
+                          f"held out for validation {event.val_pixels or 'none (too few strokes)'}")
+            elif isinstance(event, TrainStep):
+                bar.n = event.step if config.steps is not None else min(event.elapsed, total)
+                postfix["loss"] = f"{event.loss:.3f}"
+                bar.set_postfix(postfix, refresh=True)
+            elif isinstance(event, Validated):
+                postfix[config.metric] = f"{event.score:.3f}"
+                postfix["best"] = f"{event.best_score:.3f}@{event.best_step}"
+            elif isinstance(event, Paused):
+                bar.write("paused" if event.paused else "resumed")
+            elif isinstance(event, Saved):
+                postfix["saved"] = f"@{event.step}"
+            elif isinstance(event, TrainingFinished):
+                bar.close()
+                best = event.best_metrics
+                summary = ", ".join(f"{k.replace('_', ' ')} {best[k]:.3f}" for k in
+                                    ("global_accuracy", "class_accuracy", "mean_iou") if k in best)
+                print(f"finished ({event.reason}) after {event.steps} steps in {event.elapsed:.0f} s; "
+                      f"saved {event.path}" + (f" (best step {event.best_step}: {summary})" if summary else ""))
+    finally:
+        bar.close()
+        signal.signal(signal.SIGINT, previous)
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
@@ -51,6 +142,45 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="print a model file's metadata as JSON")
     info.add_argument("model", help="a model file written by napari-msd")
     info.set_defaults(func=_cmd_info)
+
+    train = sub.add_parser(
+        "train", help="train a model from sparse labels (0 = unlabeled, 1..K = classes)",
+        description="Train MS-D or U-Net on painted labels. IMAGE and LABELS: TIFF, zarr (vol.zarr or "
+                    "vol.zarr::group/array), OME-Zarr, MRC or .npy; YX or ZYX. Ctrl-C stops and keeps the best model.",
+    )
+    train.add_argument("image", help="the image (YX or ZYX)")
+    train.add_argument("labels", help="labels of the same shape: 0 = unlabeled, 1..K = classes")
+    train.add_argument("-o", "--output", required=True, help="model file to write (e.g. membranes.msd)")
+    train.add_argument("--arch", choices=["msd", "unet"], default="msd", help="network (default: msd, 100 layers)")
+    train.add_argument("--ndim", type=int, choices=[2, 3], default=2, help="2: slice-wise model, 3: 3D patches")
+    train.add_argument("--slices", type=int, default=1, help="2.5D: N adjacent slices as channels (odd, e.g. 5)")
+    train.add_argument("--orientations", default="xy", help="2D models on volumes: xy, or xy,xz,yz (isotropic)")
+    limit = train.add_mutually_exclusive_group()
+    limit.add_argument("--steps", type=int, help="training steps (default 1000)")
+    limit.add_argument("--time", type=float, metavar="SECONDS", help="train for this long instead")
+    train.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
+    train.add_argument("--from", dest="init", metavar="MODEL", help="fine-tune this model instead of a new one")
+    train.add_argument("--replay", nargs=2, action="append", default=[], metavar=("IMAGE", "LABELS"),
+                       help="earlier training data to replay while fine-tuning (repeatable)")
+    train.add_argument("--pair", nargs=2, action="append", default=[], metavar=("IMAGE", "LABELS"),
+                       help="another image with labels to train on (repeatable)")
+    train.add_argument("--depth", type=int, help="layers (MS-D, default 100) or poolings (U-Net, default 4)")
+    train.add_argument("--width", type=int, help="MS-D channels per layer (default 1)")
+    train.add_argument("--base-channels", type=int, help="U-Net channels of the first level (default 32)")
+    train.add_argument("--batch-size", type=int, default=4)
+    train.add_argument("--patch-size", type=int, help="patch side in pixels (default 128 in 2D, 48 in 3D)")
+    train.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    train.add_argument("--validate-every", type=int, default=50, metavar="STEPS")
+    train.add_argument("--patience", type=int, default=10, help="validations without improvement before stopping")
+    train.add_argument("--intensity", type=float, default=0.0, help="intensity jitter, e.g. 0.1")
+    train.add_argument("--elastic", type=float, default=0.0, help="elastic deformation in pixels, e.g. 4")
+    train.add_argument("--dice", type=float, default=0.0, help="weight of a Dice term added to cross-entropy")
+    train.add_argument("--class-names", help="comma-separated, e.g. membrane,interior")
+    train.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--overwrite", action="store_true", help="replace MODEL if it exists")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(func=_cmd_train)
 
     demo = sub.add_parser("demo", help="open napari with sample EM data and the napari-msd docks")
     demo.add_argument("--screenshot", metavar="PNG", help="save a screenshot of the window to PNG and exit")

@@ -64,6 +64,8 @@ class ModelMetadata:
     "high": 240.0, "percentiles": [1, 99]}`` (``{}`` when unset). ``provenance`` holds where the
     model came from (library versions, ``created``, and e.g. ``data_shape``, ``steps``, ``metrics``).
     ``receptive_field`` is the theoretical radius in pixels, ``effective_halo`` a measured one.
+    ``input`` says how network inputs are cut from an image (``{"mode": "2.5d", "slices": 5,
+    "orientations": ["xy"]}``, see :class:`napari_msd.training.inputs.InputSpec`; ``{}``: 2D slices).
     """
 
     arch: str
@@ -74,12 +76,13 @@ class ModelMetadata:
     normalization: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     effective_halo: int | None = None
+    input: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
         if not isinstance(self.arch, str) or not self.arch:
             raise ValueError(f"arch must be a non-empty string, got {self.arch!r}")
-        for name in ("config", "normalization", "provenance"):
+        for name in ("config", "normalization", "provenance", "input"):
             if not isinstance(getattr(self, name), dict):
                 raise ValueError(f"{name} must be a dict, got {type(getattr(self, name)).__name__}")
         if not isinstance(self.class_names, list | tuple) or not all(isinstance(n, str) for n in self.class_names):
@@ -126,6 +129,7 @@ def save_model(
     normalization: dict[str, Any] | None = None,
     provenance: dict[str, Any] | None = None,
     effective_halo: int | None = None,
+    input_spec: dict[str, Any] | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Write ``model`` and its metadata atomically to ``path`` (any extension; ``.msd`` suggested).
@@ -168,6 +172,7 @@ def save_model(
         normalization=dict(pick(normalization, "normalization", {})),
         provenance={**_default_provenance(), **pick(None, "provenance", {}), **(provenance or {})},
         effective_halo=pick(effective_halo, "effective_halo", None),
+        input=dict(pick(input_spec, "input", {})),
     )
     meta_json = json.dumps(meta.to_dict(), sort_keys=True, default=_to_json)
     tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}

@@ -1,0 +1,1 @@
+"""Training from sparse painted labels: sampling, augmentation, losses, validation and the engine."""

@@ -1,0 +1,440 @@
+"""The training engine: a generator of events that the napari docks and the CLI both drive.
+
+``Trainer(data, config).run()`` yields :mod:`~napari_msd.training.events` records. Between
+steps it honours :meth:`Trainer.stop`, :meth:`Trainer.pause` and :meth:`Trainer.resume`
+(callable from any thread), and :meth:`Trainer.snapshot` hands over a copy of the current
+network at any time (the live preview uses it). Patches are cut and augmented by one
+background thread while the network trains. The best weights by validation score are kept
+and, with ``output``, saved atomically whenever they improve, so a killed run leaves the best
+model so far and never a truncated file.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import queue
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..io.model_file import ModelMetadata, load_model, save_model
+from ..models.registry import build_model
+from . import metrics as seg_metrics
+from .augment import Augmentation
+from .device import cpu_threads, describe_device, select_device
+from .events import Paused, Saved, TrainingFinished, TrainingStarted, TrainStep, Validated
+from .inputs import InputSpec, plane_axes
+from .losses import SparseLoss, auto_class_weights
+from .normalization import Normalization, estimate_normalization
+from .sampling import PatchSampler, TrainingData, TrainingDataError, split, validation_tiles
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "msd": {"depth": 100, "width": 1},
+    "unet": {"depth": 4, "base_channels": 32},
+}
+METRICS = ("global_accuracy", "class_accuracy", "mean_iou")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that shapes a training run. ``steps`` and/or ``time_limit`` (seconds) bound it."""
+
+    arch: str = "msd"
+    model: dict[str, Any] = field(default_factory=dict)  # overrides of PRESETS[arch], e.g. {"depth": 50}
+    input: InputSpec = field(default_factory=InputSpec)
+    patch_size: int | None = None  # default 128 in 2D, 48 in 3D; shrunk to fit small images
+    batch_size: int = 4
+    steps: int | None = 1000
+    time_limit: float | None = None
+    learning_rate: float = 1e-3
+    validate_every: int = 50
+    patience: int = 10  # validations without improvement before stopping early; 0 never stops early
+    val_fraction: float = 0.15
+    metric: str = "global_accuracy"
+    augmentation: Augmentation = field(default_factory=Augmentation)
+    class_weights: str | Sequence[float] | None = "auto"
+    dice_weight: float = 0.0
+    device: str = "auto"
+    threads: int | None = None
+    amp: bool = True
+    seed: int = 0
+    class_names: list[str] | None = None
+    class_colors: list[str] | None = None
+    replay_fraction: float = 0.5
+
+    def check(self) -> None:
+        if self.steps is None and self.time_limit is None:
+            raise ValueError("give a number of steps or a time limit, or training would never end")
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"steps must be at least 1, got {self.steps}")
+        if self.time_limit is not None and self.time_limit <= 0:
+            raise ValueError(f"the time limit must be positive, got {self.time_limit}")
+        if self.batch_size < 1 or self.validate_every < 1:
+            raise ValueError("batch size and validation interval must be at least 1")
+        if self.metric not in METRICS:
+            raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {self.metric!r}")
+        if not 0 <= self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+
+
+def _check_data(data: Sequence[TrainingData], spec: InputSpec) -> None:
+    if not data:
+        raise TrainingDataError("no training data given; pass at least one image with labels")
+    for d in data:
+        spec.check_image(len(d.image.shape), d.name)
+        if tuple(d.labels.shape) != tuple(d.image.shape):
+            raise TrainingDataError(
+                f"labels {tuple(d.labels.shape)} and image {tuple(d.image.shape)} of {d.name} differ in shape; "
+                "paint the labels on a layer of the image's shape"
+            )
+        kind = np.dtype(d.labels.dtype).kind
+        if kind not in "iub":
+            raise TrainingDataError(f"labels of {d.name} are {d.labels.dtype}; labels must be integers "
+                                    "(0 = unlabeled, 1..K = classes)")
+        if np.dtype(d.image.dtype).kind not in "iuf":
+            raise TrainingDataError(f"image {d.name} has dtype {d.image.dtype}; use a grey-value image")
+
+
+def _patch_size(data: Sequence[TrainingData], spec: InputSpec, requested: int | None) -> tuple[int, ...]:
+    """One patch shape for every batch: the requested size, shrunk to the smallest image extent."""
+    if spec.mode == "3d":
+        side = requested or 48
+        depth = min([side] + [d.image.shape[0] for d in data])
+        return (depth,) + tuple(min([side] + [d.image.shape[a] for d in data]) for a in (1, 2))
+    side = requested or 128
+    extents = [side, side]
+    for d in data:
+        for orientation in spec.orientations:
+            (a, b), _ = plane_axes(len(d.image.shape), orientation)
+            extents = [min(extents[0], d.image.shape[a]), min(extents[1], d.image.shape[b])]
+    return tuple(extents)
+
+
+class Trainer:
+    """Train a network on sparse labels; see the module docstring.
+
+    ``init`` fine-tunes an existing model (a path, or ``(model, metadata)``): its architecture,
+    input cutting and normalisation are kept, and ``replay`` data (the labels it was trained on)
+    are mixed into every batch with ``config.replay_fraction`` so earlier annotations are not
+    forgotten. ``output``, if given, must not exist unless ``overwrite``.
+    """
+
+    def __init__(self, data: Sequence[TrainingData], config: TrainConfig | None = None, *,
+                 init: str | Path | tuple[torch.nn.Module, ModelMetadata] | None = None,
+                 replay: Sequence[TrainingData] = (), output: str | Path | None = None, overwrite: bool = False):
+        self.config = config = copy.deepcopy(config) if config is not None else TrainConfig()
+        config.check()
+        self.output = Path(output) if output is not None else None
+        if self.output is not None and self.output.exists() and not overwrite:
+            raise FileExistsError(f"{self.output} already exists; choose another file name or allow overwriting")
+        self.base_metadata: ModelMetadata | None = None
+        if init is not None:
+            model, self.base_metadata = load_model(init) if isinstance(init, str | Path) else init
+            self.init_source = str(init) if isinstance(init, str | Path) else "model in memory"
+            config.arch = self.base_metadata.arch
+            config.input = InputSpec.from_dict(self.base_metadata.input or {})
+        self.data, self.replay = list(data), list(replay)
+        _check_data(self.data + self.replay, config.input)
+
+        self.indices = [split(d, config.input, config.val_fraction, config.seed + i) for i, d in enumerate(self.data)]
+        self.replay_indices = [split(d, config.input, config.val_fraction, config.seed + 1000 + i)
+                               for i, d in enumerate(self.replay)]
+        all_indices = self.indices + self.replay_indices
+        counts: dict[int, int] = {}
+        for ix in all_indices:
+            for c, n in ix.count("train").items():
+                counts[c] = counts.get(c, 0) + n
+            for c, n in ix.count("val").items():
+                counts.setdefault(c, 0)
+        if not counts:
+            raise TrainingDataError("no labeled pixel found; paint a few strokes of each class (label 0 is unlabeled)")
+        if len(counts) < 2 and init is None:
+            raise TrainingDataError(f"only class {next(iter(counts))} is labeled; paint at least two classes")
+        n_classes = max(counts)
+        if init is not None:
+            n_out = int(model.out_channels)
+            if n_classes > n_out:
+                raise TrainingDataError(f"labels use class {n_classes} but the model predicts {n_out} classes; "
+                                        "train a new model for more classes")
+            n_classes = n_out
+            self.normalization = Normalization.from_dict(self.base_metadata.normalization)
+        else:
+            self.normalization = estimate_normalization([d.image for d in self.data + self.replay], seed=config.seed)
+        self.n_classes, self.counts = n_classes, counts
+        self.class_names = list(config.class_names or (self.base_metadata.class_names if self.base_metadata else
+                                                       [f"class {i + 1}" for i in range(n_classes)]))
+        if len(self.class_names) != n_classes:
+            raise ValueError(f"{len(self.class_names)} class names given for {n_classes} classes; give one per class")
+        self.class_colors = config.class_colors or (self.base_metadata.class_colors if self.base_metadata else None)
+
+        self.device = select_device(config.device)
+        if self.device.type == "cpu":
+            torch.set_num_threads(config.threads or cpu_threads())
+        torch.manual_seed(config.seed)
+        if init is None:
+            model_config = {**PRESETS.get(config.arch, {}), **config.model,
+                            "in_channels": config.input.in_channels, "out_channels": n_classes,
+                            "ndim": config.input.model_ndim}
+            model = build_model(config.arch, model_config)
+        self.model = model.to(self.device).train()
+        self.patch_size = _patch_size(self.data + self.replay, config.input, config.patch_size)
+        self.val_tiles = validation_tiles(all_indices, config.input, self.patch_size, n_classes, self.normalization,
+                                          seed=config.seed)
+        weights = config.class_weights
+        if weights == "auto":
+            weights = auto_class_weights(counts, n_classes)
+        self.loss_fn = SparseLoss(n_classes, weights, config.dice_weight).to(self.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.learning_rate)
+        self.use_amp = bool(config.amp and self.device.type == "cuda")
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._running = threading.Event()
+        self._running.set()
+        self.step = 0
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.best_step: int | None = None
+        self.best_score = -math.inf
+        self.best_metrics: dict = {}
+
+    # -- control, from any thread -------------------------------------------------------------
+    def stop(self) -> None:
+        """Finish after the current step (the best model is kept and saved)."""
+        self._stop.set()
+        self._running.set()
+
+    def pause(self) -> None:
+        self._running.clear()
+
+    def resume(self) -> None:
+        self._running.set()
+
+    @property
+    def paused(self) -> bool:
+        return not self._running.is_set()
+
+    def snapshot(self) -> torch.nn.Module:
+        """An independent copy of the network as it is now, in eval mode on the CPU."""
+        with self._lock:
+            state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+        twin = build_model(self.model.arch, self.model.config())
+        twin.load_state_dict(state)
+        return twin.eval()
+
+    def metadata(self) -> ModelMetadata:
+        """Metadata of the model as it would be saved now."""
+        return ModelMetadata(arch=self.model.arch, config=self.model.config(), class_names=self.class_names,
+                             receptive_field=int(self.model.receptive_field),
+                             class_colors=list(self.class_colors or []), normalization=self.normalization.to_dict(),
+                             provenance=self._provenance(), input=self.config.input.to_dict())
+
+    # -- the run ---------------------------------------------------------------------------------
+    def run(self) -> Iterator[Any]:
+        """Train, yielding events; ends with :class:`TrainingFinished`."""
+        cfg = self.config
+        names = self.class_names
+        yield TrainingStarted(
+            device=describe_device(self.device), n_parameters=sum(p.numel() for p in self.model.parameters()),
+            patch_size=self.patch_size, class_names=names,
+            train_pixels={names[c - 1]: n for c, n in sorted(self._pixels("train").items()) if c <= len(names)},
+            val_pixels={names[c - 1]: n for c, n in sorted(self._pixels("val").items()) if c <= len(names)},
+            fine_tuning=self.base_metadata is not None,
+        )
+        batches = _Prefetcher(self._make_sampler(), cfg.batch_size, cfg.augmentation, cfg.seed)
+        elapsed, reason, validated_at = 0.0, "steps", -1
+        try:
+            while True:
+                if self._stop.is_set():
+                    reason = "stopped"
+                    break
+                if not self._running.is_set():
+                    yield Paused(True)
+                    while not self._running.wait(0.05):
+                        pass
+                    yield Paused(False)
+                    continue
+                t0 = time.perf_counter()
+                x, y = batches.get()
+                loss = self._train_step(x, y)
+                elapsed += time.perf_counter() - t0
+                self.step += 1
+                progress = self._progress(elapsed)
+                eta = None if progress is None or progress <= 0 else elapsed * (1 - progress) / progress
+                yield TrainStep(self.step, loss, self.step * cfg.batch_size / elapsed, elapsed, eta, progress)
+                done = progress is not None and progress >= 1
+                if self.val_tiles and (self.step % cfg.validate_every == 0 or done):
+                    event = self._validate()
+                    validated_at = self.step
+                    yield event
+                    if event.improved and self.output is not None:
+                        yield self._save()
+                    if cfg.patience and self.step - (self.best_step or 0) >= cfg.patience * cfg.validate_every:
+                        reason = "early stopping"
+                        break
+                if done:
+                    reason = "steps" if cfg.steps is not None and self.step >= cfg.steps else "time"
+                    break
+        finally:
+            batches.close()
+        if self.val_tiles and validated_at != self.step and self.step > 0:
+            event = self._validate()
+            yield event
+        if self.best_state is not None:
+            with self._lock:
+                self.model.load_state_dict(self.best_state)
+        elif self.step > 0:  # no validation possible: the last weights are the result
+            self.best_step = self.step
+        path = None
+        if self.output is not None and self.step > 0:
+            saved = self._save()
+            path = saved.path
+            yield saved
+        yield TrainingFinished(reason, self.step, elapsed, self.best_step, dict(self.best_metrics), path)
+
+    def save(self, path: str | Path, overwrite: bool = False) -> Path:
+        """Write the current (after :meth:`run`: the best) model with its metadata, atomically."""
+        with self._lock:
+            return save_model(path, self.model, self.metadata(), overwrite=overwrite)
+
+    # -- internals -------------------------------------------------------------------------------
+    def _pixels(self, which: str) -> dict[int, int]:
+        out: dict[int, int] = {}
+        for ix in self.indices + self.replay_indices:
+            for c, n in ix.count(which).items():
+                out[c] = out.get(c, 0) + n
+        return out
+
+    def _make_sampler(self) -> PatchSampler:
+        return PatchSampler(self.indices, self.config.input, self.patch_size, self.n_classes, self.normalization,
+                            seed=self.config.seed, replay=self.replay_indices,
+                            replay_fraction=self.config.replay_fraction)
+
+    def _progress(self, elapsed: float) -> float | None:
+        parts = []
+        if self.config.steps is not None:
+            parts.append(self.step / self.config.steps)
+        if self.config.time_limit is not None:
+            parts.append(elapsed / self.config.time_limit)
+        return min(1.0, max(parts)) if parts else None
+
+    def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        x = x.to(self.device, non_blocking=True)
+        y = y.to(self.device, non_blocking=True)
+        with self._lock:
+            self.optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(device_type=self.device.type, enabled=self.use_amp):
+                loss = self.loss_fn(self.model(x), y)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        return float(loss.detach())
+
+    @torch.no_grad()
+    def _validate(self) -> Validated:
+        cm = np.zeros((self.n_classes, self.n_classes), np.int64)
+        with self._lock:
+            self.model.eval()
+            try:
+                for start in range(0, len(self.val_tiles), self.config.batch_size):
+                    chunk = self.val_tiles[start : start + self.config.batch_size]
+                    x = torch.from_numpy(np.stack([t[0] for t in chunk])).to(self.device)
+                    with torch.autocast(device_type=self.device.type, enabled=self.use_amp):
+                        pred = self.model(x).argmax(1).cpu().numpy()
+                    for (_, target), p in zip(chunk, pred):
+                        cm += seg_metrics.confusion_matrix(target + 1, p + 1, self.n_classes)
+            finally:
+                self.model.train()
+        metrics = _metrics_from(cm, self.class_names)
+        score = float(metrics[self.config.metric])
+        improved = score > self.best_score
+        if improved:
+            self.best_score, self.best_step, self.best_metrics = score, self.step, metrics
+            with self._lock:
+                self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        return Validated(self.step, metrics, score, improved, int(self.best_step or 0), float(self.best_score))
+
+    def _save(self) -> Saved:
+        self.save(self.output, overwrite=True)  # our own output: checked not to pre-exist in __init__
+        return Saved(str(self.output), self.step)
+
+    def _provenance(self) -> dict[str, Any]:
+        prov: dict[str, Any] = {
+            "trained_with": f"napari-msd {__version__}",
+            "data": [{"name": d.name, "shape": list(d.image.shape), "dtype": str(d.image.dtype)} for d in self.data],
+            "steps": self.step,
+            "best_step": self.best_step,
+            "metrics": self.best_metrics,
+            "labeled_pixels": {self.class_names[c - 1]: n for c, n in sorted(self.counts.items())
+                               if c <= len(self.class_names)},
+            "device": describe_device(self.device),
+            "seed": self.config.seed,
+            "patch_size": list(self.patch_size),
+        }
+        if self.base_metadata is not None:
+            prov["fine_tuned_from"] = {"source": self.init_source,
+                                       "created": self.base_metadata.provenance.get("created"),
+                                       "steps": self.base_metadata.provenance.get("steps")}
+            prov["replayed_images"] = len(self.replay)
+        return prov
+
+
+def _metrics_from(cm: np.ndarray, class_names: list[str]) -> dict[str, Any]:
+    ious = seg_metrics.iou(cm)
+    return {
+        "global_accuracy": float(seg_metrics.global_accuracy(cm)),
+        "class_accuracy": float(seg_metrics.class_accuracy(cm)),
+        "mean_iou": float(np.nanmean(ious)) if np.isfinite(ious).any() else 0.0,
+        "iou": {name: (None if math.isnan(v) else float(v)) for name, v in zip(class_names, ious)},
+        "pixels": int(cm.sum()),
+    }
+
+
+class _Prefetcher:
+    """Cuts and augments batches on one background thread while the network trains."""
+
+    def __init__(self, sampler: PatchSampler, batch_size: int, augmentation: Augmentation, seed: int, depth: int = 3):
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._work, args=(sampler, batch_size, augmentation, seed),
+                                        name="napari-msd-patches", daemon=True)
+        self._thread.start()
+
+    def _work(self, sampler: PatchSampler, batch_size: int, augmentation: Augmentation, seed: int) -> None:
+        generator = torch.Generator().manual_seed(seed)
+        try:
+            while not self._closed.is_set():
+                x, y = sampler.sample(batch_size)
+                item = augmentation(torch.from_numpy(x), torch.from_numpy(y), generator)
+                self._put(item)
+        except BaseException as err:  # hand the error to the training thread
+            self._put(err)
+
+    def _put(self, item: Any) -> None:
+        while not self._closed.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def get(self) -> tuple[torch.Tensor, torch.Tensor]:
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def close(self) -> None:
+        self._closed.set()
+        self._thread.join(timeout=5)
+
+
+__all__ = ["PRESETS", "TrainConfig", "Trainer"]

@@ -1,0 +1,57 @@
+"""Small typed records the training engine yields; the GUI and the CLI only render them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class TrainingStarted:
+    device: str
+    n_parameters: int
+    patch_size: tuple[int, ...]
+    class_names: list[str]
+    train_pixels: dict[str, int]  # class name -> labeled pixels used for training
+    val_pixels: dict[str, int]  # class name -> held-out pixels (empty: validation is off)
+    fine_tuning: bool = False
+
+
+@dataclass(frozen=True)
+class TrainStep:
+    step: int
+    loss: float
+    samples_per_s: float
+    elapsed: float  # seconds of training, pauses excluded
+    eta: float | None  # seconds left, when steps or a time limit bound the run
+    progress: float | None  # 0..1, likewise
+
+
+@dataclass(frozen=True)
+class Validated:
+    step: int
+    metrics: dict[str, float | list[float]]
+    score: float  # the metric early stopping watches
+    improved: bool
+    best_step: int
+    best_score: float
+
+
+@dataclass(frozen=True)
+class Paused:
+    paused: bool  # True when training paused, False when it resumed
+
+
+@dataclass(frozen=True)
+class Saved:
+    path: str
+    step: int
+
+
+@dataclass(frozen=True)
+class TrainingFinished:
+    reason: str  # "steps", "time", "early stopping" or "stopped"
+    steps: int
+    elapsed: float
+    best_step: int | None
+    best_metrics: dict = field(default_factory=dict)
+    path: str | None = None

@@ -1,0 +1,255 @@
+"""Which pixels train, which validate, and class-balanced patches around labeled pixels.
+
+Labels follow napari: 0 = unlabeled (ignored), 1..K = classes. The labeled pixels of each
+(image, labels) pair are indexed once by scanning the labels in slabs (never the whole
+volume at once; on densely labeled giant volumes each class is thinned to a random subset).
+Validation holds out whole cells of the image (32 px squares, one slice thick for 2D models)
+and a one-cell guard ring around them is used by neither side, so validation pixels are
+spatially apart from training pixels instead of being their neighbours.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from .inputs import InputSpec, plane_axes, read_input, read_target
+from .normalization import Normalization
+
+CELL = 32
+IGNORE = -1  # target value of pixels that do not count in the loss
+
+
+class TrainingDataError(ValueError):
+    """Training data the engine cannot use; the message is one line saying what to do."""
+
+
+@dataclass
+class TrainingData:
+    """One image with its labels (same shape, YX or ZYX; numpy, dask or zarr)."""
+
+    image: Any
+    labels: Any
+    name: str = "image"
+
+
+@dataclass
+class LabelIndex:
+    """Labeled pixels of one :class:`TrainingData`, split into training and validation."""
+
+    data: TrainingData
+    cell: tuple[int, ...]
+    train: dict[int, np.ndarray] = field(default_factory=dict)  # class -> (M, ndim) coordinates
+    val: dict[int, np.ndarray] = field(default_factory=dict)
+    excluded: np.ndarray | None = None  # cell grid: True where labels must not train (validation + guard)
+
+    def count(self, which: str = "train") -> dict[int, int]:
+        return {c: len(v) for c, v in getattr(self, which).items()}
+
+
+def _slab_rows(labels: Any) -> int:
+    chunks = getattr(labels, "chunks", None)
+    if chunks and isinstance(chunks[0], int):
+        return max(1, chunks[0])
+    if chunks and isinstance(chunks[0], tuple):  # dask
+        return max(1, chunks[0][0])
+    return max(1, int(2**24 // max(1, int(np.prod(labels.shape[1:])))))
+
+
+def scan_labels(labels: Any, max_per_class: int = 2_000_000, seed: int = 0) -> dict[int, np.ndarray]:
+    """Coordinates of every labeled pixel by class, read slab by slab.
+
+    A class with more than ``max_per_class`` pixels is thinned uniformly at random as the
+    scan goes, so memory stays bounded on densely labeled volumes.
+    """
+    rng = np.random.default_rng(seed)
+    kept: dict[int, list[np.ndarray]] = {}
+    keep_p: dict[int, float] = {}
+    counts: dict[int, int] = {}
+    step = _slab_rows(labels)
+    for start in range(0, labels.shape[0], step):
+        block = np.asarray(labels[start : start + step])
+        nz = np.nonzero(block)
+        if not nz[0].size:
+            continue
+        values = block[nz]
+        coords = np.stack(nz, axis=1).astype(np.int32)
+        coords[:, 0] += start
+        for c in np.unique(values):
+            c = int(c)
+            mine = coords[values == c]
+            p = keep_p.setdefault(c, 1.0)
+            if p < 1.0:
+                mine = mine[rng.random(len(mine)) < p]
+            kept.setdefault(c, []).append(mine)
+            counts[c] = counts.get(c, 0) + len(mine)
+            while counts[c] > max_per_class:  # halve the keep probability and thin what is kept
+                keep_p[c] /= 2
+                kept[c] = [k[rng.random(len(k)) < 0.5] for k in kept[c]]
+                counts[c] = sum(len(k) for k in kept[c])
+    return {c: np.concatenate(v) for c, v in sorted(kept.items()) if sum(len(k) for k in v)}
+
+
+def cell_shape(ndim: int, spec: InputSpec) -> tuple[int, ...]:
+    """Validation cells: 32 px in-plane; one slice thick for 2D models on volumes."""
+    if ndim == 2:
+        return (CELL, CELL)
+    return (CELL, CELL, CELL) if spec.mode == "3d" else (1, CELL, CELL)
+
+
+def split(data: TrainingData, spec: InputSpec, val_fraction: float = 0.15, seed: int = 0) -> LabelIndex:
+    """Index ``data``'s labeled pixels and hold out about ``val_fraction`` of each class in whole cells.
+
+    When holding out would leave a class without training pixels (a single short stroke, say),
+    this image contributes no validation pixels.
+    """
+    if data.labels.shape != data.image.shape:
+        raise TrainingDataError(
+            f"labels {tuple(data.labels.shape)} and image {tuple(data.image.shape)} of {data.name} differ in shape; "
+            "paint the labels on a layer of the image's shape"
+        )
+    coords = scan_labels(data.labels, seed=seed)
+    cell = cell_shape(len(data.image.shape), spec)
+    grid = tuple(-(-n // c) for n, c in zip(data.image.shape, cell))
+    index = LabelIndex(data, cell)
+    if not coords or val_fraction <= 0:
+        index.train, index.excluded = coords, np.zeros(grid, bool)
+        return index
+    rng = np.random.default_rng(seed)
+    cell_ids = {c: np.ravel_multi_index(tuple((xy // np.array(cell)).T), grid) for c, xy in coords.items()}
+    per_cell = {c: np.bincount(ids, minlength=int(np.prod(grid))) for c, ids in cell_ids.items()}
+    target = {c: val_fraction * len(xy) for c, xy in coords.items()}
+    held = {c: 0 for c in coords}
+    val_cells = np.zeros(int(np.prod(grid)), bool)
+    labeled_cells = np.unique(np.concatenate(list(cell_ids.values())))
+    for cid in rng.permutation(labeled_cells):
+        if any(per_cell[c][cid] and held[c] < target[c] for c in coords):
+            val_cells[cid] = True
+            for c in coords:
+                held[c] += int(per_cell[c][cid])
+        if all(held[c] >= target[c] for c in coords):
+            break
+    excluded = ndimage.binary_dilation(val_cells.reshape(grid), structure=np.ones((3,) * len(grid), bool))
+    flat_excluded = excluded.ravel()
+    train = {c: xy[~flat_excluded[cell_ids[c]]] for c, xy in coords.items()}
+    if any(len(v) == 0 for v in train.values()):
+        index.train, index.excluded = coords, np.zeros(grid, bool)
+        return index
+    index.train = train
+    index.val = {c: xy[val_cells[cell_ids[c]]] for c, xy in coords.items() if val_cells[cell_ids[c]].any()}
+    index.excluded = excluded
+    return index
+
+
+def excluded_mask(index: LabelIndex, box: tuple[slice, ...]) -> np.ndarray:
+    """Boolean mask over ``box`` of the pixels that lie in excluded (validation or guard) cells."""
+    axes = [np.arange(s.start, s.stop) // c for s, c in zip(box, index.cell)]
+    return index.excluded[np.ix_(*axes)]
+
+
+def to_target(labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """napari labels (0 = unlabeled, 1..K) to loss targets (IGNORE, 0..K-1)."""
+    target = labels.astype(np.int64) - 1
+    target[(target < 0) | (target >= n_classes)] = IGNORE
+    return target
+
+
+class PatchSampler:
+    """Class-balanced training patches: a class is drawn uniformly, then one of its pixels.
+
+    The patch is centred near that pixel (jittered by up to a quarter patch), cut through a
+    random orientation of ``spec``, normalised, and its labels in validation or guard cells
+    are set to :data:`IGNORE`. With ``replay`` indices (earlier annotations when
+    fine-tuning), a ``replay_fraction`` of patches come from them.
+    """
+
+    def __init__(self, indices: list[LabelIndex], spec: InputSpec, size: tuple[int, ...], n_classes: int,
+                 normalization: Normalization, seed: int = 0, replay: list[LabelIndex] | None = None,
+                 replay_fraction: float = 0.5):
+        self.spec, self.size, self.n_classes, self.normalization = spec, tuple(size), n_classes, normalization
+        self.rng = np.random.default_rng(seed)
+        self.groups = [g for g in (indices, replay or []) if any(ix.train for ix in g)]
+        self.fractions = [1.0] if len(self.groups) == 1 else [1 - replay_fraction, replay_fraction]
+
+    def _pick(self, group: list[LabelIndex]) -> tuple[LabelIndex, np.ndarray]:
+        classes = sorted({c for ix in group for c, xy in ix.train.items() if len(xy)})
+        c = classes[self.rng.integers(len(classes))]
+        weights = np.array([len(ix.train.get(c, ())) for ix in group], float)
+        ix = group[self.rng.choice(len(group), p=weights / weights.sum())]
+        coords = ix.train[c]
+        return ix, coords[self.rng.integers(len(coords))]
+
+    def sample(self, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(inputs (B, C, *size) float32, targets (B, *size) int64)``."""
+        xs, ys = [], []
+        for _ in range(batch_size):
+            group = self.groups[self.rng.choice(len(self.groups), p=self.fractions)]
+            ix, center = self._pick(group)
+            orientation = self.spec.orientations[self.rng.integers(len(self.spec.orientations))]
+            center = center.astype(int).copy()
+            if self.spec.mode == "3d":
+                jitter_axes: tuple[int, ...] = tuple(range(len(center)))
+            else:
+                jitter_axes = plane_axes(len(center), orientation)[0]
+            for axis, s in zip(jitter_axes, self.size):
+                center[axis] += int(self.rng.integers(-(s // 4), s // 4 + 1))
+            x, box = read_input(ix.data.image, self.spec, center, self.size, orientation)
+            labels = np.asarray(ix.data.labels[box]).copy()
+            labels[excluded_mask(ix, box)] = 0
+            y = read_target(labels, tuple(slice(0, n) for n in labels.shape), self.spec, orientation)
+            xs.append(self.normalization(x))
+            ys.append(to_target(y, self.n_classes))
+        return np.stack(xs), np.stack(ys)
+
+
+def validation_tiles(indices: list[LabelIndex], spec: InputSpec, size: tuple[int, ...], n_classes: int,
+                     normalization: Normalization, max_tiles: int = 32, seed: int = 0
+                     ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Fixed ``(input, target)`` tiles covering held-out pixels (xy orientation, no augmentation).
+
+    Each tile is centred on one validation cell and scores only that cell's validation pixels,
+    so a pixel is never counted twice; tiles are spread over the classes.
+    """
+    rng = np.random.default_rng(seed)
+    candidates = []
+    for ix in indices:
+        for c, xy in ix.val.items():
+            for cell_origin in np.unique(xy // np.array(ix.cell), axis=0):
+                candidates.append((c, ix, cell_origin))
+    rng.shuffle(candidates)
+    by_class: dict[int, list] = {}
+    for cand in candidates:
+        by_class.setdefault(cand[0], []).append(cand)
+    chosen, seen = [], set()
+    while len(chosen) < max_tiles and any(by_class.values()):  # round-robin over classes
+        for c in sorted(by_class):
+            if by_class[c] and len(chosen) < max_tiles:
+                _, ix, origin = by_class[c].pop()
+                key = (id(ix), tuple(origin))
+                if key not in seen:
+                    seen.add(key)
+                    chosen.append((ix, origin))
+    tiles = []
+    for ix, origin in chosen:
+        cell_box = tuple(slice(o * c, min((o + 1) * c, n)) for o, c, n in zip(origin, ix.cell, ix.data.image.shape))
+        zs = range(cell_box[0].start, cell_box[0].stop) if spec.mode != "3d" and len(ix.cell) == 3 else [None]
+        for z in zs:
+            center = [(s.start + s.stop) // 2 for s in cell_box]
+            if z is not None:
+                center[0] = z
+            x, box = read_input(ix.data.image, spec, center, size, "xy")
+            labels = np.asarray(ix.data.labels[box]).copy()
+            inside = np.ones(labels.shape, bool)  # score only validation pixels of this cell
+            for axis, (b, cb) in enumerate(zip(box, cell_box)):
+                pos = np.arange(b.start, b.stop)
+                shape = [1] * labels.ndim
+                shape[axis] = -1
+                inside &= ((pos >= cb.start) & (pos < cb.stop)).reshape(shape)
+            labels[~inside] = 0
+            y = read_target(labels, tuple(slice(0, n) for n in labels.shape), spec, "xy")
+            if (y > 0).any():
+                tiles.append((normalization(x), to_target(y, n_classes)))
+    return tiles
