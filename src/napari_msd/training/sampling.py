@@ -3,9 +3,12 @@
 Labels follow napari: 0 = unlabeled (ignored), 1..K = classes. The labeled pixels of each
 (image, labels) pair are indexed once by scanning the labels in slabs (never the whole
 volume at once; on densely labeled giant volumes each class is thinned to a random subset).
-Validation holds out whole cells of the image (32 px squares, one slice thick for 2D models)
-and a one-cell guard ring around them is used by neither side, so validation pixels are
-spatially apart from training pixels instead of being their neighbours.
+
+Validation holds out pixels spatially apart from the training ones, never random neighbours:
+for a class painted as several strokes, whole strokes (connected components, per slice for 2D
+models) are held out; for a class painted as one or two large regions (dense labels), whole
+cells (32 px squares, one slice thick for 2D models) are held out and a one-cell guard ring
+around them is used by neither side.
 """
 
 from __future__ import annotations
@@ -44,7 +47,8 @@ class LabelIndex:
     cell: tuple[int, ...]
     train: dict[int, np.ndarray] = field(default_factory=dict)  # class -> (M, ndim) coordinates
     val: dict[int, np.ndarray] = field(default_factory=dict)
-    excluded: np.ndarray | None = None  # cell grid: True where labels must not train (validation + guard)
+    excluded: np.ndarray | None = None  # cell grid: True where labels must not train (held-out cells + guard)
+    val_points: np.ndarray | None = None  # (M, ndim) every held-out pixel, masked out of training patches
 
     def count(self, which: str = "train") -> dict[int, int]:
         return {c: len(v) for c, v in getattr(self, which).items()}
@@ -100,10 +104,44 @@ def cell_shape(ndim: int, spec: InputSpec) -> tuple[int, ...]:
     return (CELL, CELL, CELL) if spec.mode == "3d" else (1, CELL, CELL)
 
 
-def split(data: TrainingData, spec: InputSpec, val_fraction: float = 0.15, seed: int = 0) -> LabelIndex:
-    """Index ``data``'s labeled pixels and hold out about ``val_fraction`` of each class in whole cells.
+def _components(xy: np.ndarray, per_slice: bool, max_voxels: int = 64_000_000) -> np.ndarray | None:
+    """Connected-component id of every coordinate (8/26-connected; per slice if ``per_slice``), or None if huge."""
+    lo = xy.min(axis=0)
+    extent = xy.max(axis=0) - lo + 1
+    if int(np.prod(extent.astype(np.int64))) > max_voxels:
+        return None
+    mask = np.zeros(tuple(extent), bool)
+    local = tuple((xy - lo).T)
+    mask[local] = True
+    structure = np.ones((3,) * xy.shape[1], bool)
+    if per_slice and xy.shape[1] == 3:
+        structure[0] = structure[2] = False
+    components, _ = ndimage.label(mask, structure=structure)
+    return components[local]
 
-    When holding out would leave a class without training pixels (a single short stroke, say),
+
+def _hold_out_strokes(ids: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray | None:
+    """Boolean held-out mask choosing whole components, or None when the class is not stroke-like."""
+    sizes = np.bincount(ids)[1:]
+    present = np.flatnonzero(sizes) + 1
+    if len(present) < 3 or sizes.max() > 0.5 * sizes.sum():
+        return None
+    target, held, chosen = fraction * sizes.sum(), 0, []
+    for comp in rng.permutation(present):
+        if held >= target or len(chosen) == len(present) - 1:
+            break
+        size = sizes[comp - 1]
+        if held and held + size > 2 * target:
+            continue
+        chosen.append(comp)
+        held += size
+    return np.isin(ids, chosen)
+
+
+def split(data: TrainingData, spec: InputSpec, val_fraction: float = 0.15, seed: int = 0) -> LabelIndex:
+    """Index ``data``'s labeled pixels and hold out about ``val_fraction`` of each class (module docstring).
+
+    When holding out would leave a class without training pixels (one short stroke, say),
     this image contributes no validation pixels.
     """
     if data.labels.shape != data.image.shape:
@@ -114,40 +152,58 @@ def split(data: TrainingData, spec: InputSpec, val_fraction: float = 0.15, seed:
     coords = scan_labels(data.labels, seed=seed)
     cell = cell_shape(len(data.image.shape), spec)
     grid = tuple(-(-n // c) for n, c in zip(data.image.shape, cell))
-    index = LabelIndex(data, cell)
+    index = LabelIndex(data, cell, train=coords, excluded=np.zeros(grid, bool))
     if not coords or val_fraction <= 0:
-        index.train, index.excluded = coords, np.zeros(grid, bool)
         return index
     rng = np.random.default_rng(seed)
     cell_ids = {c: np.ravel_multi_index(tuple((xy // np.array(cell)).T), grid) for c, xy in coords.items()}
-    per_cell = {c: np.bincount(ids, minlength=int(np.prod(grid))) for c, ids in cell_ids.items()}
-    target = {c: val_fraction * len(xy) for c, xy in coords.items()}
-    held = {c: 0 for c in coords}
+    held: dict[int, np.ndarray] = {}
+    dense = []
+    for c, xy in coords.items():
+        ids = _components(xy, per_slice=spec.mode != "3d")
+        mask = None if ids is None else _hold_out_strokes(ids, val_fraction, rng)
+        if mask is None:
+            dense.append(c)
+        else:
+            held[c] = mask
     val_cells = np.zeros(int(np.prod(grid)), bool)
-    labeled_cells = np.unique(np.concatenate(list(cell_ids.values())))
-    for cid in rng.permutation(labeled_cells):
-        if any(per_cell[c][cid] and held[c] < target[c] for c in coords):
-            val_cells[cid] = True
-            for c in coords:
-                held[c] += int(per_cell[c][cid])
-        if all(held[c] >= target[c] for c in coords):
-            break
+    if dense:  # whole cells, greedily, until each dense class has its share
+        per_cell = {c: np.bincount(cell_ids[c], minlength=val_cells.size) for c in dense}
+        target = {c: val_fraction * len(coords[c]) for c in dense}
+        count = dict.fromkeys(dense, 0)
+        for cid in rng.permutation(np.unique(np.concatenate([cell_ids[c] for c in dense]))):
+            if all(count[c] >= target[c] for c in dense):
+                break
+            if any(per_cell[c][cid] and count[c] < target[c] for c in dense):
+                val_cells[cid] = True
+                for c in dense:
+                    count[c] += int(per_cell[c][cid])
     excluded = ndimage.binary_dilation(val_cells.reshape(grid), structure=np.ones((3,) * len(grid), bool))
     flat_excluded = excluded.ravel()
-    train = {c: xy[~flat_excluded[cell_ids[c]]] for c, xy in coords.items()}
-    if any(len(v) == 0 for v in train.values()):
-        index.train, index.excluded = coords, np.zeros(grid, bool)
+    train, val = {}, {}
+    for c, xy in coords.items():
+        in_val = held.get(c, np.zeros(len(xy), bool)) | val_cells[cell_ids[c]]
+        keep = ~in_val & ~flat_excluded[cell_ids[c]]
+        train[c] = xy[keep]
+        if in_val.any():
+            val[c] = xy[in_val]
+    if any(len(v) == 0 for v in train.values()) or not val:
         return index
-    index.train = train
-    index.val = {c: xy[val_cells[cell_ids[c]]] for c, xy in coords.items() if val_cells[cell_ids[c]].any()}
-    index.excluded = excluded
+    index.train, index.val, index.excluded = train, val, excluded
+    index.val_points = np.concatenate(list(val.values()))
     return index
 
 
 def excluded_mask(index: LabelIndex, box: tuple[slice, ...]) -> np.ndarray:
-    """Boolean mask over ``box`` of the pixels that lie in excluded (validation or guard) cells."""
+    """Boolean mask over ``box`` of the pixels whose labels must not train (held out, or in a guard cell)."""
     axes = [np.arange(s.start, s.stop) // c for s, c in zip(box, index.cell)]
-    return index.excluded[np.ix_(*axes)]
+    mask = index.excluded[np.ix_(*axes)].copy()
+    if index.val_points is not None:
+        lo = np.array([s.start for s in box])
+        hi = np.array([s.stop for s in box])
+        inside = index.val_points[np.all((index.val_points >= lo) & (index.val_points < hi), axis=1)]
+        mask[tuple((inside - lo).T)] = True
+    return mask
 
 
 def to_target(labels: np.ndarray, n_classes: int) -> np.ndarray:
@@ -235,20 +291,21 @@ def validation_tiles(indices: list[LabelIndex], spec: InputSpec, size: tuple[int
     tiles = []
     for ix, origin in chosen:
         cell_box = tuple(slice(o * c, min((o + 1) * c, n)) for o, c, n in zip(origin, ix.cell, ix.data.image.shape))
+        lo = np.array([b.start for b in cell_box])
+        hi = np.array([b.stop for b in cell_box])
+        points = {c: xy[np.all((xy >= lo) & (xy < hi), axis=1)] for c, xy in ix.val.items()}
         zs = range(cell_box[0].start, cell_box[0].stop) if spec.mode != "3d" and len(ix.cell) == 3 else [None]
         for z in zs:
-            center = [(s.start + s.stop) // 2 for s in cell_box]
+            center = [(b.start + b.stop) // 2 for b in cell_box]
             if z is not None:
                 center[0] = z
             x, box = read_input(ix.data.image, spec, center, size, "xy")
-            labels = np.asarray(ix.data.labels[box]).copy()
-            inside = np.ones(labels.shape, bool)  # score only validation pixels of this cell
-            for axis, (b, cb) in enumerate(zip(box, cell_box)):
-                pos = np.arange(b.start, b.stop)
-                shape = [1] * labels.ndim
-                shape[axis] = -1
-                inside &= ((pos >= cb.start) & (pos < cb.stop)).reshape(shape)
-            labels[~inside] = 0
+            box_lo = np.array([b.start for b in box])
+            box_hi = np.array([b.stop for b in box])
+            labels = np.zeros([b.stop - b.start for b in box], np.int64)  # only this cell's held-out pixels
+            for c, xy in points.items():
+                xy = xy[np.all((xy >= box_lo) & (xy < box_hi), axis=1)]
+                labels[tuple((xy - box_lo).T)] = c
             y = read_target(labels, tuple(slice(0, n) for n in labels.shape), spec, "xy")
             if (y > 0).any():
                 tiles.append((normalization(x), to_target(y, n_classes)))
