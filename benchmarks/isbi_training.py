@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from isbi_strokes import load_isbi, make_strokes  # noqa: E402
+from isbi_strokes import DEFAULT_DATA_DIR, load_isbi, make_strokes  # noqa: E402
 from rf_baseline import predict_rf, train_rf  # noqa: E402
 
 from napari_msd.io import load_model  # noqa: E402
@@ -36,7 +36,6 @@ from napari_msd.training.inputs import InputSpec, read_input  # noqa: E402
 from napari_msd.training.normalization import Normalization  # noqa: E402
 from napari_msd.training.sampling import TrainingData  # noqa: E402
 
-DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "isbi2012"
 
 
 @torch.no_grad()
@@ -109,7 +108,7 @@ def table(rows: list[dict], info: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder with train-volume.tif and labels")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA_DIR, help="folder with train-volume.tif and labels")
     parser.add_argument("--minutes", type=float, default=5.0, help="training time per network")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--arch", nargs="*", default=["msd", "unet"], choices=["msd", "unet"])

@@ -18,7 +18,7 @@ from napari_msd.io import ImageReadError, LazyArray, image_info, open_image, rea
 from napari_msd.io import images
 from napari_msd.io.images import ZARR_SEPARATOR
 
-ISBI = Path("/work/shared/data/isbi2012/train-volume.tif")
+ISBI = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "isbi2012" / "train-volume.tif"
 RNG = np.random.default_rng(0)
 
 
