@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from napari_msd import __version__
@@ -58,3 +59,101 @@ def test_missing_subcommand_is_a_usage_error(capsys):
         main([])
     assert exit_info.value.code == 2
     assert "COMMAND" in capsys.readouterr().err
+
+
+# -- napari-msd train -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def stroke_files(tmp_path: Path) -> tuple[Path, Path]:
+    """A two-texture 2D image (dark left, bright right) with a few strokes of each class."""
+    rng = np.random.default_rng(0)
+    image = rng.normal(60, 10, (64, 64)).astype(np.float32)
+    image[:, 32:] += 120
+    labels = np.zeros((64, 64), np.uint8)
+    labels[8:56:8, 6:24] = 1
+    labels[8:56:8, 40:58] = 2
+    np.save(tmp_path / "image.npy", image)
+    np.save(tmp_path / "labels.npy", labels)
+    return tmp_path / "image.npy", tmp_path / "labels.npy"
+
+
+def _train(args: list[str], capsys) -> tuple[int, str, str]:
+    code = main(["train", *args, "--quiet"])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_train_writes_a_model_that_info_reads(stroke_files, tmp_path, capsys):
+    image, labels = stroke_files
+    out = tmp_path / "texture.msd"
+    code, stdout, _ = _train([str(image), str(labels), "-o", str(out), "--depth", "6", "--steps", "30",
+                              "--patch-size", "32", "--validate-every", "10", "--class-names", "dark,bright"], capsys)
+    assert code == 0 and out.exists()
+    assert "finished (steps) after 30 steps" in stdout and str(out) in stdout
+    assert main(["info", str(out)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["class_names"] == ["dark", "bright"] and info["config"]["depth"] == 6
+    assert info["input"]["mode"] == "2d" and info["normalization"]["method"] == "percentile"
+    assert info["provenance"]["steps"] == 30
+
+
+def _error_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("napari-msd train: error: ")
+    return lines[0]
+
+
+def test_train_errors_are_one_line_and_write_nothing(stroke_files, tmp_path, capsys):
+    image, labels = stroke_files
+    out = tmp_path / "model.msd"
+    base = ["-o", str(out), "--steps", "2", "--depth", "3"]
+
+    def error(*args: str) -> str:
+        code, _, err = _train([*args, *base], capsys)
+        assert code == 2
+        assert not out.exists()
+        return _error_line(err)
+
+    assert "no such file" in error(str(tmp_path / "missing.tif"), str(labels))
+    np.save(tmp_path / "small.npy", np.zeros((32, 64), np.uint8))
+    assert "differ in shape" in error(str(image), str(tmp_path / "small.npy"))
+    np.save(tmp_path / "empty.npy", np.zeros((64, 64), np.uint8))
+    assert "no labeled pixel" in error(str(image), str(tmp_path / "empty.npy"))
+    one = np.zeros((64, 64), np.uint8)
+    one[10, 10:20] = 2
+    np.save(tmp_path / "one.npy", one)
+    assert "only class 2 is labeled" in error(str(image), str(tmp_path / "one.npy"))
+    assert "needs a ZYX volume" in error(str(image), str(labels), "--slices", "5")
+    np.save(tmp_path / "float.npy", np.zeros((64, 64), np.float32))
+    assert "labels must be integers" in error(str(image), str(tmp_path / "float.npy"))
+    np.save(tmp_path / "4d.npy", np.zeros((2, 3, 64, 64), np.float32))
+    assert "4" in error(str(tmp_path / "4d.npy"), str(labels))
+    assert "--ndim 3" in error(str(image), str(labels), "--ndim", "3", "--slices", "3")
+    assert "--replay" in error(str(image), str(labels), "--replay", str(image), str(labels))
+
+
+def test_train_refuses_to_overwrite_a_model(stroke_files, tmp_path, capsys):
+    image, labels = stroke_files
+    out = tmp_path / "precious.msd"
+    out.write_bytes(b"a model the user made")
+    code, _, err = _train([str(image), str(labels), "-o", str(out), "--steps", "2"], capsys)
+    assert code == 2 and "--overwrite" in _error_line(err)
+    assert out.read_bytes() == b"a model the user made"
+
+
+def test_train_fine_tunes_from_a_model(stroke_files, tmp_path, capsys):
+    image, labels = stroke_files
+    first, second = tmp_path / "v1.msd", tmp_path / "v2.msd"
+    common = ["--steps", "10", "--patch-size", "32", "--validate-every", "5"]
+    assert _train([str(image), str(labels), "-o", str(first), "--depth", "5", *common], capsys)[0] == 0
+    code, _, _ = _train([str(image), str(labels), "-o", str(second), "--from", str(first),
+                         "--replay", str(image), str(labels), *common], capsys)
+    assert code == 0
+    assert main(["info", str(second)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["config"]["depth"] == 5
+    assert info["provenance"]["fine_tuned_from"]["source"] == str(first)
+    code, _, err = _train([str(image), str(labels), "-o", str(tmp_path / "v3.msd"), "--from", str(image)], capsys)
+    assert code == 2 and "image.npy" in _error_line(err)

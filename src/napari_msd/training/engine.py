@@ -34,7 +34,7 @@ from .events import Paused, Saved, TrainingFinished, TrainingStarted, TrainStep,
 from .inputs import InputSpec, plane_axes
 from .losses import SparseLoss, auto_class_weights
 from .normalization import Normalization, estimate_normalization
-from .sampling import PatchSampler, TrainingData, TrainingDataError, split, validation_tiles
+from .sampling import IGNORE, PatchSampler, TrainingData, TrainingDataError, split, validation_tiles
 
 PRESETS: dict[str, dict[str, Any]] = {
     "msd": {"depth": 100, "width": 1},
@@ -137,7 +137,10 @@ class Trainer:
             raise FileExistsError(f"{self.output} already exists; choose another file name or allow overwriting")
         self.base_metadata: ModelMetadata | None = None
         if init is not None:
-            model, self.base_metadata = load_model(init) if isinstance(init, str | Path) else init
+            if isinstance(init, str | Path):
+                model, self.base_metadata = load_model(init)
+            else:  # never train the caller's own object: it is the previous model version
+                model, self.base_metadata = copy.deepcopy(init[0]), copy.deepcopy(init[1])
             self.init_source = str(init) if isinstance(init, str | Path) else "model in memory"
             config.arch = self.base_metadata.arch
             config.input = InputSpec.from_dict(self.base_metadata.input or {})
@@ -165,8 +168,9 @@ class Trainer:
                 raise TrainingDataError(f"labels use class {n_classes} but the model predicts {n_out} classes; "
                                         "train a new model for more classes")
             n_classes = n_out
+        if self.base_metadata is not None and self.base_metadata.normalization:
             self.normalization = Normalization.from_dict(self.base_metadata.normalization)
-        else:
+        else:  # a new model, or one saved without normalisation: estimate it from the data
             self.normalization = estimate_normalization([d.image for d in self.data + self.replay], seed=config.seed)
         self.n_classes, self.counts = n_classes, counts
         self.class_names = list(config.class_names or (self.base_metadata.class_names if self.base_metadata else
@@ -203,7 +207,8 @@ class Trainer:
         self.step = 0
         self.best_state: dict[str, torch.Tensor] | None = None
         self.best_step: int | None = None
-        self.best_score = -math.inf
+        self.best_score, self.best_loss = -math.inf, math.inf
+        self.last_gain_step = 0
         self.best_metrics: dict = {}
 
     # -- control, from any thread -------------------------------------------------------------
@@ -277,7 +282,7 @@ class Trainer:
                     yield event
                     if event.improved and self.output is not None:
                         yield self._save()
-                    if cfg.patience and self.step - (self.best_step or 0) >= cfg.patience * cfg.validate_every:
+                    if cfg.patience and self.step - self.last_gain_step >= cfg.patience * cfg.validate_every:
                         reason = "early stopping"
                         break
                 if done:
@@ -340,24 +345,35 @@ class Trainer:
 
     @torch.no_grad()
     def _validate(self) -> Validated:
+        """Score the held-out tiles; ties on the metric are broken by the lower validation loss."""
         cm = np.zeros((self.n_classes, self.n_classes), np.int64)
+        loss_sum, loss_pixels = 0.0, 0
         with self._lock:
             self.model.eval()
             try:
                 for start in range(0, len(self.val_tiles), self.config.batch_size):
                     chunk = self.val_tiles[start : start + self.config.batch_size]
                     x = torch.from_numpy(np.stack([t[0] for t in chunk])).to(self.device)
+                    y = torch.from_numpy(np.stack([t[1] for t in chunk])).to(self.device)
                     with torch.autocast(device_type=self.device.type, enabled=self.use_amp):
-                        pred = self.model(x).argmax(1).cpu().numpy()
+                        logits = self.model(x).float()
+                    labeled = int((y != IGNORE).sum())
+                    loss_sum += float(torch.nn.functional.cross_entropy(logits, y, ignore_index=IGNORE,
+                                                                        reduction="sum"))
+                    loss_pixels += labeled
+                    pred = logits.argmax(1).cpu().numpy()
                     for (_, target), p in zip(chunk, pred):
                         cm += seg_metrics.confusion_matrix(target + 1, p + 1, self.n_classes)
             finally:
                 self.model.train()
         metrics = _metrics_from(cm, self.class_names)
+        metrics["loss"] = loss_sum / max(loss_pixels, 1)
         score = float(metrics[self.config.metric])
-        improved = score > self.best_score
+        if score > self.best_score:
+            self.last_gain_step = self.step  # early stopping watches the metric alone
+        improved = score > self.best_score or (score == self.best_score and metrics["loss"] < self.best_loss)
         if improved:
-            self.best_score, self.best_step, self.best_metrics = score, self.step, metrics
+            self.best_score, self.best_loss, self.best_step, self.best_metrics = score, metrics["loss"], self.step, metrics
             with self._lock:
                 self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         return Validated(self.step, metrics, score, improved, int(self.best_step or 0), float(self.best_score))

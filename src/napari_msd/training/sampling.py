@@ -5,10 +5,11 @@ Labels follow napari: 0 = unlabeled (ignored), 1..K = classes. The labeled pixel
 volume at once; on densely labeled giant volumes each class is thinned to a random subset).
 
 Validation holds out pixels spatially apart from the training ones, never random neighbours:
-for a class painted as several strokes, whole strokes (connected components, per slice for 2D
-models) are held out; for a class painted as one or two large regions (dense labels), whole
-cells (32 px squares, one slice thick for 2D models) are held out and a one-cell guard ring
-around them is used by neither side.
+for a class painted as several strokes, whole strokes are held out (connected components in 2D
+or 3D, strokes closer than a few pixels, or on neighbouring slices, counting as one); for a
+class painted as one or two large regions (dense labels), a compact block of cells (32 px,
+one slice thick for 2D models) is held out and a one-cell guard ring around it is used by
+neither side.
 """
 
 from __future__ import annotations
@@ -104,8 +105,8 @@ def cell_shape(ndim: int, spec: InputSpec) -> tuple[int, ...]:
     return (CELL, CELL, CELL) if spec.mode == "3d" else (1, CELL, CELL)
 
 
-def _components(xy: np.ndarray, per_slice: bool, max_voxels: int = 64_000_000) -> np.ndarray | None:
-    """Connected-component id of every coordinate (8/26-connected; per slice if ``per_slice``), or None if huge."""
+def _components(xy: np.ndarray, reach: int = 2, max_voxels: int = 64_000_000) -> np.ndarray | None:
+    """Component id of every coordinate, pixels within ``reach`` (in-plane; 1 across slices) joined; None if huge."""
     lo = xy.min(axis=0)
     extent = xy.max(axis=0) - lo + 1
     if int(np.prod(extent.astype(np.int64))) > max_voxels:
@@ -113,10 +114,10 @@ def _components(xy: np.ndarray, per_slice: bool, max_voxels: int = 64_000_000) -
     mask = np.zeros(tuple(extent), bool)
     local = tuple((xy - lo).T)
     mask[local] = True
-    structure = np.ones((3,) * xy.shape[1], bool)
-    if per_slice and xy.shape[1] == 3:
-        structure[0] = structure[2] = False
-    components, _ = ndimage.label(mask, structure=structure)
+    if reach > 1:  # join strokes a few pixels apart in-plane: they are not independent samples
+        plane = np.ones((1,) * (xy.shape[1] - 2) + (2 * reach - 1, 2 * reach - 1), bool)
+        mask = ndimage.binary_dilation(mask, structure=plane)
+    components, _ = ndimage.label(mask, structure=np.ones((3,) * xy.shape[1], bool))
     return components[local]
 
 
@@ -160,18 +161,22 @@ def split(data: TrainingData, spec: InputSpec, val_fraction: float = 0.15, seed:
     held: dict[int, np.ndarray] = {}
     dense = []
     for c, xy in coords.items():
-        ids = _components(xy, per_slice=spec.mode != "3d")
+        ids = _components(xy)
         mask = None if ids is None else _hold_out_strokes(ids, val_fraction, rng)
         if mask is None:
             dense.append(c)
         else:
             held[c] = mask
     val_cells = np.zeros(int(np.prod(grid)), bool)
-    if dense:  # whole cells, greedily, until each dense class has its share
+    if dense:  # a compact block: labeled cells nearest a random one, until each dense class has its share
         per_cell = {c: np.bincount(cell_ids[c], minlength=val_cells.size) for c in dense}
         target = {c: val_fraction * len(coords[c]) for c in dense}
         count = dict.fromkeys(dense, 0)
-        for cid in rng.permutation(np.unique(np.concatenate([cell_ids[c] for c in dense]))):
+        labeled = np.unique(np.concatenate([cell_ids[c] for c in dense]))
+        position = np.stack(np.unravel_index(labeled, grid), axis=1) * np.array(cell)  # in pixels
+        seed_cell = position[rng.integers(len(labeled))]
+        order = np.argsort(np.linalg.norm(position - seed_cell, axis=1) + rng.random(len(labeled)), kind="stable")
+        for cid in labeled[order]:
             if all(count[c] >= target[c] for c in dense):
                 break
             if any(per_cell[c][cid] and count[c] < target[c] for c in dense):

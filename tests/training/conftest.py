@@ -1,0 +1,94 @@
+"""Shared synthetic data for the training tests: small, fast, and learnable by tiny networks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+
+class CountingArray:
+    """A lazy array stand-in (like a zarr array): records every read made through ``__getitem__``.
+
+    It has no ``__array__``, so code that tries to read it whole with ``np.asarray`` gets an
+    object array and fails loudly instead of silently reading everything.
+    """
+
+    def __init__(self, data: np.ndarray, chunks: tuple[int, ...] | None = None):
+        self._data = data
+        self.shape = data.shape
+        self.dtype = data.dtype
+        self.ndim = data.ndim
+        if chunks is not None:
+            self.chunks = chunks
+        self.reads: list[int] = []  # elements returned by each read
+
+    def __getitem__(self, key):
+        out = self._data[key]
+        self.reads.append(int(np.size(out)))
+        return np.array(out, copy=True)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @property
+    def elements_read(self) -> int:
+        return sum(self.reads)
+
+
+def _make_task(shape=(192, 192), square=24, seed=0, levels=(60, 180), noise=20.0, classes=(1, 2), stroke=12):
+    """A checkerboard of dark (class 1) and bright (class 2) squares with Gaussian noise.
+
+    Returns ``(image uint8, labels uint8, truth uint8)``: one short horizontal stroke of
+    ``stroke`` pixels is painted in the middle of each square whose class is in ``classes``.
+    A 3-tuple ``shape`` gives a volume whose every slice is painted the same way.
+    """
+    rng = np.random.default_rng(seed)
+    plane = shape[-2:]
+    yy, xx = np.indices(plane)
+    truth2d = np.where(((yy // square) + (xx // square)) % 2 == 0, 1, 2).astype(np.uint8)
+    labels2d = np.zeros(plane, np.uint8)
+    for r0 in range(0, plane[0] - square + 1, square):
+        for c0 in range(0, plane[1] - square + 1, square):
+            r, c = r0 + square // 2, c0 + (square - stroke) // 2
+            cls = truth2d[r, c0]
+            if cls in classes:
+                labels2d[r, c : c + stroke] = cls
+    truth = np.broadcast_to(truth2d, shape).copy()
+    labels = np.broadcast_to(labels2d, shape).copy()
+    image = np.where(truth == 1, levels[0], levels[1]) + rng.normal(0, noise, shape)
+    return np.clip(image, 0, 255).astype(np.uint8), labels, truth
+
+
+def _predict(model: torch.nn.Module, normalization, image: np.ndarray) -> np.ndarray:
+    """Classes 1..K of a whole 2D image by one forward pass."""
+    with torch.no_grad():
+        x = torch.from_numpy(normalization(image))[None, None]
+        return model.eval()(x).argmax(1)[0].numpy() + 1
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Keep torch on one thread: the machine runs other work, and oversubscription makes steps 10x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def make_task():
+    """:func:`_make_task`, the checkerboard task builder."""
+    return _make_task
+
+
+@pytest.fixture(scope="session")
+def predict():
+    """:func:`_predict`, whole-image prediction of a 2D image."""
+    return _predict
+
+
+@pytest.fixture(scope="session")
+def counting_array():
+    """The :class:`CountingArray` class."""
+    return CountingArray

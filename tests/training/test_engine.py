@@ -1,0 +1,664 @@
+"""The training engine as the GUI and the CLI drive it: events, control from other threads, files, fine-tuning."""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from napari_msd.io.model_file import load_model, read_metadata, save_model
+from napari_msd.models import MSDNet
+from napari_msd.training import engine as engine_module
+from napari_msd.training.engine import TrainConfig, Trainer
+from napari_msd.training.events import Paused, Saved, TrainingFinished, TrainingStarted, TrainStep, Validated
+from napari_msd.training.inputs import InputSpec
+from napari_msd.training.sampling import TrainingData, TrainingDataError
+
+MSD = {"model": {"depth": 8}}
+UNET = {"arch": "unet", "model": {"depth": 2, "base_channels": 4}, "learning_rate": 3e-3}
+
+
+def _config(**overrides) -> TrainConfig:
+    """Tiny, fast settings: 48 px patches, one torch thread (the machine is shared)."""
+    settings = {**MSD, "patch_size": 48, "batch_size": 4, "steps": 30, "validate_every": 10,
+                "learning_rate": 1e-2, "threads": 1, "seed": 0}
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+def _of(events, kind):
+    return [e for e in events if isinstance(e, kind)]
+
+
+def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _same_state(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k].cpu(), b[k].cpu()) for k in a)
+
+
+def _one_line(err: pytest.ExceptionInfo) -> str:
+    text = str(err.value)
+    assert text and "\n" not in text, f"not one line: {text!r}"
+    return text
+
+
+def _run_in_thread(trainer: Trainer):
+    """Drive ``trainer.run()`` on a worker thread, as napari's thread_worker does."""
+    events: list = []
+    errors: list = []
+
+    def work():
+        try:
+            for event in trainer.run():
+                events.append(event)
+        except BaseException as err:  # noqa: BLE001 - handed to the test
+            errors.append(err)
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    return thread, events, errors
+
+
+def _patch_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "napari-msd-patches" and t.is_alive()]
+
+
+def _wait_for(condition, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting for the trainer"
+        time.sleep(0.005)
+
+
+@pytest.fixture(scope="module")
+def task(make_task):
+    return make_task()
+
+
+@pytest.fixture
+def data(task):
+    image, labels, _ = task
+    return [TrainingData(image, labels, name="checkerboard")]
+
+
+# -- learning and the event stream ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch", [MSD, UNET], ids=["msd", "unet"])
+def test_tiny_networks_learn_and_events_come_in_order(arch, task, data, predict):
+    image, labels, truth = task
+    trainer = Trainer(data, _config(**arch))
+    events = list(trainer.run())
+
+    started, finished = events[0], events[-1]
+    assert isinstance(started, TrainingStarted) and isinstance(finished, TrainingFinished)
+    assert len(_of(events, TrainingStarted)) == 1 and len(_of(events, TrainingFinished)) == 1
+    assert started.patch_size == (48, 48) and started.class_names == ["class 1", "class 2"]
+    assert started.n_parameters == sum(p.numel() for p in trainer.model.parameters())
+    assert started.val_pixels and set(started.train_pixels) == {"class 1", "class 2"}
+    assert sum(started.train_pixels.values()) + sum(started.val_pixels.values()) <= int((labels > 0).sum())
+    assert started.fine_tuning is False and "CPU" in started.device
+
+    steps = _of(events, TrainStep)
+    assert [s.step for s in steps] == list(range(1, 31))
+    assert all(math.isfinite(s.loss) and s.samples_per_s > 0 for s in steps)
+    assert all(b.elapsed >= a.elapsed for a, b in zip(steps, steps[1:]))
+    assert [s.progress for s in steps][-1] == pytest.approx(1.0)
+    assert all(b.progress > a.progress for a, b in zip(steps, steps[1:]))
+    assert np.mean([s.loss for s in steps[-5:]]) < np.mean([s.loss for s in steps[:5]])
+
+    validated = _of(events, Validated)
+    assert [v.step for v in validated] == [10, 20, 30]
+    for v in validated:  # each validation directly follows its step
+        assert isinstance(events[events.index(v) - 1], TrainStep) and events[events.index(v) - 1].step == v.step
+
+    assert finished.reason == "steps" and finished.steps == 30 and finished.path is None
+    assert finished.best_metrics["global_accuracy"] >= 0.9
+    assert finished.best_step in (10, 20, 30)
+    # the whole image, not just the painted strokes, is classified far better than chance (0.5)
+    pred = predict(trainer.snapshot(), trainer.normalization, image)
+    assert (pred == truth).mean() >= 0.75
+    assert all((pred[truth == c] == c).mean() >= 0.6 for c in (1, 2))
+
+
+def test_reproducible_with_the_same_seed(data):
+    def losses(seed):
+        trainer = Trainer(data, _config(steps=6, seed=seed))
+        return [e.loss for e in trainer.run() if isinstance(e, TrainStep)]
+
+    first = losses(0)
+    assert losses(0) == first
+    assert losses(1) != first
+
+
+def test_single_short_stroke_per_class_trains_without_validation(tmp_path, task):
+    image = task[0]
+    labels = np.zeros(image.shape, np.uint8)
+    labels[12, 4:14] = 1
+    labels[12, 28:40] = 2
+    out = tmp_path / "m.msd"
+    events = list(Trainer([TrainingData(image, labels)], _config(steps=5), output=out).run())
+    assert events[0].val_pixels == {} and events[0].train_pixels == {"class 1": 10, "class 2": 12}
+    assert not _of(events, Validated) and len(_of(events, TrainStep)) == 5
+    assert events[-1].reason == "steps" and events[-1].best_step == 5 and events[-1].best_metrics == {}
+    load_model(out)
+
+
+def test_volumes_train_in_2_5d_and_3d(make_task, tmp_path):
+    image, labels, _ = make_task(shape=(12, 64, 64), square=16, stroke=8)
+    spec = InputSpec(mode="2.5d", slices=3, orientations=("xy", "xz"))
+    out = tmp_path / "25d.msd"
+    events = list(Trainer([TrainingData(image, labels)], _config(model={"depth": 5}, input=spec, patch_size=32,
+                                                                  steps=4), output=out).run())
+    assert events[0].patch_size == (12, 32)  # shrunk to the 12 slices that xz planes have
+    assert events[-1].steps == 4
+    model, meta = load_model(out)
+    assert model.in_channels == 3 and InputSpec.from_dict(meta.input) == spec
+
+    three = InputSpec(mode="3d")
+    trainer = Trainer([TrainingData(image, labels)], _config(model={"depth": 4}, input=three, patch_size=16,
+                                                             steps=3, batch_size=2))
+    events = list(trainer.run())
+    assert events[0].patch_size == (12, 16, 16) and events[-1].steps == 3
+    assert trainer.snapshot().ndim == 3
+
+
+# -- stop, pause, resume, snapshot: from any thread -----------------------------------------------------------
+
+
+def test_stop_from_the_loop_ends_after_that_step(tmp_path, data):
+    out = tmp_path / "model.msd"
+    trainer = Trainer(data, _config(steps=500, validate_every=1000), output=out)
+    events = []
+    for event in trainer.run():
+        events.append(event)
+        if isinstance(event, TrainStep) and event.step == 5:
+            trainer.stop()
+    assert max(s.step for s in _of(events, TrainStep)) == 5
+    finished = events[-1]
+    assert finished.reason == "stopped" and finished.steps == 5 and finished.path == str(out)
+    model, meta = load_model(out)
+    assert meta.provenance["steps"] == 5
+    assert _same_state(_state(model), _state(trainer.model))
+
+
+def test_stop_from_another_thread_ends_within_one_step(tmp_path, data):
+    out = tmp_path / "model.msd"
+    trainer = Trainer(data, _config(steps=500, validate_every=7), output=out)
+    thread, events, errors = _run_in_thread(trainer)
+    _wait_for(lambda: trainer.step >= 3)
+    at_stop = trainer.step
+    trainer.stop()
+    thread.join(timeout=30)
+    assert not thread.is_alive() and not errors
+    finished = events[-1]
+    assert isinstance(finished, TrainingFinished) and finished.reason == "stopped"
+    assert at_stop <= finished.steps <= at_stop + 1
+    assert out.exists()
+    model, meta = load_model(out)
+    assert meta.provenance["steps"] == finished.steps
+    assert _of(events, Saved)[-1].path == finished.path == str(out)
+
+
+def test_stop_before_running_trains_nothing(tmp_path, data):
+    out = tmp_path / "model.msd"
+    trainer = Trainer(data, _config(), output=out)
+    trainer.stop()
+    events = list(trainer.run())
+    assert not _of(events, TrainStep)
+    assert events[-1].reason == "stopped" and events[-1].steps == 0
+
+
+def test_pause_freezes_training_until_resumed(data):
+    trainer = Trainer(data, _config(steps=500, validate_every=1000))
+    thread, events, errors = _run_in_thread(trainer)
+    try:
+        _wait_for(lambda: trainer.step >= 2)
+        trainer.pause()
+        assert trainer.paused
+        _wait_for(lambda: any(isinstance(e, Paused) and e.paused for e in events))
+        frozen = trainer.step
+        steps_seen = len(_of(events, TrainStep))
+        time.sleep(0.3)
+        assert trainer.step == frozen and len(_of(events, TrainStep)) == steps_seen
+        trainer.resume()
+        assert not trainer.paused
+        _wait_for(lambda: trainer.step >= frozen + 3)
+    finally:
+        trainer.stop()
+        thread.join(timeout=30)
+    assert not errors and events[-1].reason == "stopped"
+    kinds = [(type(e).__name__, getattr(e, "paused", None)) for e in events]
+    paused_at = kinds.index(("Paused", True))
+    resumed_at = kinds.index(("Paused", False))
+    assert paused_at < resumed_at
+    assert any(isinstance(e, TrainStep) for e in events[resumed_at:])
+    before = [e for e in events[:paused_at] if isinstance(e, TrainStep)][-1]
+    after = [e for e in events[resumed_at:] if isinstance(e, TrainStep)][0]
+    assert after.step == before.step + 1
+    assert after.elapsed - before.elapsed < 0.25  # the pause is not counted as training time
+
+
+def test_stop_while_paused_ends_the_run(data):
+    trainer = Trainer(data, _config(steps=500))
+    thread, events, errors = _run_in_thread(trainer)
+    _wait_for(lambda: trainer.step >= 1)
+    trainer.pause()
+    _wait_for(lambda: any(isinstance(e, Paused) for e in events))
+    trainer.stop()
+    thread.join(timeout=30)
+    assert not thread.is_alive() and not errors
+    assert events[-1].reason == "stopped"
+
+
+def test_snapshot_is_an_independent_eval_copy(data):
+    trainer = Trainer(data, _config(steps=20, validate_every=1000))
+    run = trainer.run()
+    for event in run:
+        if isinstance(event, TrainStep) and event.step == 3:
+            break
+    snap = trainer.snapshot()
+    at_three = _state(trainer.model)
+    assert not snap.training and trainer.model.training
+    assert all(p.device.type == "cpu" for p in snap.parameters())
+    assert _same_state(_state(snap), at_three)
+    assert type(snap) is type(trainer.model) and snap.config() == trainer.model.config()
+
+    with torch.no_grad():  # changing the copy leaves the trainer's network alone
+        for p in snap.parameters():
+            p.add_(1.0)
+    assert _same_state(_state(trainer.model), at_three)
+
+    snap = trainer.snapshot()
+    for event in run:  # training goes on; the snapshot does not follow it
+        if isinstance(event, TrainStep) and event.step == 6:
+            break
+    assert _same_state(_state(snap), at_three)
+    assert not _same_state(_state(trainer.model), at_three)
+    run.close()
+
+
+def test_snapshot_from_another_thread_during_training(data, task):
+    image = task[0]
+    trainer = Trainer(data, _config(steps=40, validate_every=10))
+    snapshots, errors = [], []
+    done = threading.Event()
+
+    def preview():  # what the live preview does while the worker trains
+        try:
+            while not done.is_set():
+                snap = trainer.snapshot()
+                with torch.no_grad():
+                    out = snap(torch.from_numpy(trainer.normalization(image[:40, :40]))[None, None])
+                snapshots.append(out.shape)
+        except BaseException as err:  # noqa: BLE001
+            errors.append(err)
+
+    thread = threading.Thread(target=preview, daemon=True)
+    thread.start()
+    try:
+        events = list(trainer.run())
+    finally:
+        done.set()
+        thread.join(timeout=30)
+    assert not errors
+    assert len(snapshots) >= 3 and all(s == (1, 2, 40, 40) for s in snapshots)
+    assert events[-1].reason == "steps" and events[-1].steps == 40
+
+
+def test_abandoning_the_run_stops_the_patch_thread(data):
+    """napari's worker.quit() closes the generator at a yield: nothing may keep running."""
+    trainer = Trainer(data, _config(steps=500))
+    run = trainer.run()
+    for event in run:
+        if isinstance(event, TrainStep) and event.step == 2:
+            break
+    assert _patch_threads()
+    run.close()
+    _wait_for(lambda: not _patch_threads(), timeout=10)
+
+
+class _BreakingImage:
+    """An image whose reads start failing (a lost network drive, a damaged zarr chunk)."""
+
+    def __init__(self, data):
+        self._data, self.shape, self.dtype, self.ndim = data, data.shape, data.dtype, data.ndim
+        self.broken = False
+
+    def __array__(self, dtype=None, copy=None):
+        return np.asarray(self._data, dtype=dtype)
+
+    def __getitem__(self, key):
+        if self.broken:
+            raise OSError("chunk 3.1 is unreadable")
+        return self._data[key]
+
+
+def test_a_failing_read_in_the_patch_thread_surfaces_in_run(task):
+    image, labels, _ = task
+    broken = _BreakingImage(image)
+    trainer = Trainer([TrainingData(broken, labels)], _config(steps=500))
+    run = trainer.run()
+    next(run)  # TrainingStarted
+    broken.broken = True
+    thread_result = []
+
+    def consume():
+        try:
+            for _ in run:
+                pass
+            thread_result.append("finished")
+        except OSError as err:
+            thread_result.append(err)
+
+    worker = threading.Thread(target=consume, daemon=True)
+    worker.start()
+    worker.join(timeout=30)
+    assert not worker.is_alive(), "the run hung after the patch thread failed"
+    assert isinstance(thread_result[0], OSError) and "chunk 3.1" in str(thread_result[0])
+    _wait_for(lambda: not _patch_threads(), timeout=10)
+
+
+# -- model files ----------------------------------------------------------------------------------------------
+
+
+def test_output_is_a_valid_model_after_every_save(tmp_path, data):
+    out = tmp_path / "model.msd"
+    trainer = Trainer(data, _config(steps=30, class_names=["dark", "bright"]), output=out)
+    saves = 0
+    for event in trainer.run():
+        if isinstance(event, Saved):
+            saves += 1
+            assert event.path == str(out)
+            model, meta = load_model(out)
+            assert _same_state(_state(model), _state(trainer.model))
+            assert meta.class_names == ["dark", "bright"]
+            assert meta.provenance["steps"] == event.step
+        if isinstance(event, TrainingFinished):
+            assert event.path == str(out)
+    assert saves >= 2  # when validation improved, and at the end
+    model, meta = load_model(out)
+    assert meta.arch == "msd" and meta.config["depth"] == 8
+    assert meta.normalization == trainer.normalization.to_dict()
+    assert meta.input == InputSpec().to_dict()
+    assert meta.provenance["best_step"] == trainer.best_step
+    assert [p.name for p in tmp_path.iterdir()] == ["model.msd"]  # no temporary files left
+
+
+def test_existing_output_is_refused_before_any_training(tmp_path, data, monkeypatch):
+    out = tmp_path / "model.msd"
+    out.write_bytes(b"precious")
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("training data was touched before the output was checked")
+
+    monkeypatch.setattr(engine_module, "split", no_training)
+    with pytest.raises(FileExistsError) as err:
+        Trainer(data, _config(), output=out)
+    assert str(out) in _one_line(err)
+    assert out.read_bytes() == b"precious"
+    monkeypatch.undo()
+    events = list(Trainer(data, _config(steps=2), output=out, overwrite=True).run())
+    assert events[-1].path == str(out)
+    load_model(out)
+
+
+def test_crash_while_saving_leaves_the_previous_model_intact(tmp_path, data, monkeypatch):
+    out = tmp_path / "model.msd"
+    trainer = Trainer(data, _config(steps=30), output=out)
+    run = trainer.run()
+    for event in run:
+        if isinstance(event, Saved):
+            break
+    else:
+        pytest.fail("no model was saved")
+    good = out.read_bytes()
+    good_step = read_metadata(out).provenance["steps"]
+
+    def crash(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="disk full"):
+        for _ in run:  # the final save (at least) must happen, and fail
+            pass
+    monkeypatch.undo()
+    assert out.read_bytes() == good
+    model, meta = load_model(out)
+    assert meta.provenance["steps"] == good_step
+    assert [p.name for p in tmp_path.iterdir()] == ["model.msd"]  # the partial temporary file is gone
+    _wait_for(lambda: not _patch_threads(), timeout=10)  # the patch thread ended with the run
+
+
+def test_save_refuses_to_overwrite_unless_asked(tmp_path, data):
+    trainer = Trainer(data, _config(steps=2))
+    list(trainer.run())
+    path = trainer.save(tmp_path / "a.msd")
+    with pytest.raises(FileExistsError):
+        trainer.save(path)
+    trainer.save(path, overwrite=True)
+    load_model(path)
+
+
+# -- when a run ends ------------------------------------------------------------------------------------------
+
+
+def _constant_metrics(cm, class_names):
+    return {"global_accuracy": 0.5, "class_accuracy": 0.5, "mean_iou": 0.25, "iou": {}, "pixels": int(cm.sum())}
+
+
+def test_early_stopping_restores_the_best_weights(tmp_path, data, monkeypatch):
+    scores = iter([0.6, 0.5, 0.5, 0.5])  # the first validation is the best; then the score only drops
+
+    def falling_metrics(cm, class_names):
+        score = next(scores)
+        return {"global_accuracy": score, "class_accuracy": score, "mean_iou": score, "iou": {},
+                "pixels": int(cm.sum())}
+
+    monkeypatch.setattr(engine_module, "_metrics_from", falling_metrics)
+    out = tmp_path / "model.msd"
+    trainer = Trainer(data, _config(steps=1000, validate_every=5, patience=1), output=out)
+    best = later = None
+    events = []
+    for event in trainer.run():
+        events.append(event)
+        if isinstance(event, Validated):
+            if event.improved:
+                best = _state(trainer.model)
+            else:
+                later = _state(trainer.model)
+    finished = events[-1]
+    assert finished.reason == "early stopping"
+    assert finished.steps == 10 and finished.best_step == 5
+    assert [(v.step, v.improved) for v in _of(events, Validated)] == [(5, True), (10, False)]
+    assert not _same_state(best, later), "the weights moved after the best validation"
+    assert _same_state(_state(trainer.model), best)
+    model, _ = load_model(out)
+    assert _same_state(_state(model), best)
+
+
+def test_equal_scores_keep_the_weights_with_the_lower_validation_loss(data, monkeypatch):
+    monkeypatch.setattr(engine_module, "_metrics_from", _constant_metrics)  # accuracy saturated
+    events = list(Trainer(data, _config(steps=12, validate_every=3, patience=0)).run())
+    validations = _of(events, Validated)
+    losses = [v.metrics["loss"] for v in validations]
+    best = min(range(len(losses)), key=losses.__getitem__)
+    assert events[-1].best_step == validations[best].step
+    assert events[-1].best_metrics["loss"] == pytest.approx(min(losses))
+
+
+def test_patience_zero_never_stops_early(data, monkeypatch):
+    monkeypatch.setattr(engine_module, "_metrics_from", _constant_metrics)
+    events = list(Trainer(data, _config(steps=12, validate_every=2, patience=0)).run())
+    assert events[-1].reason == "steps" and events[-1].steps == 12
+
+
+def test_time_limit_ends_the_run(data):
+    trainer = Trainer(data, _config(steps=None, time_limit=1.0, validate_every=1000))
+    start = time.monotonic()
+    events = list(trainer.run())
+    wall = time.monotonic() - start
+    finished = events[-1]
+    assert finished.reason == "time"
+    assert 1.0 <= finished.elapsed < 1.5
+    assert wall < 6.0
+    steps = _of(events, TrainStep)
+    assert steps[-1].progress == pytest.approx(1.0)
+    assert all(s.eta is not None and s.eta >= 0 for s in steps)
+    assert _of(events, Validated)[-1].step == finished.steps  # the result is validated
+
+
+def test_steps_and_time_limit_whichever_comes_first(data):
+    events = list(Trainer(data, _config(steps=3, time_limit=60.0)).run())
+    assert events[-1].reason == "steps" and events[-1].steps == 3
+
+
+# -- fine-tuning ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def base_model(tmp_path_factory, task):
+    """Model A, trained on image 1 with both classes painted."""
+    image, labels, _ = task
+    path = tmp_path_factory.mktemp("base") / "a.msd"
+    config = _config(steps=30, class_names=["dark", "bright"], class_colors=["#112233", "#ddeeff"])
+    trainer = Trainer([TrainingData(image, labels, name="one")], config, output=path)
+    assert list(trainer.run())[-1].best_metrics["global_accuracy"] >= 0.9
+    return path
+
+
+def _accuracy_on_strokes(model, normalization, image, labels, predict):
+    pred = predict(model, normalization, image)
+    return {c: float((pred[labels == c] == c).mean()) for c in (1, 2)}
+
+
+def test_fine_tuning_with_replay_remembers_earlier_annotations(base_model, task, make_task, predict, tmp_path):
+    image1, labels1, _ = task
+    # image 2 is brighter and only its bright class is painted: alone, these labels teach "all bright"
+    image2, labels2, _ = make_task(seed=1, levels=(90, 210), classes=(2,))
+    assert set(np.unique(labels2)) == {0, 2}
+    base_meta = read_metadata(base_model)
+    out = tmp_path / "b.msd"
+    # the architecture and input settings given here are ignored: a fine-tuned model keeps A's
+    config = _config(steps=20, arch="unet", model={"depth": 2}, input=InputSpec(mode="2.5d", slices=3))
+    trainer = Trainer([TrainingData(image2, labels2, name="two")], config, init=base_model,
+                      replay=[TrainingData(image1, labels1, name="one")], output=out)
+    events = list(trainer.run())
+    assert events[0].fine_tuning is True and events[0].class_names == ["dark", "bright"]
+    assert events[-1].reason == "steps"
+
+    accuracy = _accuracy_on_strokes(trainer.snapshot(), trainer.normalization, image1, labels1, predict)
+    assert accuracy[1] >= 0.9 and accuracy[2] >= 0.9, accuracy
+
+    model, meta = load_model(out)
+    assert meta.arch == base_meta.arch == "msd" and meta.config == base_meta.config
+    assert meta.input == base_meta.input
+    assert meta.normalization == base_meta.normalization  # not re-estimated on the brighter image
+    assert meta.class_names == ["dark", "bright"] and meta.class_colors == ["#112233", "#ddeeff"]
+    source = meta.provenance["fine_tuned_from"]
+    assert source["source"] == str(base_model)
+    assert source["created"] == base_meta.provenance["created"]
+    assert source["steps"] == base_meta.provenance["steps"]
+    assert meta.provenance["replayed_images"] == 1
+
+
+def test_without_replay_the_same_fine_tuning_forgets(base_model, task, make_task, predict):
+    """The control for the test above: these labels do bias the model when nothing is replayed."""
+    image1, labels1, _ = task
+    image2, labels2, _ = make_task(seed=1, levels=(90, 210), classes=(2,))
+    trainer = Trainer([TrainingData(image2, labels2)], _config(steps=20), init=base_model)
+    list(trainer.run())
+    accuracy = _accuracy_on_strokes(trainer.snapshot(), trainer.normalization, image1, labels1, predict)
+    assert accuracy[1] < 0.5, accuracy
+
+
+def test_fine_tuning_from_a_model_in_memory(base_model, task):
+    image, labels, _ = task
+    model, meta = load_model(base_model)
+    before = _state(model)
+    trainer = Trainer([TrainingData(image, labels)], _config(steps=3), init=(model, meta))
+    events = list(trainer.run())
+    assert events[0].fine_tuning and events[-1].steps == 3
+    assert trainer.metadata().provenance["fine_tuned_from"]["source"] == "model in memory"
+    assert trainer.metadata().provenance["replayed_images"] == 0
+    assert not _same_state(_state(trainer.model), before)  # it did train
+    # the caller's model is an earlier version the user may go back to: fine-tuning must not change it
+    assert _same_state(_state(model), before), "fine-tuning trained the caller's model in place"
+    assert not model.training
+
+
+def test_fine_tuning_a_model_file_without_stored_normalisation(tmp_path, data):
+    """A valid model file may hold no normalisation ({}: unset); fine-tuning must not crash on it."""
+    path = save_model(tmp_path / "bare.msd", MSDNet(1, 2, depth=4))
+    assert read_metadata(path).normalization == {}
+    try:
+        trainer = Trainer(data, _config(steps=2), init=path, output=tmp_path / "tuned.msd")
+    except ValueError as err:  # a clear refusal is acceptable too
+        assert "\n" not in str(err) and "normali" in str(err).lower()
+        return
+    list(trainer.run())
+    stored = read_metadata(tmp_path / "tuned.msd").normalization
+    assert math.isfinite(stored["low"]) and stored["high"] > stored["low"]
+
+
+def test_fine_tuning_refuses_more_classes_than_the_model_has(base_model, task):
+    image, labels, _ = task
+    labels = labels.copy()
+    labels[5, 5:15] = 3
+    with pytest.raises(TrainingDataError) as err:
+        Trainer([TrainingData(image, labels)], _config(), init=base_model)
+    text = _one_line(err)
+    assert "3" in text and "2 classes" in text
+
+
+def test_fine_tuning_may_paint_a_single_class(base_model, task):
+    image, labels, _ = task
+    only_one = np.where(labels == 1, 1, 0).astype(np.uint8)
+    events = list(Trainer([TrainingData(image, only_one)], _config(steps=2), init=base_model).run())
+    assert events[-1].steps == 2
+
+
+# -- bad input: one line, at construction ---------------------------------------------------------------------
+
+
+def _bad_inputs(image, labels):
+    two_d = image
+    return {
+        "no labeled pixel": ([TrainingData(two_d, np.zeros_like(labels))], {}, TrainingDataError, "no labeled"),
+        "one class only": ([TrainingData(two_d, np.where(labels == 2, 2, 0).astype(np.uint8))], {},
+                           TrainingDataError, "class 2"),
+        "float labels": ([TrainingData(two_d, labels.astype(np.float32))], {}, TrainingDataError, "integer"),
+        "2.5d on a 2D image": ([TrainingData(two_d, labels)], {"input": InputSpec(mode="2.5d", slices=3)},
+                               ValueError, "2D"),
+        "RGB-like 4D image": ([TrainingData(np.zeros((2, 32, 32, 3), np.uint8), np.zeros((2, 32, 32, 3), np.uint8))],
+                              {}, ValueError, "4 dimensions"),
+        "shape mismatch": ([TrainingData(two_d, labels[:-1])], {}, TrainingDataError, "shape"),
+        "no data": ([], {}, TrainingDataError, "no training data"),
+        "no bound": ([TrainingData(two_d, labels)], {"steps": None}, ValueError, "steps"),
+        "bad metric": ([TrainingData(two_d, labels)], {"metric": "f1"}, ValueError, "metric"),
+        "wrong class names": ([TrainingData(two_d, labels)], {"class_names": ["a", "b", "c"]}, ValueError, "names"),
+    }
+
+
+CASES = ["no labeled pixel", "one class only", "float labels", "2.5d on a 2D image", "RGB-like 4D image",
+         "shape mismatch", "no data", "no bound", "bad metric", "wrong class names"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_is_refused_with_one_line(case, task, tmp_path):
+    image, labels, _ = task
+    cases = _bad_inputs(image, labels)
+    assert sorted(cases) == sorted(CASES)
+    data, overrides, error, words = cases[case]
+    out = tmp_path / "never.msd"
+    with pytest.raises(error) as err:
+        Trainer(data, _config(**overrides), output=out)
+    assert words in _one_line(err)
+    assert not out.exists()
