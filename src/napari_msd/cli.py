@@ -118,6 +118,39 @@ def _cmd_train(args: argparse.Namespace) -> None:
         signal.signal(signal.SIGINT, previous)
 
 
+def _cmd_predict(args: argparse.Namespace) -> None:
+    from .inference.batch import BatchError, BatchFinished, BatchStarted, BlockWritten, prepare, run
+
+    try:
+        job = prepare(args.model, args.input, args.output, probabilities=args.probabilities, labels=not args.no_labels,
+                      tile_size=args.tile_size, halo=args.halo, overwrite=args.overwrite, device=args.device,
+                      batch_size=args.batch_size)
+    except (BatchError, ValueError) as err:
+        raise CLIError(str(err)) from None
+
+    from tqdm import tqdm
+
+    bar = None
+    try:
+        for event in run(job, scheduler=args.scheduler, workers=args.workers):
+            if isinstance(event, BatchStarted):
+                resumed = f", resuming: {event.n_done} already done" if event.n_done else ""
+                print(f"predicting {event.n_blocks} blocks of {'x'.join(map(str, event.block_shape))} "
+                      f"(halo {'x'.join(map(str, event.halo))}) in {event.where}{resumed}", file=sys.stderr)
+                bar = tqdm(total=event.n_blocks, initial=event.n_done, unit="block", disable=args.quiet,
+                           dynamic_ncols=True)
+            elif isinstance(event, BlockWritten):
+                bar.update(1)
+            elif isinstance(event, BatchFinished):
+                bar.close()
+                print(f"wrote {event.output}: {event.n_computed} blocks in {event.elapsed:.0f} s")
+    except (BatchError, ValueError) as err:
+        raise CLIError(str(err)) from None
+    finally:
+        if bar is not None:
+            bar.close()
+
+
 def _cmd_demo(args: argparse.Namespace) -> None:
     try:
         from ._widgets.demo import run_demo
@@ -181,6 +214,28 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--overwrite", action="store_true", help="replace MODEL if it exists")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(func=_cmd_train)
+
+    predict = sub.add_parser(
+        "predict", help="apply a model to a volume, writing zarr or OME-Zarr (resumable)",
+        description="Predict INPUT (TIFF, zarr, OME-Zarr, MRC, .npy) block by block into OUTPUT, a zarr store "
+                    "(OME-Zarr 0.5 with a pyramid when it ends in .ome.zarr). Run the same command again after an "
+                    "interruption to finish only the missing blocks.",
+    )
+    predict.add_argument("model", help="a model file written by napari-msd")
+    predict.add_argument("input", help="the image: a file, vol.zarr or vol.zarr::group/array")
+    predict.add_argument("output", help="the output zarr store (e.g. result.zarr or result.ome.zarr)")
+    predict.add_argument("--probabilities", nargs="?", const="uint8", default="none",
+                         choices=["none", "uint8", "float16"], help="also write class probabilities (uint8 by default)")
+    predict.add_argument("--no-labels", action="store_true", help="write probabilities only")
+    predict.add_argument("--tile-size", type=int, help="in-plane block size in pixels (default: fits memory)")
+    predict.add_argument("--halo", type=int, help="context around each block in pixels (default: the model's)")
+    predict.add_argument("--scheduler", help="'local' for a dask LocalCluster, or a scheduler address tcp://host:8786")
+    predict.add_argument("--workers", type=int, default=2, help="workers of the local cluster (default 2)")
+    predict.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    predict.add_argument("--batch-size", type=int, default=4, help="planes or blocks per forward pass")
+    predict.add_argument("--overwrite", action="store_true", help="replace an existing, different prediction")
+    predict.add_argument("--quiet", action="store_true", help="no progress bar")
+    predict.set_defaults(func=_cmd_predict)
 
     demo = sub.add_parser("demo", help="open napari with sample EM data and the napari-msd docks")
     demo.add_argument("--screenshot", metavar="PNG", help="save a screenshot of the window to PNG and exit")

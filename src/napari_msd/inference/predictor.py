@@ -290,11 +290,15 @@ class Predictor:
             offset += n
             yield BlockDone(block, out_l, out_p, seconds * n + time.perf_counter() - t0)
 
-    def predict_block(self, image: Any, block: Block) -> np.ndarray:
-        """Probabilities ``(K, *block.shape)`` of one block's output region (reads only its input)."""
+    def compute_block(self, image: Any, block: Block, *, labels: bool = True, probabilities: bool = True) -> BlockDone:
+        """One block's labels and/or probabilities, exactly as :meth:`blocks` computes them (reads only its input)."""
         self._check(image.shape)
         group = [(block, self.read_block(image, block))]
-        return next(self._compute(group, len(image.shape), False, True)).probabilities
+        return next(self._compute(group, len(image.shape), labels, probabilities))
+
+    def predict_block(self, image: Any, block: Block) -> np.ndarray:
+        """Probabilities ``(K, *block.shape)`` of one block's output region (reads only its input)."""
+        return self.compute_block(image, block, labels=False).probabilities
 
     def predict_region(self, image: Any, region: Sequence[slice | int],
                        halo: int | Sequence[int] | None = None) -> np.ndarray:
