@@ -96,6 +96,7 @@ def test_train_writes_a_model_that_info_reads(stroke_files, tmp_path, capsys):
     assert info["class_names"] == ["dark", "bright"] and info["config"]["depth"] == 6
     assert info["input"]["mode"] == "2d" and info["normalization"]["method"] == "percentile"
     assert info["provenance"]["steps"] == 30
+    assert 0 <= info["effective_halo"] <= info["receptive_field"]  # measured after training, used for tiling
 
 
 def _error_line(err: str) -> str:

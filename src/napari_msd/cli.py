@@ -112,7 +112,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
                 summary = ", ".join(f"{k.replace('_', ' ')} {best[k]:.3f}" for k in
                                     ("global_accuracy", "class_accuracy", "mean_iou") if k in best)
                 print(f"finished ({event.reason}) after {event.steps} steps in {event.elapsed:.0f} s; "
-                      f"saved {event.path}" + (f" (best step {event.best_step}: {summary})" if summary else ""))
+                      f"saved {event.path}" + (f" (best step {event.best_step}: {summary})" if summary else "")
+                      + (f"; effective halo {event.effective_halo} px" if event.effective_halo is not None else ""))
     finally:
         bar.close()
         signal.signal(signal.SIGINT, previous)

@@ -69,6 +69,7 @@ class TrainConfig:
     class_names: list[str] | None = None
     class_colors: list[str] | None = None
     replay_fraction: float = 0.5
+    measure_halo: bool = True  # measure the effective halo after training and store it with the model
 
     def check(self) -> None:
         if self.steps is None and self.time_limit is None:
@@ -209,6 +210,7 @@ class Trainer:
         self.best_step: int | None = None
         self.best_score, self.best_loss = -math.inf, math.inf
         self.last_gain_step = 0
+        self.effective_halo: int | None = None
         self.best_metrics: dict = {}
 
     # -- control, from any thread -------------------------------------------------------------
@@ -240,7 +242,8 @@ class Trainer:
         return ModelMetadata(arch=self.model.arch, config=self.model.config(), class_names=self.class_names,
                              receptive_field=int(self.model.receptive_field),
                              class_colors=list(self.class_colors or []), normalization=self.normalization.to_dict(),
-                             provenance=self._provenance(), input=self.config.input.to_dict())
+                             provenance=self._provenance(), input=self.config.input.to_dict(),
+                             effective_halo=self.effective_halo)
 
     # -- the run ---------------------------------------------------------------------------------
     def run(self) -> Iterator[Any]:
@@ -298,12 +301,15 @@ class Trainer:
                 self.model.load_state_dict(self.best_state)
         elif self.step > 0:  # no validation possible: the last weights are the result
             self.best_step = self.step
+        if cfg.measure_halo and self.step > 0:
+            self.effective_halo = self._measure_halo()
         path = None
         if self.output is not None and self.step > 0:
             saved = self._save()
             path = saved.path
             yield saved
-        yield TrainingFinished(reason, self.step, elapsed, self.best_step, dict(self.best_metrics), path)
+        yield TrainingFinished(reason, self.step, elapsed, self.best_step, dict(self.best_metrics), path,
+                               self.effective_halo)
 
     def save(self, path: str | Path, overwrite: bool = False) -> Path:
         """Write the current (after :meth:`run`: the best) model with its metadata, atomically."""
@@ -377,6 +383,15 @@ class Trainer:
             with self._lock:
                 self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         return Validated(self.step, metrics, score, improved, int(self.best_step or 0), float(self.best_score))
+
+    def _measure_halo(self) -> int:
+        """The context the trained network really needs at tile borders (see inference.halo)."""
+        from ..inference.halo import measure_effective_halo
+        from ..inference.predictor import Predictor
+
+        model = self.snapshot().to(self.device)
+        return measure_effective_halo(Predictor(model, self.metadata(), self.device, self.config.batch_size),
+                                      self.data[0].image)
 
     def _save(self) -> Saved:
         self.save(self.output, overwrite=True)  # our own output: checked not to pre-exist in __init__

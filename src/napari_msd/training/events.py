@@ -55,3 +55,4 @@ class TrainingFinished:
     best_step: int | None
     best_metrics: dict = field(default_factory=dict)
     path: str | None = None
+    effective_halo: int | None = None  # measured context in pixels, stored with the model
