@@ -96,7 +96,10 @@ def prepare(model_path: str | os.PathLike[str], image_spec: str, output_path: st
         raise BatchError(f"the tile size must be a positive number of pixels, got {tile_size}")
     if halo is not None and halo < 0:
         raise BatchError(f"the halo must be >= 0 pixels, got {halo}")
-    model_path = os.fspath(model_path)
+    model_path = os.path.abspath(os.fspath(model_path))  # workers and later runs may start elsewhere
+    image_spec = _absolute_spec(str(image_spec))
+    output_path = os.path.abspath(os.fspath(output_path))
+    _refuse_overlap(image_spec, output_path)
     try:
         predictor = Predictor.from_file(model_path, device=device, batch_size=batch_size)
     except (ModelFileError, ValueError) as err:
@@ -106,10 +109,13 @@ def prepare(model_path: str | os.PathLike[str], image_spec: str, output_path: st
     except ImageReadError as err:
         raise BatchError(str(err)) from None
     shape = tuple(int(n) for n in image.shape)
+    if len(shape) == 2 and predictor.spec.mode != "2d":
+        raise BatchError(f"{image_spec} is 2D but the model was trained on {predictor.spec.mode} input; "
+                         "give it a ZYX volume or use a 2D model")
     try:
         predictor.spec.check_image(len(shape), image_spec)
     except ValueError as err:
-        raise BatchError(f"{err} (the model was trained on {predictor.spec.mode} input)") from None
+        raise BatchError(str(err)) from None
     ndim = len(shape)
     halo_axes = predictor.default_halo(ndim) if halo is None else predictor.halo_per_axis(int(halo), ndim)
     if tile_size is None:
@@ -124,13 +130,25 @@ def prepare(model_path: str | os.PathLike[str], image_spec: str, output_path: st
         class_colors=list(meta.class_colors), probabilities=probabilities, labels=labels,
         output_format=output_format(output_path, fmt),
     )
-    if Path(output_path).resolve() == Path(str(image_spec).partition("::")[0]).resolve():
-        raise BatchError(f"{output_path} is the input itself; choose another output")
     try:
         output = create_or_resume(output_path, job, overwrite=overwrite)
     except OutputError as err:
         raise BatchError(str(err)) from None
     return Job(model_path, str(image_spec), predictor, image, job, output, device)
+
+
+def _absolute_spec(spec: str) -> str:
+    """``spec`` with an absolute path (the ``::array`` part of zarr specs kept)."""
+    path, sep, inner = spec.partition("::")
+    return os.path.abspath(os.path.expanduser(path)) + sep + inner
+
+
+def _refuse_overlap(image_spec: str, output_path: str) -> None:
+    """Refuse an output that is, contains or lies inside the input: --overwrite would delete the input."""
+    inp = Path(image_spec.partition("::")[0]).resolve()
+    out = Path(output_path).resolve()
+    if inp == out or out in inp.parents or inp in out.parents:
+        raise BatchError(f"{output_path} overlaps the input {image_spec}; choose an output outside the input")
 
 
 def run(job: Job, *, scheduler: str | None = None, workers: int = 2, stop: Any = None) -> Iterator[Any]:
