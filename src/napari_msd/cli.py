@@ -57,7 +57,7 @@ def _train_config(args: argparse.Namespace):
         patch_size=args.patch_size, batch_size=args.batch_size, steps=steps, time_limit=args.time,
         learning_rate=args.lr, validate_every=args.validate_every, patience=args.patience,
         augmentation=Augmentation(intensity=args.intensity, elastic=args.elastic), dice_weight=args.dice,
-        device=args.device, threads=args.threads, seed=args.seed,
+        device=args.device, threads=args.threads, seed=args.seed, prior_correction=args.prior_correction,
         class_names=args.class_names.split(",") if args.class_names else None,
     )
 
@@ -201,8 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--depth", type=int, help="layers (MS-D, default 100) or poolings (U-Net, default 4)")
     train.add_argument("--width", type=int, help="MS-D channels per layer (default 1)")
     train.add_argument("--base-channels", type=int, help="U-Net channels of the first level (default 32)")
-    train.add_argument("--batch-size", type=int, default=4)
-    train.add_argument("--patch-size", type=int, help="patch side in pixels (default 128 in 2D, 48 in 3D)")
+    train.add_argument("--batch-size", type=int, default=16)
+    train.add_argument("--patch-size", type=int, help="patch side in pixels (default 64 in 2D, 48 in 3D)")
+    train.add_argument("--prior-correction", action="store_true",
+                       help="after training, adapt the output to the class frequencies of the image (EM estimate)")
     train.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     train.add_argument("--validate-every", type=int, default=50, metavar="STEPS")
     train.add_argument("--patience", type=int, default=10, help="validations without improvement before stopping")

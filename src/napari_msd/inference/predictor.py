@@ -392,10 +392,9 @@ class Predictor:
         if probabilities_out is not None and tuple(probabilities_out.shape) != (self.n_classes, *shape):
             raise ValueError(f"probabilities_out has shape {tuple(probabilities_out.shape)}; it must be "
                              f"(classes, *image shape) = {(self.n_classes, *shape)}")
-        if labels_out is not None:
-            blocks_kwargs["labels"] = True
-        if probabilities_out is not None:
-            blocks_kwargs["probabilities"] = True
+        if labels_out is not None or probabilities_out is not None:  # compute only what is written
+            blocks_kwargs.setdefault("labels", labels_out is not None)
+            blocks_kwargs.setdefault("probabilities", probabilities_out is not None)
         for done in self.blocks(image, **blocks_kwargs):
             if labels_out is not None:
                 labels_out[done.block.out] = done.labels

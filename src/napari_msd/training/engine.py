@@ -31,9 +31,10 @@ from . import metrics as seg_metrics
 from .augment import Augmentation
 from .device import cpu_threads, describe_device, select_device
 from .events import Paused, Saved, TrainingFinished, TrainingStarted, TrainStep, Validated
-from .inputs import InputSpec, plane_axes
+from .inputs import InputSpec, plane_axes, read_input
 from .losses import SparseLoss, auto_class_weights
 from .normalization import Normalization, estimate_normalization
+from .prior import estimate_prior, shift_output_bias
 from .sampling import IGNORE, PatchSampler, TrainingData, TrainingDataError, split, validation_tiles
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -50,8 +51,8 @@ class TrainConfig:
     arch: str = "msd"
     model: dict[str, Any] = field(default_factory=dict)  # overrides of PRESETS[arch], e.g. {"depth": 50}
     input: InputSpec = field(default_factory=InputSpec)
-    patch_size: int | None = None  # default 128 in 2D, 48 in 3D; shrunk to fit small images
-    batch_size: int = 4
+    patch_size: int | None = None  # default 64 in 2D, 48 in 3D; shrunk to fit small images
+    batch_size: int = 16
     steps: int | None = 1000
     time_limit: float | None = None
     learning_rate: float = 1e-3
@@ -70,6 +71,7 @@ class TrainConfig:
     class_colors: list[str] | None = None
     replay_fraction: float = 0.5
     measure_halo: bool = True  # measure the effective halo after training and store it with the model
+    prior_correction: bool = False  # adapt the output bias to the image's class prior (training.prior)
 
     def check(self) -> None:
         if self.steps is None and self.time_limit is None:
@@ -110,7 +112,7 @@ def _patch_size(data: Sequence[TrainingData], spec: InputSpec, requested: int | 
         side = requested or 48
         depth = min([side] + [d.image.shape[0] for d in data])
         return (depth,) + tuple(min([side] + [d.image.shape[a] for d in data]) for a in (1, 2))
-    side = requested or 128
+    side = requested or 64
     extents = [side, side]
     for d in data:
         for orientation in spec.orientations:
@@ -211,6 +213,7 @@ class Trainer:
         self.best_score, self.best_loss = -math.inf, math.inf
         self.last_gain_step = 0
         self.effective_halo: int | None = None
+        self.class_prior: list[float] | None = None
         self.best_metrics: dict = {}
 
     # -- control, from any thread -------------------------------------------------------------
@@ -301,6 +304,8 @@ class Trainer:
                 self.model.load_state_dict(self.best_state)
         elif self.step > 0:  # no validation possible: the last weights are the result
             self.best_step = self.step
+        if cfg.prior_correction and self.step > 0:
+            self.correct_prior()
         if cfg.measure_halo and self.step > 0:
             self.effective_halo = self._measure_halo()
         path = None
@@ -384,6 +389,36 @@ class Trainer:
                 self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         return Validated(self.step, metrics, score, improved, int(self.best_step or 0), float(self.best_score))
 
+    @torch.no_grad()
+    def correct_prior(self, windows: int = 8, side: int = 256) -> list[float]:
+        """Estimate the class prior on random unlabeled windows of the training images and shift the
+        output bias to it (strokes teach a uniform prior; see :mod:`.prior`). EM prior estimates trust
+        the network's calibration: an undertrained network can be pushed the wrong way, hence opt-in."""
+        rng = np.random.default_rng(self.config.seed)
+        spec = self.config.input
+        probs = []
+        with self._lock:
+            self.model.eval()
+            try:
+                for k in range(windows):
+                    image = self.data[k % len(self.data)].image
+                    center = [int(rng.integers(n)) for n in image.shape]
+                    if spec.mode == "3d":
+                        size = self.patch_size
+                    else:
+                        (a, b), _ = plane_axes(len(image.shape), "xy")
+                        size = (min(side, image.shape[a]), min(side, image.shape[b]))
+                    x, _ = read_input(image, spec, center, size, "xy")
+                    logits = self.model(torch.from_numpy(self.normalization(x))[None].to(self.device)).float()
+                    probs.append(torch.softmax(logits, 1)[0].reshape(self.n_classes, -1).cpu().numpy())
+                uniform = np.full(self.n_classes, 1.0 / self.n_classes)
+                prior = estimate_prior(np.concatenate(probs, axis=1), uniform)
+                shift_output_bias(self.model, prior, uniform)
+            finally:
+                self.model.train()
+        self.class_prior = [float(p) for p in prior]
+        return self.class_prior
+
     def _measure_halo(self) -> int:
         """The context the trained network really needs at tile borders (see inference.halo)."""
         from ..inference.halo import measure_effective_halo
@@ -410,6 +445,8 @@ class Trainer:
             "seed": self.config.seed,
             "patch_size": list(self.patch_size),
         }
+        if self.class_prior is not None:
+            prov["class_prior"] = dict(zip(self.class_names, self.class_prior))
         if self.base_metadata is not None:
             prov["fine_tuned_from"] = {"source": self.init_source,
                                        "created": self.base_metadata.provenance.get("created"),
