@@ -64,3 +64,22 @@ def test_engine_applies_and_records_the_prior(make_task):
     prior = trainer.metadata().provenance["class_prior"]
     assert set(prior) == {"class 1", "class 2"} and sum(prior.values()) == pytest.approx(1.0)
     assert trainer.class_prior == list(prior.values())
+
+
+def test_engine_undoes_a_prior_that_costs_the_held_out_strokes(make_task, monkeypatch):
+    from napari_msd.training import engine as engine_module
+    from napari_msd.training.engine import TrainConfig, Trainer
+    from napari_msd.training.sampling import TrainingData
+
+    image, strokes, _ = make_task()
+    config = TrainConfig(model={"depth": 5}, steps=30, patch_size=32, batch_size=4, measure_halo=False, threads=1,
+                         validate_every=10)
+    trainer = Trainer([TrainingData(image, strokes, "checkerboard")], config)
+    for _ in trainer.run():
+        pass
+    assert trainer.val_tiles
+    bias = output_bias(trainer.model).detach().clone()
+    monkeypatch.setattr(engine_module, "estimate_prior", lambda p, train: np.array([1e-4, 1 - 1e-4]))
+    assert trainer.correct_prior() is None and trainer.class_prior is None
+    assert torch.allclose(output_bias(trainer.model), bias, atol=1e-6)
+    assert "class_prior" not in trainer.metadata().provenance

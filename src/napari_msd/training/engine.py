@@ -34,7 +34,7 @@ from .events import Paused, Saved, TrainingFinished, TrainingStarted, TrainStep,
 from .inputs import InputSpec, plane_axes, read_input
 from .losses import SparseLoss, auto_class_weights
 from .normalization import Normalization, estimate_normalization
-from .prior import estimate_prior, shift_output_bias
+from .prior import estimate_prior, output_bias, shift_output_bias
 from .sampling import IGNORE, PatchSampler, TrainingData, TrainingDataError, split, validation_tiles
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -355,8 +355,8 @@ class Trainer:
         return float(loss.detach())
 
     @torch.no_grad()
-    def _validate(self) -> Validated:
-        """Score the held-out tiles; ties on the metric are broken by the lower validation loss."""
+    def _evaluate_tiles(self) -> tuple[np.ndarray, float]:
+        """Confusion matrix and mean cross-entropy of the model on the held-out tiles."""
         cm = np.zeros((self.n_classes, self.n_classes), np.int64)
         loss_sum, loss_pixels = 0.0, 0
         with self._lock:
@@ -368,17 +368,21 @@ class Trainer:
                     y = torch.from_numpy(np.stack([t[1] for t in chunk])).to(self.device)
                     with torch.autocast(device_type=self.device.type, enabled=self.use_amp):
                         logits = self.model(x).float()
-                    labeled = int((y != IGNORE).sum())
                     loss_sum += float(torch.nn.functional.cross_entropy(logits, y, ignore_index=IGNORE,
                                                                         reduction="sum"))
-                    loss_pixels += labeled
+                    loss_pixels += int((y != IGNORE).sum())
                     pred = logits.argmax(1).cpu().numpy()
                     for (_, target), p in zip(chunk, pred):
                         cm += seg_metrics.confusion_matrix(target + 1, p + 1, self.n_classes)
             finally:
                 self.model.train()
+        return cm, loss_sum / max(loss_pixels, 1)
+
+    def _validate(self) -> Validated:
+        """Score the held-out tiles; ties on the metric are broken by the lower validation loss."""
+        cm, loss = self._evaluate_tiles()
         metrics = _metrics_from(cm, self.class_names)
-        metrics["loss"] = loss_sum / max(loss_pixels, 1)
+        metrics["loss"] = loss
         score = float(metrics[self.config.metric])
         if score > self.best_score:
             self.last_gain_step = self.step  # early stopping watches the metric alone
@@ -390,10 +394,11 @@ class Trainer:
         return Validated(self.step, metrics, score, improved, int(self.best_step or 0), float(self.best_score))
 
     @torch.no_grad()
-    def correct_prior(self, windows: int = 8, side: int = 256) -> list[float]:
+    def correct_prior(self, windows: int = 8, side: int = 256, max_loss: float = 0.02) -> list[float] | None:
         """Estimate the class prior on random unlabeled windows of the training images and shift the
         output bias to it (strokes teach a uniform prior; see :mod:`.prior`). EM prior estimates trust
-        the network's calibration: an undertrained network can be pushed the wrong way, hence opt-in."""
+        the network's calibration: an undertrained network can be pushed the wrong way, so the shift is undone
+        (and None returned) when it lowers the class accuracy of the held-out strokes by more than ``max_loss``."""
         rng = np.random.default_rng(self.config.seed)
         spec = self.config.input
         probs = []
@@ -411,11 +416,19 @@ class Trainer:
                     x, _ = read_input(image, spec, center, size, "xy")
                     logits = self.model(torch.from_numpy(self.normalization(x))[None].to(self.device)).float()
                     probs.append(torch.softmax(logits, 1)[0].reshape(self.n_classes, -1).cpu().numpy())
-                uniform = np.full(self.n_classes, 1.0 / self.n_classes)
-                prior = estimate_prior(np.concatenate(probs, axis=1), uniform)
-                shift_output_bias(self.model, prior, uniform)
             finally:
                 self.model.train()
+        uniform = np.full(self.n_classes, 1.0 / self.n_classes)
+        prior = estimate_prior(np.concatenate(probs, axis=1), uniform)
+        before = seg_metrics.class_accuracy(self._evaluate_tiles()[0]) if self.val_tiles else None
+        with self._lock:
+            shift = shift_output_bias(self.model, prior, uniform)
+        if before is not None and seg_metrics.class_accuracy(self._evaluate_tiles()[0]) < before - max_loss:
+            with self._lock, torch.no_grad():  # it costs held-out strokes their class: the network is not calibrated
+                bias = output_bias(self.model)
+                bias -= torch.as_tensor(shift, dtype=bias.dtype, device=bias.device)
+            self.class_prior = None
+            return None
         self.class_prior = [float(p) for p in prior]
         return self.class_prior
 
