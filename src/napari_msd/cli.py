@@ -125,7 +125,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     try:
         job = prepare(args.model, args.input, args.output, probabilities=args.probabilities, labels=not args.no_labels,
                       tile_size=args.tile_size, halo=args.halo, overwrite=args.overwrite, device=args.device,
-                      batch_size=args.batch_size)
+                      batch_size=args.batch_size, average_orientations=args.average_orientations)
     except (BatchError, ValueError) as err:
         raise CLIError(str(err)) from None
 
@@ -232,6 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--no-labels", action="store_true", help="write probabilities only")
     predict.add_argument("--tile-size", type=int, help="in-plane block size in pixels (default: fits memory)")
     predict.add_argument("--halo", type=int, help="context around each block in pixels (default: the model's)")
+    predict.add_argument("--average-orientations", action="store_true",
+                         help="2D models on isotropic volumes: average the xy, xz and yz predictions")
     predict.add_argument("--scheduler", help="'local' for a dask LocalCluster, or a scheduler address tcp://host:8786")
     predict.add_argument("--workers", type=int, default=2, help="workers of the local cluster (default 2)")
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import napari
-import numpy as np
 from skimage.io import imread
 
 from napari_msd._widgets.demo import run_demo

@@ -24,15 +24,6 @@ INPUT_2D = {"mode": "2d", "slices": 1, "orientations": ["xy"]}
 SHAPE = (5, 96, 80)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Two cores shared with other work: one torch thread keeps the small forward passes fast."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def make_model(path: Path, seed: int = 0) -> Path:
     """A tiny "trained-ish" MS-D network, saved: random head and biases (its output depends on every layer),
     scaled and biased so that both classes cover large parts of :func:`make_volume`."""

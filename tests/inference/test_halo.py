@@ -18,13 +18,6 @@ from napari_msd.training.normalization import Normalization
 NORM = Normalization(20.0, 230.0)
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def msd(in_channels=1, depth=12, seed=0) -> MSDNet:
     """MS-D with dilations 1..10 (receptive field 58 at depth 12), random head and biases."""

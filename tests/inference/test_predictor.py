@@ -18,13 +18,6 @@ from napari_msd.training.normalization import Normalization
 NORM = Normalization(20.0, 230.0)
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def msd(in_channels=1, ndim=2, depth=6, dilations=(1, 2, 3), seed=0) -> MSDNet:
     """A tiny MS-D network with random head and biases, so its output depends on every layer."""

@@ -67,14 +67,6 @@ def _predict(model: torch.nn.Module, normalization, image: np.ndarray) -> np.nda
         return model.eval()(x).argmax(1)[0].numpy() + 1
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Keep torch on one thread: the machine runs other work, and oversubscription makes steps 10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="session")
 def make_task():

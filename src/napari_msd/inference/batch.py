@@ -22,6 +22,7 @@ from typing import Any
 from ..io.images import ImageReadError, open_image
 from ..io.model_file import ModelFileError
 from ..io.outputs import JobSpec, OutputError, PredictionOutput, create_or_resume, open_output
+from .averaging import OrientationAverage
 from .predictor import Predictor
 from .tiling import make_block
 
@@ -63,7 +64,7 @@ class Job:
 
     model_path: str
     image_spec: str
-    predictor: Predictor
+    predictor: Predictor | OrientationAverage
     image: Any
     spec: JobSpec
     output: PredictionOutput
@@ -88,7 +89,7 @@ def output_format(path: str | os.PathLike[str], requested: str | None = None) ->
 def prepare(model_path: str | os.PathLike[str], image_spec: str, output_path: str | os.PathLike[str], *,
             probabilities: str = "none", labels: bool = True, tile_size: int | None = None,
             halo: int | None = None, fmt: str | None = None, overwrite: bool = False, device: str = "cpu",
-            batch_size: int = 4) -> Job:
+            batch_size: int = 4, average_orientations: bool = False) -> Job:
     """Open and check model, input and output; create the output or resume the same job in it."""
     if probabilities not in PROBABILITY_KINDS:
         raise BatchError(f"--probabilities takes {', '.join(PROBABILITY_KINDS)}, got {probabilities!r}")
@@ -116,6 +117,10 @@ def prepare(model_path: str | os.PathLike[str], image_spec: str, output_path: st
         predictor.spec.check_image(len(shape), image_spec)
     except ValueError as err:
         raise BatchError(str(err)) from None
+    if average_orientations:
+        if len(shape) != 3 or predictor.spec.model_ndim != 2:
+            raise BatchError("averaging xy, xz and yz predictions needs a 2D model and a ZYX volume")
+        predictor = OrientationAverage(predictor)
     ndim = len(shape)
     halo_axes = predictor.default_halo(ndim) if halo is None else predictor.halo_per_axis(int(halo), ndim)
     if tile_size is None:
@@ -129,6 +134,7 @@ def prepare(model_path: str | os.PathLike[str], image_spec: str, output_path: st
         n_classes=predictor.n_classes, halo=halo_axes, class_names=list(meta.class_names),
         class_colors=list(meta.class_colors), probabilities=probabilities, labels=labels,
         output_format=output_format(output_path, fmt),
+        options={"average_orientations": True} if average_orientations else {},
     )
     try:
         output = create_or_resume(output_path, job, overwrite=overwrite)
@@ -218,10 +224,11 @@ def _distributed_blocks(job: Job, done: set, scheduler: str, workers: int, stop:
 
 
 @functools.lru_cache(maxsize=4)
-def _worker_predictor(model_path: str, digest: str, device: str) -> Predictor:
+def _worker_predictor(model_path: str, digest: str, device: str, average: bool) -> Predictor | OrientationAverage:
     """One predictor per worker process and model (``digest`` keys the cache to the file's content)."""
     del digest
-    return Predictor.from_file(model_path, device=device, readers=1)
+    predictor = Predictor.from_file(model_path, device=device, readers=1)
+    return OrientationAverage(predictor) if average else predictor
 
 
 @functools.lru_cache(maxsize=4)
@@ -237,10 +244,10 @@ def _worker_output(output_path: str) -> PredictionOutput:
 def predict_and_write_block(model_path: str, digest: str, image_spec: str, output_path: str,
                             index: tuple[int, ...], device: str = "cpu") -> tuple[int, ...]:
     """The task a dask worker runs: predict one block of the job stored at ``output_path`` and write it."""
-    predictor = _worker_predictor(model_path, digest, device)
-    image = _worker_image(image_spec)
     output = _worker_output(output_path)
     spec = output.job
+    predictor = _worker_predictor(model_path, digest, device, bool(spec.options.get("average_orientations")))
+    image = _worker_image(image_spec)
     block = make_block(spec.input_shape, spec.block_slices(tuple(index)), spec.halo,
                        predictor.align(len(spec.input_shape)), index=tuple(index))
     result = predictor.compute_block(image, block, labels=spec.labels, probabilities=spec.probabilities != "none")

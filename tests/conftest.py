@@ -1,0 +1,16 @@
+"""Shared test settings."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """Keep torch on one thread: tests share two cores with other work, and oversubscribed threads make
+    small forward passes many times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
