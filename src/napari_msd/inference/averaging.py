@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .predictor import BlockDone, Predictor, StopFlag, _labels_dtype, _stopper, to_output_dtype
+from .predictor import BlockDone, Predictor, StopFlag, _labels_dtype, _stopper, write_blocks
 from .tiling import Block, make_block, order_blocks, plan_blocks
 
 ORIENTATION_NAMES = ("xy", "xz", "yz")
@@ -106,12 +106,4 @@ class OrientationAverage:
     def run(self, image: Any, labels_out: Any = None, probabilities_out: Any = None,
             **blocks_kwargs: Any) -> Iterator[BlockDone]:
         """:meth:`blocks`, writing into ``labels_out`` / ``probabilities_out`` like :meth:`Predictor.run`."""
-        blocks_kwargs.setdefault("labels", labels_out is not None or probabilities_out is None)
-        blocks_kwargs.setdefault("probabilities", probabilities_out is not None or labels_out is None)
-        for done in self.blocks(image, **blocks_kwargs):
-            if labels_out is not None:
-                labels_out[done.block.out] = done.labels
-            if probabilities_out is not None:
-                probabilities_out[(slice(None),) + done.block.out] = to_output_dtype(done.probabilities,
-                                                                                     probabilities_out.dtype)
-            yield done
+        yield from write_blocks(self, image, labels_out, probabilities_out, **blocks_kwargs)

@@ -386,19 +386,26 @@ class Predictor:
         """:meth:`blocks`, also writing each finished block into ``labels_out`` (shape of the image) and
         ``probabilities_out`` (``(K, *image.shape)``; uint8 outputs get ``round(p * 255)``, float ones a cast):
         numpy arrays, zarr arrays or any array-like that supports slice assignment."""
-        shape = tuple(image.shape)
-        if labels_out is not None and tuple(labels_out.shape) != shape:
-            raise ValueError(f"labels_out has shape {tuple(labels_out.shape)}; it must match the image, {shape}")
-        if probabilities_out is not None and tuple(probabilities_out.shape) != (self.n_classes, *shape):
-            raise ValueError(f"probabilities_out has shape {tuple(probabilities_out.shape)}; it must be "
-                             f"(classes, *image shape) = {(self.n_classes, *shape)}")
-        if labels_out is not None or probabilities_out is not None:  # compute only what is written
-            blocks_kwargs.setdefault("labels", labels_out is not None)
-            blocks_kwargs.setdefault("probabilities", probabilities_out is not None)
-        for done in self.blocks(image, **blocks_kwargs):
-            if labels_out is not None:
-                labels_out[done.block.out] = done.labels
-            if probabilities_out is not None:
-                probabilities_out[(slice(None),) + done.block.out] = to_output_dtype(done.probabilities,
-                                                                                     probabilities_out.dtype)
-            yield done
+        yield from write_blocks(self, image, labels_out, probabilities_out, **blocks_kwargs)
+
+
+def write_blocks(source: Any, image: Any, labels_out: Any = None, probabilities_out: Any = None,
+                 **blocks_kwargs: Any) -> Iterator[BlockDone]:
+    """``source.blocks(image, **blocks_kwargs)`` (a :class:`Predictor` or anything with its ``blocks`` and
+    ``n_classes``), writing each finished block into ``labels_out`` / ``probabilities_out`` as it comes."""
+    shape = tuple(image.shape)
+    if labels_out is not None and tuple(labels_out.shape) != shape:
+        raise ValueError(f"labels_out has shape {tuple(labels_out.shape)}; it must match the image, {shape}")
+    if probabilities_out is not None and tuple(probabilities_out.shape) != (source.n_classes, *shape):
+        raise ValueError(f"probabilities_out has shape {tuple(probabilities_out.shape)}; it must be "
+                         f"(classes, *image shape) = {(source.n_classes, *shape)}")
+    if labels_out is not None or probabilities_out is not None:  # compute only what is written
+        blocks_kwargs.setdefault("labels", labels_out is not None)
+        blocks_kwargs.setdefault("probabilities", probabilities_out is not None)
+    for done in source.blocks(image, **blocks_kwargs):
+        if labels_out is not None:
+            labels_out[done.block.out] = done.labels
+        if probabilities_out is not None:
+            probabilities_out[(slice(None),) + done.block.out] = to_output_dtype(done.probabilities,
+                                                                                 probabilities_out.dtype)
+        yield done
