@@ -4,47 +4,22 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 import zarr
 
+from builders import NORM, image, metadata, msd
 from napari_msd.inference.averaging import OrientationAverage
 from napari_msd.inference.batch import BatchError, prepare, run
 from napari_msd.inference.predictor import Predictor
-from napari_msd.io import ModelMetadata, save_model
-from napari_msd.models import MSDNet
+from napari_msd.io import save_model
 from napari_msd.training.inputs import InputSpec
-from napari_msd.training.normalization import Normalization
-
-NORM = Normalization(20.0, 230.0)
-
-
-def _net(in_channels: int = 1, ndim: int = 2) -> MSDNet:
-    torch.manual_seed(0)
-    net = MSDNet(in_channels, 3, depth=6, ndim=ndim, dilations=(1, 2, 3))
-    with torch.no_grad():
-        for p in (net.bias, net.head_weight, net.head_bias):
-            p.normal_(0.0, 0.5)
-    return net.eval()
-
-
-def _meta(net: MSDNet, spec: InputSpec) -> ModelMetadata:
-    return ModelMetadata(arch=net.arch, config=net.config(), class_names=["a", "b", "c"],
-                         receptive_field=int(net.receptive_field), normalization=NORM.to_dict(), input=spec.to_dict())
-
-
-def _volume(shape=(22, 26, 24), seed=0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    grids = np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")
-    smooth = sum(np.sin(g / (3.0 + i) + rng.uniform(0, 6)) for i, g in enumerate(grids))
-    return np.clip(128 + 40 * smooth + rng.normal(0, 25, shape), 0, 255).astype(np.uint8)
 
 
 @pytest.mark.parametrize("spec", [InputSpec(), InputSpec(mode="2.5d", slices=3)])
 def test_tiled_average_equals_the_mean_of_three_whole_volume_predictions(spec):
-    net = _net(spec.in_channels)
-    averager = OrientationAverage(Predictor(net, _meta(net, spec)))
-    volume = _volume()
-    reference = np.mean([Predictor(net, _meta(net, spec), orientation=o).predict(volume)
+    net = msd(spec.in_channels)
+    averager = OrientationAverage(Predictor(net, metadata(net, spec)))
+    volume = image((22, 26, 24))
+    reference = np.mean([Predictor(net, metadata(net, spec), orientation=o).predict(volume)
                          for o in ("xy", "xz", "yz")], axis=0)
     assert np.allclose(averager.predict(volume), reference, atol=1e-6)
     probs = np.zeros((3, *volume.shape), np.float32)
@@ -53,30 +28,30 @@ def test_tiled_average_equals_the_mean_of_three_whole_volume_predictions(spec):
     assert len(blocks) == 3 * 3 * 3
     assert np.abs(probs - reference).max() < 1e-5
     assert np.array_equal(labels, reference.argmax(0) + 1)
-    single = Predictor(net, _meta(net, spec)).predict(volume)
+    single = Predictor(net, metadata(net, spec)).predict(volume)
     assert np.abs(reference - single).max() > 1e-3  # averaging really changes the prediction
 
 
 def test_averaging_needs_a_2d_model_on_a_volume():
-    net3d = _net(ndim=3)
+    net3d = msd(ndim=3)
     with pytest.raises(ValueError, match="2D"):
-        OrientationAverage(Predictor(net3d, _meta(net3d, InputSpec(mode="3d"))))
-    net = _net()
+        OrientationAverage(Predictor(net3d, metadata(net3d, InputSpec(mode="3d"))))
+    net = msd()
     with pytest.raises(ValueError, match="ZYX volume"):
-        list(OrientationAverage(Predictor(net, _meta(net, InputSpec()))).blocks(np.zeros((20, 20), np.uint8)))
+        list(OrientationAverage(Predictor(net, metadata(net, InputSpec()))).blocks(np.zeros((20, 20), np.uint8)))
 
 
 def test_batch_apply_averages_and_records_it_in_the_job(tmp_path):
-    net = _net()
+    net = msd()
     model = save_model(tmp_path / "m.msd", net, class_names=["a", "b", "c"], normalization=NORM.to_dict(),
                        input_spec=InputSpec().to_dict())
-    volume = _volume((12, 20, 18))
+    volume = image((12, 20, 18))
     np.save(tmp_path / "v.npy", volume)
     job = prepare(model, str(tmp_path / "v.npy"), tmp_path / "out.zarr", average_orientations=True, tile_size=8,
                   halo=net.receptive_field, device="cpu")
     assert job.spec.options == {"average_orientations": True} and job.spec.block_shape == (8, 8, 8)
     list(run(job))
-    reference = OrientationAverage(Predictor(net, _meta(net, InputSpec()))).predict(volume)
+    reference = OrientationAverage(Predictor(net, metadata(net, InputSpec()))).predict(volume)
     assert np.array_equal(zarr.open_group(tmp_path / "out.zarr")["labels"][:], reference.argmax(0) + 1)
     np.save(tmp_path / "flat.npy", volume[0])
     with pytest.raises(BatchError, match="ZYX volume"):

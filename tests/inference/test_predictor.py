@@ -6,78 +6,13 @@ import threading
 
 import numpy as np
 import pytest
-import torch
 import zarr
 
+from builders import CountingArray, image, metadata, msd, unet
 from napari_msd.inference import BlockDone, Predictor
-from napari_msd.io.model_file import ModelMetadata, save_model
-from napari_msd.models import MSDNet, UNet
+from napari_msd.io.model_file import save_model
+from napari_msd.models import MSDNet
 from napari_msd.training.inputs import InputSpec
-from napari_msd.training.normalization import Normalization
-
-NORM = Normalization(20.0, 230.0)
-
-
-
-def msd(in_channels=1, ndim=2, depth=6, dilations=(1, 2, 3), seed=0) -> MSDNet:
-    """A tiny MS-D network with random head and biases, so its output depends on every layer."""
-    torch.manual_seed(seed)
-    net = MSDNet(in_channels, 3, depth=depth, ndim=ndim, dilations=dilations)
-    with torch.no_grad():
-        for p in (net.bias, net.head_weight, net.head_bias):
-            p.normal_(0.0, 0.5)
-    return net.eval()
-
-
-def unet(seed=0) -> UNet:
-    """A tiny U-Net in eval mode with non-trivial batch-norm statistics."""
-    torch.manual_seed(seed)
-    net = UNet(1, 3, ndim=2, depth=2, base_channels=4)
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.normal_(0.0, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-                m.weight.normal_(1.0, 0.2)
-                m.bias.normal_(0.0, 0.2)
-    return net.eval()
-
-
-def metadata(net, spec=InputSpec(), effective_halo=None) -> ModelMetadata:
-    return ModelMetadata(arch=net.arch, config=net.config(), class_names=["a", "b", "c"],
-                         receptive_field=int(net.receptive_field), normalization=NORM.to_dict(),
-                         effective_halo=effective_halo, input=spec.to_dict())
-
-
-def image(shape, seed=0) -> np.ndarray:
-    """Blobs plus noise, uint8."""
-    rng = np.random.default_rng(seed)
-    grids = np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")
-    smooth = sum(np.sin(g / (3.0 + i) + rng.uniform(0, 6)) for i, g in enumerate(grids))
-    return np.clip(128 + 40 * smooth + rng.normal(0, 25, shape), 0, 255).astype(np.uint8)
-
-
-class CountingArray:
-    """A lazy array stand-in recording every read; without ``__array__``, so a whole read cannot sneak by."""
-
-    def __init__(self, data=None, shape=None, dtype=np.uint8):
-        self._data = data
-        self.shape = tuple(data.shape if data is not None else shape)
-        self.dtype = np.dtype(data.dtype if data is not None else dtype)
-        self.ndim = len(self.shape)
-        self.reads: list[int] = []
-        self.lock = threading.Lock()
-
-    def __getitem__(self, key):
-        if self._data is not None:
-            out = np.array(self._data[key])
-        else:  # synthetic: a value from the coordinates, never materialised whole
-            grids = np.meshgrid(*[np.arange(n)[k] for n, k in zip(self.shape, key)], indexing="ij")
-            out = (sum(grids) % 251).astype(self.dtype)
-        with self.lock:
-            self.reads.append(out.size)
-        return out
-
 
 CASES = {  # name: (network, input spec, image shape, block shape), blocks not dividing the image
     "msd-2d": (lambda: msd(), InputSpec(), (100, 90), (32, 25)),
