@@ -27,6 +27,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from .checks import check_input
 from .padding import reflect_pad, reflect_pad_adjoint
 
 DEFAULT_DILATIONS = tuple(range(1, 11))
@@ -275,13 +276,7 @@ class MSDNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, in_channels, *spatial)`` to ``(N, out_channels, *spatial)`` logits."""
-        if x.ndim != self.ndim + 2 or x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"MSDNet expects input of shape (batch, {self.in_channels}, "
-                f"{', '.join('YX' if self.ndim == 2 else 'ZYX')}), got {tuple(x.shape)}"
-            )
-        if min(x.shape[2:]) < 1:
-            raise ValueError(f"MSDNet got an empty image of shape {tuple(x.shape)}")
+        check_input("MSDNet", x, self.in_channels, self.ndim)
         dtype = self.bias.dtype
         with torch.autocast(device_type=x.device.type, enabled=False):
             return _MSDFunction.apply(

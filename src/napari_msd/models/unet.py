@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checks import check_input
 from .padding import reflect_index
 
 NORMS = ("batch", "none")
@@ -169,13 +170,7 @@ class UNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, in_channels, *spatial)`` to ``(N, out_channels, *spatial)`` logits, any spatial size."""
-        if x.ndim != self.ndim + 2 or x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"UNet expects input of shape (batch, {self.in_channels}, "
-                f"{', '.join('YX' if self.ndim == 2 else 'ZYX')}), got {tuple(x.shape)}"
-            )
-        if min(x.shape[2:]) < 1:
-            raise ValueError(f"UNet got an empty image of shape {tuple(x.shape)}")
+        check_input("UNet", x, self.in_channels, self.ndim)
         spatial = x.shape[2:]
         x = pad_to_multiple(x.to(self.head.weight.dtype), self.pool_factors)
         skips = []
