@@ -1,4 +1,4 @@
-"""The "Model" dock: choose a network (preset, channels, classes, 2D/3D) or load a trained model file."""
+"""The "Model" dock: the network a new training builds (preset, input mode, classes) and the model versions."""
 
 from __future__ import annotations
 
@@ -12,11 +12,14 @@ from napari.layers import Labels
 from napari.utils.notifications import show_error
 from qtpy.QtCore import QSignalBlocker
 from qtpy.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QFileDialog,
     QFormLayout,
     QGroupBox,
+    QHBoxLayout,
     QLabel,
+    QListWidget,
     QPushButton,
     QSpinBox,
     QVBoxLayout,
@@ -29,7 +32,7 @@ if TYPE_CHECKING:
     import napari
 
 MODEL_FILE_FILTER = "napari-msd models (*.msd *.safetensors);;All files (*)"
-NO_FILE = "No model file loaded: a new network will be trained."
+NO_FILE = "No model yet: train one in the Train dock, or load a model file."
 
 
 @dataclass(frozen=True)
@@ -75,91 +78,115 @@ def _plain(value: Any) -> str:
     return str(value)
 
 
+INPUT_MODES = ("2D", "2.5D", "3D")
+
+
 class ModelWidget(QWidget):
-    """Pick a preset MS-D / U-Net or load a trained model; shows its size, receptive field and the device."""
+    """Choose the network a new training builds (preset, input mode, classes); list, switch, save and load the
+    trained model versions; show parameters, receptive field and the device."""
 
     def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None):
         super().__init__(parent)
         self.viewer = napari_viewer
-        self._file_meta: Any = None
-        self._file_path: Path | None = None
-        self.session: Session = get_session(getattr(napari_viewer, "__wrapped__", napari_viewer))
+        self.session: Session = get_session(napari_viewer)
 
         self.preset = QComboBox()
         self.preset.addItems([p.name for p in PRESETS])
-        self.in_channels, self.n_classes = QSpinBox(), QSpinBox()
-        self.in_channels.setRange(1, 64)
+        self.n_classes = QSpinBox()
         self.n_classes.setRange(2, 255)
         self.n_classes.setToolTip("Number of classes (labels 1..N); 0 means unlabeled")
-        self.ndim = QComboBox()
-        self.ndim.addItems(["2D", "3D"])
+        self.input_mode = QComboBox()
+        self.input_mode.addItems(INPUT_MODES)
+        self.input_mode.setToolTip("2D: one slice; 2.5D: neighbouring slices as channels (the MS-D paper used 5); "
+                                   "3D: 3D network on 3D patches")
+        self.slices = QSpinBox()
+        self.slices.setRange(3, 31)
+        self.slices.setSingleStep(2)
+        self.slices.setValue(5)
+        self.all_planes = QCheckBox("Also train on xz and yz planes (isotropic volumes)")
         self.params_label, self.rf_label = QLabel(), QLabel()
         self.rf_label.setToolTip("Theoretical receptive-field radius; a trained network's effective field is smaller")
         self.device_label = QLabel(describe_device())
+
+        self.versions = QListWidget()
+        self.versions.setToolTip("Trained model versions; the selected one predicts and is retrained")
         self.load_button = QPushButton("Load model…")
+        self.save_button = QPushButton("Save version…")
         self.file_label = QLabel(NO_FILE)
         self.file_label.setWordWrap(True)
 
-        arch_box = QGroupBox("Network")
+        arch_box = QGroupBox("New network")
         form = QFormLayout(arch_box)
         form.addRow("Preset", self.preset)
-        form.addRow("Input channels", self.in_channels)
         form.addRow("Classes", self.n_classes)
-        form.addRow("Dimensions", self.ndim)
+        form.addRow("Input", self.input_mode)
+        form.addRow("Slices (2.5D)", self.slices)
+        form.addRow(self.all_planes)
         form.addRow("Parameters", self.params_label)
         form.addRow("Receptive field", self.rf_label)
         form.addRow("Device", self.device_label)
-        file_box = QGroupBox("Model file")
-        file_layout = QVBoxLayout(file_box)
-        file_layout.addWidget(self.load_button)
-        file_layout.addWidget(self.file_label)
+        versions_box = QGroupBox("Model versions")
+        vl = QVBoxLayout(versions_box)
+        vl.addWidget(self.versions)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.save_button)
+        buttons.addWidget(self.load_button)
+        vl.addLayout(buttons)
+        vl.addWidget(self.file_label)
         layout = QVBoxLayout(self)
         layout.addWidget(arch_box)
-        layout.addWidget(file_box)
+        layout.addWidget(versions_box)
         layout.addStretch(1)
 
-        for signal in (self.preset.currentIndexChanged, self.in_channels.valueChanged, self.n_classes.valueChanged,
-                       self.ndim.currentIndexChanged):
+        for signal in (self.preset.currentIndexChanged, self.n_classes.valueChanged,
+                       self.input_mode.currentIndexChanged, self.slices.valueChanged, self.all_planes.toggled):
             signal.connect(self._on_controls_changed)
         self.load_button.clicked.connect(self._on_load_clicked)
+        self.save_button.clicked.connect(self._on_save_clicked)
+        self.versions.currentRowChanged.connect(self._on_version_selected)
+        self.session.versions_changed.connect(self._show_versions)
+        self.session.classes_changed.connect(self._on_classes_changed)
         self.viewer.layers.selection.events.active.connect(self._on_active_layer)
         self._on_active_layer()
         self._on_controls_changed()
+        self._show_versions()
 
     # --- network from the controls -----------------------------------------------------------------------
-    def from_file(self) -> bool:
-        """Whether the loaded model file (the last preset entry) is selected."""
-        return self.preset.currentIndex() >= len(PRESETS)
+    def input_spec(self) -> Any:
+        from napari_msd.training.inputs import InputSpec
+
+        mode = self.input_mode.currentText().lower()
+        slices = self.slices.value() | 1 if mode == "2.5d" else 1
+        planes = ("xy", "xz", "yz") if self.all_planes.isChecked() and mode != "3d" else ("xy",)
+        return InputSpec(mode, slices, planes)
 
     def current_config(self) -> tuple[str, dict[str, Any]]:
-        """Architecture name and full constructor arguments of the selected network."""
-        if self.from_file():
-            return self._file_meta.arch, dict(self._file_meta.config)
+        """Architecture name and full constructor arguments of a new network from the controls."""
         preset = PRESETS[self.preset.currentIndex()]
-        config = {"in_channels": self.in_channels.value(), "out_channels": self.n_classes.value(),
-                  **preset.config, "ndim": self.ndim.currentIndex() + 2}
+        spec = self.input_spec()
+        config = {"in_channels": spec.in_channels, "out_channels": self.n_classes.value(), **preset.config,
+                  "ndim": spec.model_ndim}
         return preset.arch, config
 
     def _on_controls_changed(self, *_: Any) -> None:
+        mode = self.input_mode.currentText()
+        self.slices.setEnabled(mode == "2.5D")
+        self.all_planes.setEnabled(mode != "3D")
         arch, config = self.current_config()
         s = self.session
-        if self.from_file():
-            meta = self._file_meta
-            s.class_names, s.class_colors = list(meta.class_names), list(meta.class_colors)
-            s.model_path, s.metadata = self._file_path, meta
-            self.file_label.setText(self._describe(self._file_path, meta))
-        else:
-            n = config["out_channels"]
-            if len(s.class_names) != n or s.metadata is not None:
-                s.class_names = [f"class {i}" for i in range(1, n + 1)]
-            if len(s.class_colors) != n or s.metadata is not None:
-                s.class_colors = []
-            s.model_path = s.metadata = None
-            self.file_label.setText(NO_FILE)
-        s.arch, s.model_config = arch, config
-        for control in (self.in_channels, self.n_classes, self.ndim):
-            control.setEnabled(not self.from_file())
+        n = config["out_channels"]
+        if len(s.class_names) != n:
+            names = (s.class_names + [f"class {i}" for i in range(len(s.class_names) + 1, n + 1)])[:n]
+            s.set_classes(names, s.class_colors if len(s.class_colors) == n else [])
+        s.arch, s.model_config, s.input_spec = arch, config, self.input_spec()
         self._show_summary(arch, config)
+
+    def _on_classes_changed(self) -> None:
+        n = len(self.session.class_names)
+        if n >= 2 and n != self.n_classes.value():
+            with QSignalBlocker(self.n_classes):
+                self.n_classes.setValue(n)
+            self._on_controls_changed()
 
     def _show_summary(self, arch: str, config: dict[str, Any]) -> None:
         params, radius = model_summary(arch, config)
@@ -169,64 +196,96 @@ class ModelWidget(QWidget):
     def _on_active_layer(self, *_: Any) -> None:
         """Default the class count (and names, colours) from the selected Labels layer."""
         layer = self.viewer.layers.selection.active
-        if (self.from_file() or not isinstance(layer, Labels) or not isinstance(layer.data, np.ndarray)
-                or layer.data.size == 0):
+        if (not isinstance(layer, Labels) or not isinstance(layer.data, np.ndarray) or layer.data.size == 0
+                or layer.metadata.get("napari_msd_output") or layer.metadata.get("napari_msd_preview")):
             return
-        n = max(2, int(layer.data.max()))
         meta_names = layer.metadata.get("class_names") or {}
+        n = max(2, int(layer.data.max()), *(int(k) for k in meta_names))
         color_dict = getattr(layer.colormap, "color_dict", {})
         colors = [color_dict.get(i) for i in range(1, n + 1)]
-        self.session.class_names = [str(meta_names.get(i, f"class {i}")) for i in range(1, n + 1)]
-        self.session.class_colors = [_hex(c) for c in colors] if all(c is not None for c in colors) else []
+        names = [str(meta_names.get(i, f"class {i}")) for i in range(1, n + 1)]
+        self.session.set_classes(names, [_hex(c) for c in colors] if all(c is not None for c in colors) else [])
         with QSignalBlocker(self.n_classes):
             self.n_classes.setValue(n)
         self._on_controls_changed()
 
-    # --- model file --------------------------------------------------------------------------------------
+    # --- versions ----------------------------------------------------------------------------------------
+    def _show_versions(self) -> None:
+        versions = self.session.versions
+        with QSignalBlocker(self.versions):
+            self.versions.clear()
+            for version in versions:
+                self.versions.addItem(version.describe())
+            if versions.current is not None:
+                self.versions.setCurrentRow(versions.names().index(versions.current.name))
+        current = versions.current
+        self.save_button.setEnabled(current is not None)
+        self.file_label.setText(NO_FILE if current is None else self._describe(current))
+
+    def _on_version_selected(self, row: int) -> None:
+        names = self.session.versions.names()
+        if 0 <= row < len(names):
+            version = self.session.versions.select(names[row])
+            self.session.set_classes(list(version.metadata.class_names), list(version.metadata.class_colors))
+            self.session.versions_changed.emit()
+
+    def _on_save_clicked(self) -> None:
+        current = self.session.versions.current
+        if current is None:
+            return
+        path, _ = QFileDialog.getSaveFileName(self, f"Save model {current.name}", f"{current.name}.msd",
+                                              MODEL_FILE_FILTER)
+        if path:
+            self.save_version(current.name, path)
+
+    def save_version(self, name: str, path: str | os.PathLike[str]) -> Path | None:
+        """Write version ``name`` to ``path``; an existing file is replaced only after the dialog asked (Qt's
+        save dialog confirms overwriting), never silently by this method's callers."""
+        from napari_msd.io import ModelFileError
+
+        try:
+            written = self.session.versions.save(name, path, overwrite=Path(path).exists())
+        except (ModelFileError, OSError, ValueError) as err:
+            show_error(str(err))
+            return None
+        self.session.versions_changed.emit()
+        return written
+
     def _on_load_clicked(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Load napari-msd model", "", MODEL_FILE_FILTER)
         if path:
             self.load_model_file(path)
 
     def load_model_file(self, path: str | os.PathLike[str]) -> bool:
-        """Read a model file's metadata and select it; on a bad file show the error and change nothing."""
+        """Add a model file as a new current version; on a bad file show the error and change nothing."""
         from napari_msd.io import ModelFileError, read_metadata
 
         try:
             meta = read_metadata(path)
             model_summary(meta.arch, meta.config)  # an unknown architecture fails here, before anything changes
+            version = self.session.versions.load(path)
         except (ModelFileError, ValueError, OSError) as err:
             show_error(str(err))
             return False
-        self._file_meta, self._file_path = meta, Path(path)
-        label = f"From file: {self._file_path.name}"
-        with QSignalBlocker(self.preset), QSignalBlocker(self.in_channels), QSignalBlocker(self.n_classes), \
-                QSignalBlocker(self.ndim):
-            if self.preset.count() > len(PRESETS):
-                self.preset.setItemText(len(PRESETS), label)
-            else:
-                self.preset.addItem(label)
-            self.preset.setCurrentIndex(len(PRESETS))
-            self.in_channels.setValue(int(meta.config.get("in_channels", 1)))
-            self.n_classes.setValue(int(meta.config.get("out_channels", len(meta.class_names))))
-            self.ndim.setCurrentIndex(int(meta.config.get("ndim", 2)) - 2)
-        self._on_controls_changed()
+        self.session.set_classes(list(version.metadata.class_names), list(version.metadata.class_colors))
+        self.session.versions_changed.emit()
         return True
 
     @staticmethod
-    def _describe(path: Path, meta: Any) -> str:
+    def _describe(version: Any) -> str:
+        meta = version.metadata
         halo = "not measured" if meta.effective_halo is None else f"{meta.effective_halo} px"
         prov = meta.provenance or {}
         lines = [
-            f"File: {path.name}",
+            f"Current: {version.name}" + (f" ({version.path.name})" if version.path else " (not saved)"),
             f"Architecture: {meta.arch} ({_plain(meta.config)})",
+            f"Input: {_plain(meta.input) if meta.input else '2d'}",
             f"Classes: {', '.join(f'{i}: {n}' for i, n in enumerate(meta.class_names, start=1))}",
             f"Receptive field: {meta.receptive_field} px; effective halo: {halo}",
             f"Normalization: {_plain(meta.normalization) if meta.normalization else 'none'}",
         ]
         if prov.get("created"):
             lines.append(f"Created: {prov['created']}")
-        lines.append(f"Format version: {meta.format_version}")
         return "\n".join(lines)
 
 

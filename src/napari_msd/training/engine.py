@@ -68,6 +68,7 @@ class TrainConfig:
     amp: bool = True
     seed: int = 0
     class_names: list[str] | None = None
+    n_classes: int | None = None  # outputs of a new model; default: the highest label painted
     class_colors: list[str] | None = None
     replay_fraction: float = 0.5
     measure_halo: bool = True  # measure the effective halo after training and store it with the model
@@ -84,6 +85,8 @@ class TrainConfig:
             raise ValueError("batch size and validation interval must be at least 1")
         if self.metric not in METRICS:
             raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {self.metric!r}")
+        if self.n_classes is not None and self.n_classes < 2:
+            raise ValueError(f"a model needs at least 2 classes, got n_classes={self.n_classes}")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
 
@@ -165,6 +168,11 @@ class Trainer:
         if len(counts) < 2 and init is None:
             raise TrainingDataError(f"only class {next(iter(counts))} is labeled; paint at least two classes")
         n_classes = max(counts)
+        if init is None and config.n_classes is not None:
+            if n_classes > config.n_classes:
+                raise TrainingDataError(f"labels use class {n_classes} but {config.n_classes} classes are defined; "
+                                        "add a class or repaint those pixels")
+            n_classes = config.n_classes
         if init is not None:
             n_out = int(model.out_channels)
             if n_classes > n_out:

@@ -1,0 +1,443 @@
+"""The "Batch" dock: apply a saved model to several volumes, each into a resumable zarr / OME-Zarr output.
+
+It drives the same core as ``napari-msd predict`` (:mod:`napari_msd.inference.batch`) in a napari thread
+worker that only yields plain records (:class:`Prepared`, then ``(input index, core event)``); widgets, the
+activity-dock progress bar and layers are touched in main-thread slots only. Stop ends the run between blocks
+and keeps every finished block: running the same job again resumes it.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from napari.qt.threading import create_worker
+from napari.utils import progress
+from napari.utils.notifications import show_error
+from qtpy.QtCore import QEvent, QEventLoop, QObject, Qt, QTimer, Signal
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QListWidgetItem,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_msd.inference import batch
+
+from .model_widget import MODEL_FILE_FILTER
+from .session import get_session
+
+if TYPE_CHECKING:
+    import napari
+
+IMAGE_FILTER = "Images (*.tif *.tiff *.mrc *.rec *.st *.map *.ali *.mrcs *.npy);;All files (*)"
+_STRIPPED = (".ome.zarr", ".ome.tiff", ".ome.tif")
+
+
+def output_name(image_spec: str, ome_zarr: bool = False) -> str:
+    """``<stem>_prediction.zarr`` (``.ome.zarr``) for an input: ``x.tif`` and ``x.ome.zarr`` give ``x``,
+    ``a.zarr::raw/s0`` gives ``a_raw_s0`` (arrays of one store get distinct outputs)."""
+    path, _, inner = str(image_spec).partition("::")
+    name = Path(path.rstrip("/\\")).name
+    stripped = next((name[: -len(s)] for s in _STRIPPED if name.lower().endswith(s)), None)
+    stem = stripped if stripped is not None else (Path(name).stem if Path(name).suffix else name)
+    stem = "_".join([p for p in (stem, *inner.replace("\\", "/").split("/")) if p]) or "input"
+    return f"{stem}_prediction{'.ome.zarr' if ome_zarr else '.zarr'}"
+
+
+def available_devices() -> list[str]:
+    """``auto``, ``cpu`` and the GPUs torch reports (``cuda``, ``cuda:N`` with several, ``mps``)."""
+    import torch
+
+    devices = ["auto", "cpu"]
+    if torch.cuda.is_available():
+        count = torch.cuda.device_count()
+        devices += ["cuda"] + ([f"cuda:{i}" for i in range(count)] if count > 1 else [])
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        devices.append("mps")
+    return devices
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Every input checked and its output created or resumed: ``(n_blocks, n_done)`` and the path per input."""
+
+    blocks: tuple[tuple[int, int], ...]
+    outputs: tuple[str, ...]
+
+
+def batch_events(model_path: str, inputs: list[str], outputs: list[str], options: dict[str, Any],
+                 stop: threading.Event):
+    """The worker body (no Qt, no napari): prepare all inputs first, so a bad one fails before any work, then
+    run them in turn; yields :class:`Prepared`, then ``(input index, BatchStarted | BlockWritten | ...)``."""
+    jobs: list[Any] = []
+    for spec, out in zip(inputs, outputs):
+        if stop.is_set():
+            return
+        jobs.append(batch.prepare(model_path, spec, out, **options))
+    yield Prepared(tuple((j.spec.n_blocks, len(j.output.done())) for j in jobs), tuple(str(j.output.path) for j in jobs))
+    for i in range(len(jobs)):
+        if stop.is_set():
+            return
+        job, jobs[i] = jobs[i], None  # drop each predictor once its input is done
+        for event in batch.run(job, stop=stop):
+            yield i, event
+
+
+def _eta(seconds: float) -> str:
+    if seconds < 60:
+        return "<1 min"
+    if seconds < 3600:
+        return f"{round(seconds / 60)} min"
+    return f"{int(seconds // 3600)} h {round(seconds % 3600 / 60)} min"
+
+
+class _Invalid(ValueError):
+    """A setting to fix before a run can start."""
+
+
+@dataclass
+class _Run:
+    """Main-thread bookkeeping of one run."""
+
+    inputs: list[str]
+    blocks: list[tuple[int, int]] = field(default_factory=list)  # (n_blocks, n_done) per input
+    completed: list[str] = field(default_factory=list)
+    computed: int = 0
+    started: float | None = None
+    current: int = 0
+    error: str | None = None  # the one-line message of a failed run
+
+
+class BatchWidget(QWidget):
+    """Apply a model file to a list of volumes, one resumable output per volume (see the module docstring)."""
+
+    batch_finished = Signal(list)  # emitted after every run (any outcome) with the outputs completed in it
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        viewer = getattr(napari_viewer, "__wrapped__", napari_viewer)
+        self.session = get_session(viewer)
+        self.worker: Any = None
+        self.last_outputs: list[str] = []
+        self._stop_event = threading.Event()
+        self._run: _Run | None = None
+        self._progress: progress | None = None
+        self._closing = False
+        self._main_window: Any = None
+
+        self._auto_model = str(self.session.model_path or "")  # the session's model file, followed until edited
+        self.model_edit = QLineEdit(self._auto_model)
+        self.model_edit.setPlaceholderText("model file saved by napari-msd (.msd)")
+        self.model_browse = QPushButton("Browse…")
+        self.inputs_list = QListWidget()
+        self.inputs_list.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
+        self.inputs_list.setToolTip("TIFF, zarr (vol.zarr or vol.zarr::group/array), OME-Zarr, MRC or .npy; "
+                                    "double-click to edit")
+        self.add_button, self.add_zarr_button = QPushButton("Add…"), QPushButton("Add zarr…")
+        self.remove_button = QPushButton("Remove")
+        self.output_edit = QLineEdit()
+        self.output_edit.setPlaceholderText("folder for <input>_prediction.zarr")
+        self.output_browse = QPushButton("Browse…")
+        self.ome_zarr = QCheckBox("OME-Zarr (with a pyramid)")
+        self.probabilities = QComboBox()
+        self.probabilities.addItems(list(batch.PROBABILITY_KINDS))
+        self.tile_size = QSpinBox()
+        self.tile_size.setRange(0, 1 << 16)
+        self.tile_size.setSpecialValueText("auto")
+        self.halo = QSpinBox()
+        self.halo.setRange(-1, 1 << 12)
+        self.halo.setSpecialValueText("model's")
+        self.halo.setValue(-1)
+        self.average_orientations = QCheckBox("Average xy, xz, yz (2D model)")
+        self.device = QComboBox()
+        self.device.addItems(available_devices())
+        self.overwrite = QCheckBox("Overwrite existing outputs")
+        self.open_results = QCheckBox("Open results in the viewer")
+        self.open_results.setChecked(True)
+        self.run_button, self.stop_button = QPushButton("Run"), QPushButton("Stop")
+        self.progress_bar = QProgressBar()
+        self.status_label = QLabel("Idle")
+        self.status_label.setWordWrap(True)
+
+        self.settings = QGroupBox("Batch prediction")
+        form = QFormLayout(self.settings)
+        form.addRow("Model", _row(self.model_edit, self.model_browse))
+        form.addRow("Inputs", self.inputs_list)
+        form.addRow("", _row(self.add_button, self.add_zarr_button, self.remove_button))
+        form.addRow("Output folder", _row(self.output_edit, self.output_browse))
+        form.addRow("", self.ome_zarr)
+        form.addRow("Probabilities", self.probabilities)
+        form.addRow("Tile size", self.tile_size)
+        form.addRow("Halo", self.halo)
+        form.addRow("", self.average_orientations)
+        form.addRow("Device", self.device)
+        form.addRow("", self.overwrite)
+        form.addRow("", self.open_results)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.settings)
+        layout.addWidget(_row(self.run_button, self.stop_button))
+        layout.addWidget(self.progress_bar)
+        layout.addWidget(self.status_label)
+        layout.addStretch(1)
+
+        self.model_browse.clicked.connect(self._browse_model)
+        self.add_button.clicked.connect(self._browse_inputs)
+        self.add_zarr_button.clicked.connect(self._browse_zarr)
+        self.remove_button.clicked.connect(self._remove_selected)
+        self.output_browse.clicked.connect(self._browse_output)
+        self.run_button.clicked.connect(self.start)
+        self.stop_button.clicked.connect(self.stop)
+        self._set_running(False)
+        versions_changed = getattr(self.session, "versions_changed", None)
+        if versions_changed is not None:
+            versions_changed.connect(self._follow_session_model)
+        self._main_window = getattr(getattr(viewer, "window", None), "_qt_window", None)
+        if isinstance(self._main_window, QObject):
+            self._main_window.installEventFilter(self)
+
+    # --- settings ----------------------------------------------------------------------------------------
+    def inputs(self) -> list[str]:
+        return [t for t in (self.inputs_list.item(i).text().strip() for i in range(self.inputs_list.count())) if t]
+
+    def add_inputs(self, specs: list[str | os.PathLike[str]]) -> None:
+        """Append image specs (editable: ``vol.zarr`` can become ``vol.zarr::group/array``)."""
+        for spec in specs:
+            item = QListWidgetItem(os.fspath(spec))
+            item.setFlags(item.flags() | Qt.ItemFlag.ItemIsEditable)
+            self.inputs_list.addItem(item)
+
+    def _follow_session_model(self) -> None:
+        """Show the session's current model file, unless the user chose another one here."""
+        path = str(self.session.model_path or "")
+        if path and self.model_edit.text().strip() in ("", self._auto_model):
+            self.model_edit.setText(path)
+            self._auto_model = path
+
+    def _browse_model(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Model file", self.model_edit.text(), MODEL_FILE_FILTER)
+        if path:
+            self.model_edit.setText(path)
+
+    def _browse_inputs(self) -> None:
+        paths, _ = QFileDialog.getOpenFileNames(self, "Input volumes", "", IMAGE_FILTER)
+        self.add_inputs(paths)
+
+    def _browse_zarr(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Input zarr / OME-Zarr store")
+        if path:
+            self.add_inputs([path])
+
+    def _remove_selected(self) -> None:
+        for item in self.inputs_list.selectedItems():
+            self.inputs_list.takeItem(self.inputs_list.row(item))
+
+    def _browse_output(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Output folder", self.output_edit.text())
+        if path:
+            self.output_edit.setText(path)
+
+    def _settings(self) -> tuple[str, list[str], list[str], dict[str, Any]]:
+        """Model, inputs, outputs and ``batch.prepare`` options, or :class:`_Invalid` saying what to fix."""
+        model = os.path.expanduser(self.model_edit.text().strip())
+        if not model:
+            raise _Invalid("Choose a model file (saved by napari-msd) before running the batch")
+        if not os.path.isfile(model):
+            raise _Invalid(f"the model file {model} does not exist; choose another one")
+        inputs = self.inputs()
+        if not inputs:
+            raise _Invalid("Add at least one input volume (TIFF, zarr, OME-Zarr, MRC or .npy) before running")
+        for spec in inputs:
+            if not os.path.exists(os.path.expanduser(spec.partition("::")[0])):
+                raise _Invalid(f"the input {spec} does not exist; fix or remove it in the list")
+        folder = os.path.expanduser(self.output_edit.text().strip())
+        if not folder:
+            raise _Invalid("Choose an output folder before running the batch")
+        if os.path.exists(folder) and not os.path.isdir(folder):
+            raise _Invalid(f"{folder} is a file; choose a folder for the outputs")
+        names = [output_name(spec, self.ome_zarr.isChecked()) for spec in inputs]
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                raise _Invalid(f"the inputs {inputs[names.index(name)]} and {inputs[i]} would both write {name}; "
+                               "remove one or run them separately")
+        options = {"probabilities": self.probabilities.currentText(), "tile_size": self.tile_size.value() or None,
+                   "halo": None if self.halo.value() < 0 else self.halo.value(),
+                   "overwrite": self.overwrite.isChecked(), "device": self.device.currentText(),
+                   "average_orientations": self.average_orientations.isChecked()}
+        return model, inputs, [os.path.join(folder, n) for n in names], options
+
+    # --- running -----------------------------------------------------------------------------------------
+    def start(self) -> bool:
+        """Run (the Run button): check the settings here, then predict in a worker; False if nothing started."""
+        if self.worker is not None:
+            return False
+        try:
+            model, inputs, outputs, options = self._settings()
+        except _Invalid as err:
+            show_error(str(err))
+            return False
+        self._stop_event, self._closing = threading.Event(), False
+        self._run = _Run(inputs)
+        worker = create_worker(batch_events, model, inputs, outputs, options, self._stop_event,
+                               _start_thread=False, _ignore_errors=True)
+        worker.yielded.connect(self._on_yielded)
+        worker.errored.connect(self._on_errored)
+        worker.finished.connect(self._on_finished)
+        self.worker = worker
+        self._set_running(True)
+        self.progress_bar.setRange(0, 0)  # busy until the inputs are checked
+        self.status_label.setText("Checking the model, inputs and outputs…")
+        worker.start()
+        return True
+
+    def stop(self) -> None:
+        """Ask the running batch to end after the current block; what is written stays and resumes later."""
+        self._stop_event.set()
+        if self.worker is not None:
+            self.stop_button.setEnabled(False)
+            self.status_label.setText("Stopping after the current block…")
+
+    def close_workers(self, timeout_ms: int = 5000) -> bool:
+        """Stop the worker and wait up to ``timeout_ms`` for it to end (viewer closing); True when none is left."""
+        worker = self.worker
+        if worker is None:
+            return True
+        self._closing = True
+        self.stop()
+        worker.quit()
+        loop, timer = QEventLoop(), QTimer()
+        timer.setSingleShot(True)
+        timer.timeout.connect(loop.quit)
+        self.batch_finished.connect(loop.quit)
+        timer.start(max(0, int(timeout_ms)))
+        if self.worker is not None:  # the loop delivers the worker's last events to the slots below
+            loop.exec()
+        timer.stop()
+        self.batch_finished.disconnect(loop.quit)
+        return self.worker is None
+
+    def _set_running(self, running: bool) -> None:
+        self.settings.setEnabled(not running)
+        self.run_button.setEnabled(not running)
+        self.stop_button.setEnabled(running)
+
+    def _on_yielded(self, item: Any) -> None:
+        run = self._run
+        if isinstance(item, Prepared):
+            run.blocks = list(item.blocks)
+            total, done = sum(n for n, _ in run.blocks), sum(d for _, d in run.blocks)
+            self.progress_bar.setRange(0, max(total, 1))
+            self.progress_bar.setValue(done)
+            self._progress = progress(total=total, desc="napari-msd batch")
+            if done:
+                self._progress.update(done)
+            return
+        index, event = item
+        run.current = index
+        if isinstance(event, batch.BatchStarted):
+            run.blocks[index] = (event.n_blocks, event.n_done)
+            run.started = run.started or time.monotonic()
+        elif isinstance(event, batch.BlockWritten):
+            run.blocks[index] = (event.n_blocks, event.n_done)
+            run.computed += 1
+            self.progress_bar.setValue(sum(d for _, d in run.blocks))
+            if self._progress is not None:
+                self._progress.update(1)
+        elif isinstance(event, batch.BatchFinished):
+            if run.blocks[index][1] >= run.blocks[index][0]:
+                run.completed.append(event.output)
+            return
+        n_blocks, n_done = run.blocks[index]
+        remaining = sum(n - d for n, d in run.blocks)
+        eta = "estimating"
+        if run.computed and run.started is not None:
+            eta = _eta(remaining * (time.monotonic() - run.started) / run.computed)
+        text = f"input {index + 1}/{len(run.blocks)}: block {n_done}/{n_blocks}, ETA {eta}"
+        self.status_label.setText(text)
+        if self._progress is not None:
+            self._progress.set_description(f"napari-msd batch, input {index + 1}/{len(run.blocks)}")
+
+    def _on_errored(self, err: BaseException) -> None:
+        text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        if not isinstance(err, batch.BatchError):
+            text = f"{type(err).__name__}: {text}" if text else type(err).__name__
+        self._run.error = text
+        show_error(text)
+
+    def _on_finished(self) -> None:
+        run, worker, self._run, self.worker = self._run, self.worker, None, None
+        generator = getattr(worker, "_gen", None)
+        if generator is not None:  # left suspended by worker.quit(): the thread has ended, run its cleanup now
+            generator.close()
+        if self._progress is not None:
+            self._progress.close()
+            self._progress = None
+        self._set_running(False)
+        complete = len(run.completed) == len(run.inputs)
+        done = sum(d for _, d in run.blocks)
+        if run.error is not None:
+            status = f"Failed: {run.error}. Finished blocks are kept; run again to resume."
+        elif not complete:
+            status = (f"Stopped at input {run.current + 1}/{len(run.inputs)} ({done} blocks done); run again with "
+                      "the same settings to resume.")
+        else:
+            status = f"Done: {len(run.completed)} output(s), {run.computed} blocks computed."
+        self.status_label.setText(status)
+        self.progress_bar.setRange(0, max(1, sum(n for n, _ in run.blocks)))
+        self.progress_bar.setValue(done)
+        self.last_outputs = list(run.completed)
+        if complete and run.error is None and self.open_results.isChecked() and not self._closing:
+            for path in run.completed:
+                self._open(path)
+        self.batch_finished.emit(list(self.last_outputs))
+
+    def _open(self, path: str) -> None:
+        """Open an output lazily with the napari-msd reader, its layers named after the output."""
+        base = Path(path).name.removesuffix(".zarr").removesuffix(".ome")
+        try:
+            layers = self.viewer.open(path, plugin="napari-msd")
+        except Exception as err:  # noqa: BLE001 -- one notification, the output itself is fine
+            show_error(f"could not open {path}: {str(err).strip().splitlines()[0] if str(err).strip() else err!r}")
+            return
+        for layer in layers:
+            layer.name = base if layer.name == "prediction" else f"{base} {layer.name}"
+
+    # --- shutdown ----------------------------------------------------------------------------------------
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
+        if watched is getattr(self, "_main_window", None) and event.type() == QEvent.Type.Close and self.worker is not None:
+            watched.event(event)  # napari first: it may ask to confirm and ignore the close; then stop if it closes
+            if event.isAccepted():
+                self.close_workers()
+            return True
+        return super().eventFilter(watched, event)
+
+    def closeEvent(self, event: Any) -> None:
+        self.close_workers()
+        super().closeEvent(event)
+
+
+def _row(*widgets: QWidget) -> QWidget:
+    row = QWidget()
+    layout = QHBoxLayout(row)
+    layout.setContentsMargins(0, 0, 0, 0)
+    for widget in widgets:
+        layout.addWidget(widget)
+    return row

@@ -1,0 +1,342 @@
+"""The "Predict" dock: predict a whole layer with the current model version, streaming blocks into layers
+(the view first), then review: go to the most uncertain regions, fix the prediction with napari's own
+paint / erase / fill tools, and turn the fixes into training labels ("Use corrections") for retraining.
+
+Prediction runs the core :class:`~napari_msd.inference.predictor.Predictor` in a thread worker that writes each
+block into the output arrays (numpy, or zarr scratch stores for dask/zarr images, so nothing is loaded whole);
+the main thread only refreshes the layers, at most a few times a second.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from napari.layers import Image
+from napari.utils import progress
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from . import workers
+from .layer_checks import LayerError, check_model_input, image_array
+from .layer_combo import LayerCombo
+from .session import PredictionRecord, Session, get_session
+from .train_widget import class_colormap, is_preview
+
+if TYPE_CHECKING:
+    import napari
+
+REFRESH_INTERVAL = 0.3  # s between layer refreshes while blocks stream in
+REVIEW_TILE = 128  # px: size of the regions "Next uncertain region" visits
+
+
+class PredictWidget(QWidget):
+    """Predict with the current version; uncertainty and review; corrections into the training labels."""
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.session: Session = get_session(napari_viewer)
+        self.work: workers.Work | None = None
+        self._pbar: Any = None
+        self._run: dict[str, Any] = {}
+        self._last_refresh = 0.0
+
+        self.image_combo = LayerCombo(napari_viewer, Image, skip=self._is_output)
+        self.model_label = QLabel()
+        self.model_label.setWordWrap(True)
+        self.device = QComboBox()
+        self.device.addItems(_devices())
+        self.uncertainty_check = QCheckBox("Uncertainty layer")
+        self.uncertainty_check.setChecked(True)
+        self.measure = QComboBox()
+        self.measure.addItems(["entropy", "margin"])
+        self.probabilities_check = QCheckBox("Probability layers")
+        self.predict_button = QPushButton("Predict")
+        self.stop_button = QPushButton("Stop")
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        self.next_button = QPushButton("Next uncertain region")
+        self.next_button.setToolTip("Go to the most uncertain region not yet reviewed: where a correction helps most")
+        self.corrections_button = QPushButton("Use corrections")
+        self.corrections_button.setToolTip("Copy the pixels you repainted in the prediction into the training "
+                                           "labels (undo there with Ctrl+Z); then Retrain in the Train dock")
+        self.review_status = QLabel("")
+        self.review_status.setWordWrap(True)
+
+        box = QGroupBox("Predict")
+        form = QFormLayout(box)
+        form.addRow("Image", self.image_combo)
+        form.addRow("Model", self.model_label)
+        form.addRow("Device", self.device)
+        unc = QHBoxLayout()
+        unc.addWidget(self.uncertainty_check)
+        unc.addWidget(self.measure)
+        form.addRow(unc)
+        form.addRow(self.probabilities_check)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.predict_button)
+        buttons.addWidget(self.stop_button)
+        form.addRow(buttons)
+        form.addRow(self.status)
+        review = QGroupBox("Review and correct")
+        rl = QVBoxLayout(review)
+        rl.addWidget(QLabel("Fix the prediction layer with the paint, erase and fill tools, then:"))
+        rl.addWidget(self.corrections_button)
+        rl.addWidget(self.next_button)
+        rl.addWidget(self.review_status)
+        layout = QVBoxLayout(self)
+        layout.addWidget(box)
+        layout.addWidget(review)
+        layout.addStretch(1)
+
+        self.predict_button.clicked.connect(self.predict)
+        self.stop_button.clicked.connect(self.stop)
+        self.next_button.clicked.connect(self.next_uncertain_region)
+        self.corrections_button.clicked.connect(self.use_corrections)
+        self.session.versions_changed.connect(self._show_model)
+        workers.on_window_close(self, self.close_workers)
+        self._show_model()
+        self._set_running(False)
+
+    def _is_output(self, layer: Any) -> bool:
+        return bool(layer.metadata.get("napari_msd_output")) or is_preview(layer)
+
+    def _show_model(self, *_: Any) -> None:
+        current = self.session.versions.current
+        self.model_label.setText(current.describe() if current is not None else
+                                 "none yet: train one (Train dock) or load a model file (Model dock)")
+        self.predict_button.setEnabled(current is not None and not self.running)
+
+    @property
+    def running(self) -> bool:
+        return self.work is not None and self.work.running
+
+    def _set_running(self, running: bool) -> None:
+        self.predict_button.setEnabled(not running and self.session.versions.current is not None)
+        self.stop_button.setEnabled(running)
+
+    # -- prediction -----------------------------------------------------------------------------
+    def predict(self) -> bool:
+        """Predict the chosen image with the current version, the view first; outputs become new layers."""
+        from .viewport import visible_region
+
+        version = self.session.versions.current
+        if self.running:
+            show_error("a prediction is already running; stop it first")
+            return False
+        try:
+            if version is None:
+                raise LayerError("no model yet: train one in the Train dock or load a model file in the Model dock")
+            source = self.image_combo.layer()
+            image = image_array(source)
+            check_model_input(version.metadata.input, image, source.name)
+        except LayerError as err:
+            show_error(str(err))
+            return False
+        meta, shape = version.metadata, tuple(image.shape)
+        n = len(meta.class_names)
+        s = self.session
+        labels = s.scratch(shape, np.uint8 if n < 255 else np.uint16, like=image)
+        predicted = s.scratch(shape, labels.dtype, like=image)
+        placement = {"scale": source.scale, "translate": source.translate}
+        names = {i + 1: name for i, name in enumerate(meta.class_names)}
+        layer = self.viewer.add_labels(
+            labels, name=f"prediction ({version.name})", colormap=class_colormap(list(meta.class_colors)),
+            metadata={"napari_msd_output": "prediction", "class_names": names, "version": version.name}, **placement)
+        layer.features = {"class": ["unlabeled", *meta.class_names]}
+        scores = None
+        unc_layer = None
+        if self.uncertainty_check.isChecked():
+            from napari_msd.inference.uncertainty import RegionScores
+
+            scores = RegionScores(shape, tile=REVIEW_TILE)
+            unc = s.scratch(shape, np.uint8, like=image)
+            unc_layer = self.viewer.add_image(
+                unc, name=f"uncertainty ({version.name})", colormap="magma", contrast_limits=(0, 255), opacity=0.5,
+                blending="additive", visible=False, metadata={"napari_msd_output": "uncertainty",
+                                                             "measure": self.measure.currentText()}, **placement)
+        prob_layers = []
+        if self.probabilities_check.isChecked():
+            for k, (name, color) in enumerate(zip(meta.class_names, meta.class_colors)):
+                p = s.scratch(shape, np.uint8, like=image)
+                prob_layers.append(self.viewer.add_image(
+                    p, name=f"p({name}) ({version.name})", colormap=color if color != "#000000" else "gray",
+                    contrast_limits=(0, 255), blending="additive", visible=False,
+                    metadata={"napari_msd_output": "probability", "class_index": k + 1}, **placement))
+        s.predictions[layer] = PredictionRecord(predicted, source.name, version.name, scores)
+        self.viewer.layers.selection.active = layer
+        model = version.model
+        device = self.device.currentText()
+        self._run = {"layer": layer, "unc_layer": unc_layer, "prob_layers": prob_layers, "scores": scores,
+                     "image": image, "first": visible_region(self.viewer, source, shape), "n_blocks": 0, "done": 0,
+                     "started": time.perf_counter(), "model": model, "meta": meta, "device": device,
+                     "outputs": (labels, predicted, unc_layer.data if unc_layer is not None else None,
+                                 [p.data for p in prob_layers]), "measure": self.measure.currentText()}
+        self.status.setText(f"Predicting '{source.name}' with {version.name}…")
+        self._set_running(True)
+        self.work = workers.start(self._predict_events, self._on_block, self._on_done, "Prediction")
+        return True
+
+    def _predict_events(self, work: workers.Work):
+        """Worker thread: predict block by block, the view first, writing into the output arrays."""
+        from napari_msd.inference.predictor import Predictor, to_output_dtype
+        from napari_msd.inference.uncertainty import to_uint8, uncertainty
+
+        run = self._run
+        model = run["model"] if run["device"] == "cpu" else copy.deepcopy(run["model"])  # the version stays on the CPU
+        predictor = Predictor(model, run["meta"], device=run["device"])
+        image = run["image"]
+        plan = predictor.plan(image.shape)
+        yield ("plan", len(plan))
+        labels_out, predicted_out, unc_out, prob_outs = run["outputs"]
+        want_probs = unc_out is not None or bool(prob_outs)
+        for done in predictor.blocks(image, first=run["first"], stop=work.cancelled, probabilities=want_probs):
+            region = done.block.out
+            labels_out[region] = done.labels
+            predicted_out[region] = done.labels
+            u = None
+            if unc_out is not None:
+                u = to_uint8(uncertainty(done.probabilities, run["measure"]))
+                unc_out[region] = u
+            for k, out in enumerate(prob_outs):
+                out[region] = to_output_dtype(done.probabilities[k], np.uint8)
+            yield region, u
+
+    def _on_block(self, event: Any) -> None:
+        run = self._run
+        if isinstance(event, tuple) and event[0] == "plan":
+            run["n_blocks"] = event[1]
+            self._pbar = progress(total=event[1], desc="napari-msd: prediction")
+            return
+        region, u = event
+        run["done"] += 1
+        if run["scores"] is not None and u is not None:
+            run["scores"].add(region, u)
+        if self._pbar is not None:
+            self._pbar.update(1)
+        elapsed = time.perf_counter() - run["started"]
+        left = elapsed / run["done"] * (run["n_blocks"] - run["done"])
+        self.status.setText(f"block {run['done']}/{run['n_blocks']} · {elapsed:.0f} s · about {left:.0f} s left")
+        if time.perf_counter() - self._last_refresh >= REFRESH_INTERVAL or run["done"] == 1:
+            self._refresh()
+
+    def _refresh(self) -> None:
+        self._last_refresh = time.perf_counter()
+        for layer in (self._run.get("layer"), self._run.get("unc_layer"), *self._run.get("prob_layers", [])):
+            if layer is not None and layer in self.viewer.layers:
+                layer.refresh()
+
+    def _on_done(self, work: workers.Work) -> None:
+        run = self._run
+        if self._pbar is not None:
+            self._pbar.close()
+            self._pbar = None
+        if run:
+            self._refresh()
+            complete = run["done"] == run["n_blocks"] and run["n_blocks"] > 0
+            what = "done" if complete else f"stopped after {run['done']} of {run['n_blocks']} blocks"
+            self.status.setText(f"Prediction {what} in {time.perf_counter() - run['started']:.1f} s")
+            if run.get("unc_layer") is not None and complete:
+                run["unc_layer"].visible = True
+        self._set_running(False)
+
+    def stop(self) -> None:
+        if self.work is not None:
+            self.work.cancel()
+
+    def close_workers(self, timeout: float = 10.0) -> None:
+        if self.work is not None and self.work.running:
+            self.work.cancel()
+            self.work.wait(timeout)
+
+    def closeEvent(self, event: Any) -> None:  # noqa: N802 -- Qt API
+        self.close_workers()
+        super().closeEvent(event)
+
+    # -- review ---------------------------------------------------------------------------------
+    def prediction_layer(self) -> Any:
+        """The selected prediction layer, else the latest one, else None."""
+        active = self.viewer.layers.selection.active
+        if active is not None and active in self.session.predictions:
+            return active
+        ours = [layer for layer in self.viewer.layers if layer in self.session.predictions]
+        return ours[-1] if ours else None
+
+    def next_uncertain_region(self) -> Any:
+        """Take the view to the most uncertain region not yet reviewed; returns it (None when all are)."""
+        from .viewport import go_to
+
+        layer = self.prediction_layer()
+        record = self.session.predictions.get(layer) if layer is not None else None
+        if record is None or record.scores is None:
+            show_error("predict with 'Uncertainty layer' checked first")
+            return None
+        region = record.scores.next_region()
+        if region is None:
+            show_info("every predicted region has been reviewed")
+            return None
+        go_to(self.viewer, layer, region)
+        self.viewer.layers.selection.active = layer
+        layer.mode = "paint"
+        self.review_status.setText(f"{100 * record.scores.reviewed_fraction:.0f}% of the regions reviewed")
+        return region
+
+    def use_corrections(self) -> int:
+        """Copy the pixels repainted in the prediction into the training labels; returns how many."""
+        from napari_msd.training.corrections import corrections
+
+        layer = self.prediction_layer()
+        if layer is None:
+            show_error("no prediction to take corrections from: predict first, then repaint what is wrong")
+            return 0
+        record = self.session.predictions[layer]
+        pair = self.session.training_layers
+        if pair is None or pair[1] not in self.viewer.layers:
+            show_error("choose the training labels layer in the Train dock first")
+            return 0
+        image_name, labels_name = pair
+        target = self.viewer.layers[labels_name]
+        if record.image_name != image_name or tuple(target.data.shape) != tuple(layer.data.shape):
+            show_error(f"this prediction is of '{record.image_name}' but the Train dock trains on '{image_name}'; "
+                       "choose that image there")
+            return 0
+        indices, values = corrections(layer.data, record.predicted)
+        if values.size == 0:
+            show_info("no corrections yet: paint the right class over what the prediction got wrong")
+            return 0
+        if isinstance(target.data, np.ndarray):
+            target.data_setitem(indices, values)  # one undo step in the labels layer
+        else:  # on-disk labels have no undo: fill only unlabeled pixels, never repaint the user's strokes
+            keep = np.asarray(target.data.vindex[indices] if hasattr(target.data, "vindex") else
+                              target.data[indices]) == 0
+            indices, values = tuple(i[keep] for i in indices), values[keep]
+            target.data.vindex[indices] = values
+            target.refresh()
+        self.review_status.setText(f"{values.size:,} corrected pixels added to '{labels_name}'; "
+                                   "retrain in the Train dock")
+        return int(values.size)
+
+
+def _devices() -> list[str]:
+    import torch
+
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices.insert(0, "cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        devices.insert(0, "mps")
+    return devices
+

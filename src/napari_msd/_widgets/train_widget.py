@@ -1,0 +1,487 @@
+"""The "Train" dock: train a new network on painted strokes, or retrain the current version with new labels,
+watching the loss, validation metrics and a live preview of the view while it learns.
+
+The core :class:`~napari_msd.training.engine.Trainer` runs in a thread worker; this dock renders its events.
+The live preview predicts the region on screen with a snapshot of the current weights in a second worker,
+never more than one at a time, so neither training nor the interface waits for it. Each finished training
+becomes a model version (``v1``, ``v2``, ...) in the session, with snapshots of the labels it learned from.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from napari.layers import Image, Labels
+from napari.utils import progress
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QSpinBox,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from . import workers
+from .layer_checks import LayerError, check_model_input, image_array, labels_array
+from .layer_combo import LayerCombo
+from .plot import TrainingPlot
+from .session import Session, get_session
+
+if TYPE_CHECKING:
+    import napari
+
+PREVIEW_LAYER = "live preview"
+PREVIEW_HALO = 64  # px of context for the preview: enough for a recognisable preview, fast on a CPU
+DEFAULT_CLASSES = "background, membrane"
+PALETTE = ["#40ff40", "#ff40ff", "#3070ff", "#ffd000", "#ff6020", "#00e0e0", "#a060ff", "#ff0060"]
+
+
+def is_preview(layer: Any) -> bool:
+    return layer.name == PREVIEW_LAYER or bool(layer.metadata.get("napari_msd_preview"))
+
+
+def class_colormap(colors: list[str]) -> dict[Any, str]:
+    return {None: "transparent", 0: "transparent", **{i + 1: c for i, c in enumerate(colors)}}
+
+
+def _fmt_time(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    seconds = int(round(seconds))
+    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
+
+
+class TrainWidget(QWidget):
+    """Start / pause / stop training and retraining; loss and metrics plot; live preview of the view."""
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.session: Session = get_session(napari_viewer)
+        self.trainer: Any = None
+        self.work: workers.Work | None = None
+        self.preview_work: workers.Work | None = None
+        self._pbar: Any = None
+        self._last_preview = 0.0
+        self._started_at = 0.0
+        self.first_preview_after: float | None = None  # seconds from Start to the first live preview shown
+        self._job: dict[str, Any] = {}
+
+        self.image_combo = LayerCombo(napari_viewer, Image)
+        self.labels_combo = LayerCombo(napari_viewer, Labels, skip=self._not_training_labels)
+        self.class_edit = QLineEdit(DEFAULT_CLASSES)
+        self.class_edit.setToolTip("Class names for a new labels layer, in label order (1, 2, ...)")
+        self.new_labels_button = QPushButton("New labels layer")
+        self.length = QSpinBox()
+        self.length.setRange(1, 10_000_000)
+        self.length.setValue(500)
+        self.length_unit = QComboBox()
+        self.length_unit.addItems(["steps", "minutes"])
+        self.preview_check = QCheckBox("Live preview of the view")
+        self.preview_check.setChecked(True)
+
+        self.batch_size, self.patch_size, self.validate_every, self.patience, self.seed = (QSpinBox() for _ in range(5))
+        for box, (lo, hi, value) in zip((self.batch_size, self.patch_size, self.validate_every, self.patience, self.seed),
+                                        ((1, 1024, 16), (0, 1024, 0), (1, 100_000, 50), (0, 1000, 10), (0, 2**31 - 1, 0))):
+            box.setRange(lo, hi)
+            box.setValue(value)
+        self.patch_size.setSpecialValueText("auto")
+        self.patience.setSpecialValueText("never stop early")
+        self.learning_rate = QDoubleSpinBox()
+        self.learning_rate.setDecimals(5)
+        self.learning_rate.setRange(1e-5, 1.0)
+        self.learning_rate.setSingleStep(1e-4)
+        self.learning_rate.setValue(1e-3)
+        self.preview_every = QDoubleSpinBox()
+        self.preview_every.setRange(0.2, 60.0)
+        self.preview_every.setValue(1.5)
+        self.preview_every.setSuffix(" s")
+        self.elastic = QCheckBox("Elastic deformation (4 px)")
+        self.jitter = QCheckBox("Intensity jitter (±10%)")
+        self.jitter.setChecked(True)
+
+        self.start_button = QPushButton("Train new model")
+        self.retrain_button = QPushButton("Retrain")
+        self.retrain_button.setToolTip("Fine-tune the current version with the labels painted or corrected since "
+                                       "it was trained, replaying the earlier labels")
+        self.pause_button = QPushButton("Pause")
+        self.stop_button = QPushButton("Stop")
+        self.status = QLabel("Paint a few strokes of each class, then train.")
+        self.status.setWordWrap(True)
+        self.plot = TrainingPlot()
+        self._build_layout()
+
+        self.new_labels_button.clicked.connect(self.new_labels_layer)
+        self.start_button.clicked.connect(self.start)
+        self.retrain_button.clicked.connect(self.retrain)
+        self.pause_button.clicked.connect(self.toggle_pause)
+        self.stop_button.clicked.connect(self.stop)
+        self.image_combo.currentIndexChanged.connect(self._remember_layers)
+        self.labels_combo.currentIndexChanged.connect(self._remember_layers)
+        self.session.versions_changed.connect(self._set_idle)
+        workers.on_window_close(self, self.close_workers)
+        self._remember_layers()
+        self._set_idle()
+
+    def _build_layout(self) -> None:
+        data = QGroupBox("Data")
+        form = QFormLayout(data)
+        form.addRow("Image", self.image_combo)
+        form.addRow("Labels", self.labels_combo)
+        row = QHBoxLayout()
+        row.addWidget(self.class_edit, 1)
+        row.addWidget(self.new_labels_button)
+        form.addRow("Classes", row)
+        length = QHBoxLayout()
+        length.addWidget(self.length, 1)
+        length.addWidget(self.length_unit)
+        form.addRow("Train for", length)
+        form.addRow(self.preview_check)
+
+        self.advanced_toggle = QToolButton()
+        self.advanced_toggle.setText("Advanced settings")
+        self.advanced_toggle.setCheckable(True)
+        self.advanced = QWidget()
+        adv = QFormLayout(self.advanced)
+        adv.addRow("Batch size", self.batch_size)
+        adv.addRow("Patch size (px)", self.patch_size)
+        adv.addRow("Learning rate", self.learning_rate)
+        adv.addRow("Validate every (steps)", self.validate_every)
+        adv.addRow("Patience (validations)", self.patience)
+        adv.addRow("Seed", self.seed)
+        adv.addRow("Preview every", self.preview_every)
+        adv.addRow(self.jitter)
+        adv.addRow(self.elastic)
+        self.advanced.setVisible(False)
+        self.advanced_toggle.toggled.connect(self.advanced.setVisible)
+
+        buttons = QHBoxLayout()
+        for button in (self.start_button, self.retrain_button, self.pause_button, self.stop_button):
+            buttons.addWidget(button)
+        layout = QVBoxLayout(self)
+        layout.addWidget(data)
+        layout.addWidget(self.advanced_toggle)
+        layout.addWidget(self.advanced)
+        layout.addLayout(buttons)
+        layout.addWidget(self.status)
+        layout.addWidget(self.plot, 1)
+
+    def _not_training_labels(self, layer: Any) -> bool:
+        return is_preview(layer) or any(layer is known for known in self.session.predictions.keys())
+
+    def _remember_layers(self, *_: Any) -> None:
+        image, labels = self.image_combo.layer(), self.labels_combo.layer()
+        self.session.training_layers = (image.name, labels.name) if image is not None and labels is not None else None
+
+    # -- labels ---------------------------------------------------------------------------------
+    def new_labels_layer(self) -> Labels | None:
+        """An empty labels layer for the chosen image, with the class names typed in the Classes box."""
+        try:
+            image = image_array(self.image_combo.layer())
+        except LayerError as err:
+            show_error(str(err))
+            return None
+        names = [n.strip() for n in self.class_edit.text().split(",") if n.strip()]
+        if len(names) < 2 or len(set(names)) != len(names):
+            show_error("type at least two different class names, separated by commas (e.g. background, membrane)")
+            return None
+        colors = [PALETTE[i % len(PALETTE)] for i in range(len(names))]
+        data = self.session.scratch(tuple(image.shape), np.uint8 if len(names) < 255 else np.uint16, like=image)
+        source = self.image_combo.layer()
+        layer = self.viewer.add_labels(
+            data, name=f"{source.name} labels", colormap=class_colormap(colors), scale=source.scale,
+            translate=source.translate, metadata={"class_names": {i + 1: n for i, n in enumerate(names)}})
+        layer.features = {"class": ["unlabeled", *names]}
+        self.session.set_classes(names, colors)
+        self.labels_combo.choose(layer)
+        layer.mode = "paint"
+        layer.selected_label = 1
+        self.viewer.layers.selection.active = layer
+        return layer
+
+    # -- starting -------------------------------------------------------------------------------
+    def _inputs(self) -> tuple[Any, Any, Any, Any]:
+        image_layer, labels_layer = self.image_combo.layer(), self.labels_combo.layer()
+        image = image_array(image_layer)
+        labels = labels_array(labels_layer, image_layer, image)
+        return image_layer, image, labels_layer, labels
+
+    def _config(self, n_classes: int | None) -> Any:
+        from napari_msd.training.augment import Augmentation
+        from napari_msd.training.engine import TrainConfig
+
+        s = self.session
+        minutes = self.length_unit.currentText() == "minutes"
+        names = list(s.class_names) if n_classes is not None and len(s.class_names) == n_classes else None
+        colors = list(s.class_colors) if names is not None and len(s.class_colors) == n_classes else None
+        model = {k: v for k, v in s.model_config.items() if k not in ("in_channels", "out_channels", "ndim")}
+        return TrainConfig(
+            arch=s.arch, model=model, input=s.input_spec, patch_size=self.patch_size.value() or None,
+            batch_size=self.batch_size.value(), steps=None if minutes else self.length.value(),
+            time_limit=60.0 * self.length.value() if minutes else None, learning_rate=self.learning_rate.value(),
+            validate_every=self.validate_every.value(), patience=self.patience.value(), seed=self.seed.value(),
+            augmentation=Augmentation(elastic=4.0 if self.elastic.isChecked() else 0.0,
+                                      intensity=0.1 if self.jitter.isChecked() else 0.0),
+            class_names=names, class_colors=colors, n_classes=n_classes)
+
+    def start(self) -> bool:
+        """Train a new network (the Model dock's choice) on the chosen image and labels."""
+        return self._launch(fine_tune=False)
+
+    def retrain(self) -> bool:
+        """Fine-tune the current version with labels changed since it was trained, replaying the others."""
+        return self._launch(fine_tune=True)
+
+    def _launch(self, fine_tune: bool) -> bool:
+        if self.work is not None and self.work.running:
+            show_error("training is already running; stop it first")
+            return False
+        parent = self.session.versions.current
+        try:
+            image_layer, image, labels_layer, labels = self._inputs()
+            if fine_tune and parent is None:
+                raise LayerError("no model to retrain yet: train a new model first (or load one in the Model dock)")
+            spec = parent.metadata.input if fine_tune else self.session.input_spec
+            check_model_input(spec, image, image_layer.name)
+            n_classes = None if fine_tune else (len(self.session.class_names) or None)
+            config = self._config(n_classes)
+            config.check()
+        except (LayerError, ValueError) as err:
+            show_error(str(err))
+            return False
+        self._job = {"image_layer": image_layer, "labels_layer": labels_layer, "image": image, "labels": labels,
+                     "parent": parent if fine_tune else None, "config": config, "name": labels_layer.name}
+        self.plot.clear()
+        if fine_tune:
+            self.plot.mark(0, f"fine-tuning {parent.name}")
+        self.first_preview_after = None
+        self._started_at = time.perf_counter()
+        self._last_preview = 0.0
+        self.trainer = None
+        self._set_running(True)
+        self.status.setText("Reading labels…")
+        self.work = workers.start(self._train_events, self._on_event, self._on_done, "Training")
+        self.work.on_cancel.append(lambda: self.trainer is not None and self.trainer.stop())
+        return True
+
+    def _train_events(self, work: workers.Work):
+        """Worker thread: snapshot the labels, build the trainer, run it, hand over the result."""
+        from napari_msd.training.corrections import copy_slabs, split_since
+        from napari_msd.training.engine import Trainer
+        from napari_msd.training.sampling import TrainingData, TrainingDataError
+
+        job, session = self._job, self.session
+        image, labels, name = job["image"], job["labels"], job["name"]
+        snapshot = copy_slabs(labels, session.scratch(tuple(labels.shape), labels.dtype, like=labels))
+        current = TrainingData(image, snapshot, name)
+        parent = job["parent"]
+        data, replay = [current], []
+        if parent is not None:
+            for earlier in parent.trained_on:
+                if earlier.name == name and tuple(earlier.labels.shape) == tuple(snapshot.shape):
+                    new = session.scratch(tuple(snapshot.shape), snapshot.dtype, like=snapshot)
+                    kept = session.scratch(tuple(snapshot.shape), snapshot.dtype, like=snapshot)
+                    n_new, n_kept = split_since(snapshot, earlier.labels, new, kept)
+                    if n_new == 0:
+                        raise TrainingDataError(f"no label changed in '{name}' since {parent.name} was trained; "
+                                                "paint strokes or use corrections, then retrain")
+                    data = [TrainingData(image, new, f"{name} (new)")]
+                    if n_kept:
+                        replay.append(TrainingData(image, kept, name))
+                else:
+                    replay.append(earlier)
+        init = (parent.model, parent.metadata) if parent is not None else None
+        trainer = Trainer(data, job["config"], init=init, replay=replay)
+        if work.cancelled.is_set():
+            return
+        self.trainer = trainer  # read by the main thread only after the event below arrives
+        yield ("trainer", trainer)
+        events = trainer.run()
+        try:
+            for event in events:
+                if work.cancelled.is_set():
+                    return
+                yield event
+        finally:
+            events.close()
+        if trainer.step > 0:
+            yield ("result", trainer.snapshot(), trainer.metadata(), [current, *[r for r in replay if r.name != name]])
+
+    # -- events (main thread) ---------------------------------------------------------------------
+    def _on_event(self, event: Any) -> None:
+        from napari_msd.training.events import Paused, TrainingFinished, TrainingStarted, TrainStep, Validated
+
+        if isinstance(event, tuple) and event[0] == "trainer":
+            self.status.setText("Preparing…")
+        elif isinstance(event, tuple) and event[0] == "result":
+            self._add_version(*event[1:])
+        elif isinstance(event, TrainingStarted):
+            what = "Fine-tuning" if event.fine_tuning else "Training"
+            px = ", ".join(f"{k}: {v:,}" for k, v in event.train_pixels.items())
+            self.status.setText(f"{what} on {event.device}; labeled px {px}")
+            total = self._job["config"].steps or 100
+            self._pbar = progress(total=total, desc=f"napari-msd: {what.lower()}")
+        elif isinstance(event, TrainStep):
+            self.plot.add_loss(event.step, event.loss)
+            self._update_progress(event)
+            self._maybe_preview()
+        elif isinstance(event, Validated):
+            metrics = self._plot_metrics(event.metrics)
+            self.plot.add_validation(event.step, metrics)
+            self.plot.set_best(event.best_step)
+        elif isinstance(event, Paused):
+            self.pause_button.setText("Resume" if event.paused else "Pause")
+        elif isinstance(event, TrainingFinished):
+            self._finished = event
+
+    def _update_progress(self, event: Any) -> None:
+        text = (f"step {event.step} · loss {event.loss:.3f} · {event.samples_per_s:.1f} patches/s · "
+                f"ETA {_fmt_time(event.eta)}")
+        self.status.setText(text)
+        if self._pbar is not None:
+            target = event.step if self._job["config"].steps else int(100 * (event.progress or 0))
+            self._pbar.update(max(0, min(self._pbar.total, target) - self._pbar.n))
+
+    @staticmethod
+    def _plot_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+        out = {}
+        if isinstance(metrics.get("global_accuracy"), float):
+            out["accuracy"] = metrics["global_accuracy"]
+        if isinstance(metrics.get("mean_iou"), float):
+            out["mean IoU"] = metrics["mean_iou"]
+        return out
+
+    def _add_version(self, model: Any, metadata: Any, trained_on: list[Any]) -> None:
+        job, finished = self._job, getattr(self, "_finished", None)
+        parent = job["parent"]
+        version = self.session.versions.add(
+            model, metadata, metrics=dict(finished.best_metrics) if finished else {},
+            parent=parent.name if parent is not None else None, trained_on=trained_on,
+            steps=finished.steps if finished else 0)
+        self.session.set_classes(list(metadata.class_names), list(metadata.class_colors))
+        reason = f" ({finished.reason})" if finished else ""
+        show_info(f"napari-msd: {version.describe()}{reason}")
+        self.status.setText(f"Finished{reason}: {version.describe()}")
+        self.session.versions_changed.emit()
+
+    def _on_done(self, work: workers.Work) -> None:
+        if self._pbar is not None:
+            self._pbar.close()
+            self._pbar = None
+        self.trainer = None
+        self._finished = None
+        if work.error is not None:
+            self.status.setText(f"Training failed: {work.error}")
+        self._set_idle()
+
+    # -- control --------------------------------------------------------------------------------
+    def toggle_pause(self) -> None:
+        trainer = self.trainer
+        if trainer is None:
+            return
+        if trainer.paused:
+            trainer.resume()
+        else:
+            trainer.pause()
+            self.status.setText("Pausing after this step…")
+
+    def stop(self) -> None:
+        """End training after the current step; the best weights so far become the new version."""
+        if self.trainer is not None:
+            self.trainer.stop()
+            self.status.setText("Stopping after this step…")
+        elif self.work is not None and self.work.running:
+            self.work.cancel()
+
+    def close_workers(self, timeout: float = 10.0) -> None:
+        """End training and preview now, without keeping a result (the viewer is closing)."""
+        for work in (self.work, self.preview_work):
+            if work is not None and work.running:
+                work.cancel()
+        for work in (self.work, self.preview_work):
+            if work is not None:
+                work.wait(timeout)
+
+    def closeEvent(self, event: Any) -> None:  # noqa: N802 -- Qt API
+        self.close_workers()
+        super().closeEvent(event)
+
+    def _set_running(self, running: bool) -> None:
+        self.start_button.setEnabled(not running)
+        self.retrain_button.setEnabled(not running and self.session.versions.current is not None)
+        self.pause_button.setEnabled(running)
+        self.stop_button.setEnabled(running)
+        self.new_labels_button.setEnabled(not running)
+        self.pause_button.setText("Pause")
+        current = self.session.versions.current
+        self.retrain_button.setText(f"Retrain {current.name}" if current is not None else "Retrain")
+
+    def _set_idle(self, *_: Any) -> None:
+        self._set_running(self.work is not None and self.work.running)
+
+    # -- live preview ---------------------------------------------------------------------------
+    def _maybe_preview(self) -> None:
+        if not self.preview_check.isChecked() or self.trainer is None:
+            return
+        if self.preview_work is not None and self.preview_work.running:
+            return
+        if time.perf_counter() - self._last_preview < self.preview_every.value() and self.first_preview_after is not None:
+            return
+        self.request_preview()
+
+    def request_preview(self) -> None:
+        """Predict the region on screen with the current weights, in a worker; shown in the preview layer."""
+        from .viewport import visible_region
+
+        trainer, job = self.trainer, self._job
+        if trainer is None:
+            return
+        image = job["image"]
+        region = visible_region(self.viewer, job["image_layer"], tuple(image.shape))
+        self._last_preview = time.perf_counter()
+
+        def predict(work: workers.Work):
+            from napari_msd.inference.predictor import Predictor
+
+            model = trainer.snapshot()
+            predictor = Predictor(model, trainer.metadata(), device=trainer.device)
+            probs = predictor.predict_region(image, region, halo=min(PREVIEW_HALO, predictor.halo_radius))
+            yield region, (probs.argmax(0) + 1).astype(np.uint8)
+
+        self.preview_work = workers.start(predict, self._show_preview, lambda work: None, "Live preview")
+
+    def _show_preview(self, event: tuple[Any, np.ndarray]) -> None:
+        region, labels = event
+        source = self._job.get("image_layer")
+        if source is None:
+            return
+        offset = np.array([r.start for r in region], float) * np.asarray(source.scale, float)
+        translate = np.asarray(source.translate, float) + offset
+        colors = self.session.class_colors or [PALETTE[i % len(PALETTE)] for i in range(int(labels.max()))]
+        if PREVIEW_LAYER in self.viewer.layers:
+            layer = self.viewer.layers[PREVIEW_LAYER]
+            if layer.data.shape == labels.shape and layer.data.dtype == labels.dtype:
+                layer.data[...] = labels
+                layer.translate = translate
+                layer.refresh()
+            else:
+                layer.data = labels
+                layer.translate = translate
+        else:
+            layer = self.viewer.add_labels(labels, name=PREVIEW_LAYER, opacity=0.45, scale=source.scale,
+                                           translate=translate, colormap=class_colormap(colors),
+                                           metadata={"napari_msd_preview": True})
+            self.viewer.layers.selection.active = self._job["labels_layer"]
+        if self.first_preview_after is None:
+            self.first_preview_after = time.perf_counter() - self._started_at
