@@ -311,7 +311,7 @@ def test_worker_error_gives_one_notification_and_idles(dock, files, tmp_path, qt
     w.add_inputs([files["small"]])
     w.output_edit.setText(str(tmp_path))
     assert _run(w, qtbot) == []
-    assert errors == ["RuntimeError: disk full"]
+    assert errors == ["RuntimeError: disk full second line"]
     assert w.status_label.text().startswith("Failed: RuntimeError: disk full")
     assert len(open_output(tmp_path / "small_prediction.zarr", writable=False).done()) == 1  # kept
     assert len(bars) == 1 and bars[0] not in progress._all_instances  # the activity-dock bar is closed

@@ -54,15 +54,23 @@ def test_presets_update_parameter_count(widget):
     assert len(set(counts.values())) == 4
 
     w.preset.setCurrentIndex(0)
-    w.ndim.setCurrentIndex(1)  # 3D: 27 taps per filter
-    w.in_channels.setValue(2)
+    w.input_mode.setCurrentText("3D")  # 27 taps per filter
     w.n_classes.setValue(3)
-    expected = sum(p.numel() for p in MSDNet(2, 3, depth=100, ndim=3).parameters())
+    expected = sum(p.numel() for p in MSDNet(1, 3, depth=100, ndim=3).parameters())
     assert int(w.params_label.text().replace(",", "")) == expected
     session = w.session
     assert (session.arch, session.model_config["ndim"], session.model_config["out_channels"]) == ("msd", 3, 3)
+    assert session.input_spec.mode == "3d" and not w.slices.isEnabled() and not w.all_planes.isEnabled()
     assert session.class_names == ["class 1", "class 2", "class 3"]
-    assert session.build_model()(torch.zeros(1, 2, 4, 4, 4)).shape == (1, 3, 4, 4, 4)
+    assert session.build_model()(torch.zeros(1, 1, 4, 4, 4)).shape == (1, 3, 4, 4, 4)
+
+    w.input_mode.setCurrentText("2.5D")  # neighbouring slices as input channels
+    w.slices.setValue(3)
+    w.all_planes.setChecked(True)
+    assert session.input_spec.to_dict() == {"mode": "2.5d", "slices": 3, "orientations": ["xy", "xz", "yz"]}
+    expected = sum(p.numel() for p in MSDNet(3, 3, depth=100).parameters())
+    assert int(w.params_label.text().replace(",", "")) == expected
+    assert session.build_model()(torch.zeros(1, 3, 8, 8)).shape == (1, 3, 8, 8)
 
 
 def test_classes_default_from_selected_labels(widget):
@@ -86,21 +94,40 @@ def _save_model(path: Path) -> Path:
                       normalization={"method": "percentile", "low": 10.0, "high": 240.0})
 
 
-def test_load_model_shows_metadata(widget, tmp_path, monkeypatch):
+def test_load_model_adds_a_version(widget, tmp_path, monkeypatch):
     from qtpy.QtWidgets import QFileDialog
 
     _, w = widget
     path = _save_model(tmp_path / "good.msd")
     monkeypatch.setattr(QFileDialog, "getOpenFileName", lambda *a, **k: (str(path), ""))
     w.load_button.click()
-    assert w.preset.currentText() == "From file: good.msd"
+    session = w.session
+    assert session.versions.names() == ["v1"] and session.model_path == path
+    assert w.versions.count() == 1 and w.versions.currentRow() == 0 and "good.msd" in w.versions.item(0).text()
     assert "membrane" in w.file_label.text() and "unet" in w.file_label.text()
-    assert w.n_classes.value() == 3 and not w.n_classes.isEnabled()
-    assert w.session.model_path == path and w.session.class_names == ["membrane", "mito", "cytosol"]
-    assert w.session.arch == "unet" and w.session.model_config["base_channels"] == 4
-    w.preset.setCurrentIndex(0)  # back to a new network
-    assert w.session.model_path is None and w.n_classes.isEnabled() and w.n_classes.value() == 3
-    assert w.params_label.text() == f"{msd_parameter_count(1, 3, 100, 1):,}"
+    assert session.class_names == ["membrane", "mito", "cytosol"] and w.n_classes.value() == 3
+    # the new-network settings are untouched by loading: they describe the next new training
+    assert session.arch == "msd" and w.params_label.text() == f"{msd_parameter_count(1, 3, 100, 1):,}"
+
+
+def test_versions_switch_and_save(widget, tmp_path, monkeypatch):
+    from qtpy.QtWidgets import QFileDialog
+
+    from napari_msd.io import load_model
+
+    _, w = widget
+    first = _save_model(tmp_path / "first.msd")
+    w.load_model_file(first)
+    w.load_model_file(first)
+    assert w.session.versions.names() == ["v1", "v2"] and w.session.versions.current.name == "v2"
+    w.versions.setCurrentRow(0)
+    assert w.session.versions.current.name == "v1"
+    target = tmp_path / "saved.msd"
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a, **k: (str(target), ""))
+    w.save_button.click()
+    model, meta = load_model(target)
+    assert meta.class_names == ["membrane", "mito", "cytosol"] and w.session.versions.get("v1").path == target
+    assert "saved.msd" in w.versions.item(0).text()
 
 
 @pytest.mark.parametrize("content", [b"not a model at all", b""])
@@ -118,11 +145,11 @@ def test_corrupt_model_file_shows_error_and_changes_nothing(widget, tmp_path, mo
     monkeypatch.setattr(module, "show_error", errors.append)
     monkeypatch.setattr(QFileDialog, "getOpenFileName", lambda *a, **k: (str(bad), ""))
     before = (w.preset.currentText(), w.params_label.text(), w.file_label.text(), w.n_classes.value(),
-              repr(w.session))
+              w.session.versions.names(), w.session.class_names)
     w.load_button.click()
     assert len(errors) == 1 and "bad.msd" in errors[0] and "\n" not in errors[0]
     assert (w.preset.currentText(), w.params_label.text(), w.file_label.text(), w.n_classes.value(),
-            repr(w.session)) == before
+            w.session.versions.names(), w.session.class_names) == before
 
 
 def test_cancelled_dialog_changes_nothing(widget, monkeypatch):
@@ -130,6 +157,6 @@ def test_cancelled_dialog_changes_nothing(widget, monkeypatch):
 
     _, w = widget
     monkeypatch.setattr(QFileDialog, "getOpenFileName", lambda *a, **k: ("", ""))
-    before = repr(w.session)
+    before = (w.session.versions.names(), w.session.class_names)
     w.load_button.click()
-    assert repr(w.session) == before
+    assert (w.session.versions.names(), w.session.class_names) == before

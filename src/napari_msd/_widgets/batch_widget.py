@@ -31,6 +31,7 @@ from qtpy.QtWidgets import (
     QLineEdit,
     QListWidget,
     QListWidgetItem,
+    QMainWindow,
     QProgressBar,
     QPushButton,
     QSpinBox,
@@ -83,22 +84,43 @@ class Prepared:
     outputs: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class Failed:
+    """The run ended with an error: its one-line message."""
+
+    message: str
+
+
+def error_message(err: BaseException) -> str:
+    """One line for a notification: a :class:`~napari_msd.inference.batch.BatchError` as it is, other errors
+    prefixed with their type (``RuntimeError: CUDA out of memory...``); never a traceback."""
+    text = " ".join(str(err).split())
+    if isinstance(err, batch.BatchError):
+        return text or "the batch job cannot run"
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
 def batch_events(model_path: str, inputs: list[str], outputs: list[str], options: dict[str, Any],
                  stop: threading.Event):
     """The worker body (no Qt, no napari): prepare all inputs first, so a bad one fails before any work, then
-    run them in turn; yields :class:`Prepared`, then ``(input index, BatchStarted | BlockWritten | ...)``."""
-    jobs: list[Any] = []
-    for spec, out in zip(inputs, outputs):
-        if stop.is_set():
-            return
-        jobs.append(batch.prepare(model_path, spec, out, **options))
-    yield Prepared(tuple((j.spec.n_blocks, len(j.output.done())) for j in jobs), tuple(str(j.output.path) for j in jobs))
-    for i in range(len(jobs)):
-        if stop.is_set():
-            return
-        job, jobs[i] = jobs[i], None  # drop each predictor once its input is done
-        for event in batch.run(job, stop=stop):
-            yield i, event
+    run them in turn; yields :class:`Prepared`, then ``(input index, BatchStarted | BlockWritten | ...)``, and
+    :class:`Failed` instead of raising (superqt drops a RuntimeError raised in a generator worker silently)."""
+    try:
+        jobs: list[Any] = []
+        for spec, out in zip(inputs, outputs):
+            if stop.is_set():
+                return
+            jobs.append(batch.prepare(model_path, spec, out, **options))
+        yield Prepared(tuple((j.spec.n_blocks, len(j.output.done())) for j in jobs),
+                       tuple(str(j.output.path) for j in jobs))
+        for i in range(len(jobs)):
+            if stop.is_set():
+                return
+            job, jobs[i] = jobs[i], None  # drop each predictor once its input is done
+            for event in batch.run(job, stop=stop):
+                yield i, event
+    except Exception as err:  # noqa: BLE001 -- reported as one line in the main thread
+        yield Failed(error_message(err))
 
 
 def _eta(seconds: float) -> str:
@@ -142,7 +164,7 @@ class BatchWidget(QWidget):
         self._run: _Run | None = None
         self._progress: progress | None = None
         self._closing = False
-        self._main_window: Any = None
+        self._syncing, self._synced_at = False, 0.0
 
         self._auto_model = str(self.session.model_path or "")  # the session's model file, followed until edited
         self.model_edit = QLineEdit(self._auto_model)
@@ -210,9 +232,9 @@ class BatchWidget(QWidget):
         versions_changed = getattr(self.session, "versions_changed", None)
         if versions_changed is not None:
             versions_changed.connect(self._follow_session_model)
-        self._main_window = getattr(getattr(viewer, "window", None), "_qt_window", None)
-        if isinstance(self._main_window, QObject):
-            self._main_window.installEventFilter(self)
+        main_window = getattr(getattr(viewer, "window", None), "_qt_window", None)
+        if isinstance(main_window, QObject):  # not stored: a reference would keep the closed window alive
+            main_window.installEventFilter(self)
 
     # --- settings ----------------------------------------------------------------------------------------
     def inputs(self) -> list[str]:
@@ -339,57 +361,77 @@ class BatchWidget(QWidget):
         self.run_button.setEnabled(not running)
         self.stop_button.setEnabled(running)
 
+    # napari's progress widgets call processEvents, so slots can run nested inside _sync_progress: every slot
+    # updates its state first and touches the napari progress bar last, through _sync_progress only.
     def _on_yielded(self, item: Any) -> None:
         run = self._run
+        if run is None:
+            return
+        if isinstance(item, Failed):
+            self._fail(item.message)
+            return
         if isinstance(item, Prepared):
             run.blocks = list(item.blocks)
-            total, done = sum(n for n, _ in run.blocks), sum(d for _, d in run.blocks)
-            self.progress_bar.setRange(0, max(total, 1))
-            self.progress_bar.setValue(done)
-            self._progress = progress(total=total, desc="napari-msd batch")
-            if done:
-                self._progress.update(done)
+            self.progress_bar.setRange(0, max(1, sum(n for n, _ in run.blocks)))
+            self.progress_bar.setValue(sum(d for _, d in run.blocks))
+            self._sync_progress()
             return
         index, event = item
         run.current = index
-        if isinstance(event, batch.BatchStarted):
-            run.blocks[index] = (event.n_blocks, event.n_done)
-            run.started = run.started or time.monotonic()
-        elif isinstance(event, batch.BlockWritten):
-            run.blocks[index] = (event.n_blocks, event.n_done)
-            run.computed += 1
-            self.progress_bar.setValue(sum(d for _, d in run.blocks))
-            if self._progress is not None:
-                self._progress.update(1)
-        elif isinstance(event, batch.BatchFinished):
+        if isinstance(event, batch.BatchFinished):
             if run.blocks[index][1] >= run.blocks[index][0]:
                 run.completed.append(event.output)
             return
-        n_blocks, n_done = run.blocks[index]
+        run.blocks[index] = (event.n_blocks, event.n_done)
+        if isinstance(event, batch.BatchStarted):
+            run.started = run.started or time.monotonic()
+        else:
+            run.computed += 1
+            self.progress_bar.setValue(sum(d for _, d in run.blocks))
         remaining = sum(n - d for n, d in run.blocks)
         eta = "estimating"
         if run.computed and run.started is not None:
             eta = _eta(remaining * (time.monotonic() - run.started) / run.computed)
-        text = f"input {index + 1}/{len(run.blocks)}: block {n_done}/{n_blocks}, ETA {eta}"
-        self.status_label.setText(text)
-        if self._progress is not None:
-            self._progress.set_description(f"napari-msd batch, input {index + 1}/{len(run.blocks)}")
+        self.status_label.setText(f"input {index + 1}/{len(run.blocks)}: block {event.n_done}/{event.n_blocks}, "
+                                  f"ETA {eta}")
+        if time.monotonic() - self._synced_at > 0.25:  # throttled: each update repaints the activity dock
+            self._sync_progress()
+
+    def _sync_progress(self) -> None:
+        """Create the activity-dock progress bar or bring it to the current block count (not re-entrant)."""
+        run = self._run
+        if self._syncing or run is None or not run.blocks:
+            return
+        self._syncing = True
+        try:
+            description = f"napari-msd batch: input {run.current + 1}/{len(run.blocks)}"
+            if self._progress is None:
+                self._progress = progress(total=sum(n for n, _ in run.blocks), desc=description)
+            if self._progress.desc.rstrip(": ") != description:
+                self._progress.set_description(description)
+            delta = sum(d for _, d in run.blocks) - self._progress.n
+            if delta > 0:
+                self._progress.update(delta)
+            self._synced_at = time.monotonic()
+        finally:
+            self._syncing = False
 
     def _on_errored(self, err: BaseException) -> None:
-        text = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        if not isinstance(err, batch.BatchError):
-            text = f"{type(err).__name__}: {text}" if text else type(err).__name__
-        self._run.error = text
-        show_error(text)
+        self._fail(error_message(err))
+
+    def _fail(self, message: str) -> None:
+        if self._run is not None:
+            self._run.error = message  # before show_error: it may process events (and finish the run)
+        show_error(message)
 
     def _on_finished(self) -> None:
+        if self._syncing:  # reached from inside the progress bar's processEvents: finish once it returns
+            QTimer.singleShot(0, self._on_finished)
+            return
         run, worker, self._run, self.worker = self._run, self.worker, None, None
         generator = getattr(worker, "_gen", None)
         if generator is not None:  # left suspended by worker.quit(): the thread has ended, run its cleanup now
             generator.close()
-        if self._progress is not None:
-            self._progress.close()
-            self._progress = None
         self._set_running(False)
         complete = len(run.completed) == len(run.inputs)
         done = sum(d for _, d in run.blocks)
@@ -404,6 +446,9 @@ class BatchWidget(QWidget):
         self.progress_bar.setRange(0, max(1, sum(n for n, _ in run.blocks)))
         self.progress_bar.setValue(done)
         self.last_outputs = list(run.completed)
+        bar, self._progress = self._progress, None
+        if bar is not None:
+            bar.close()
         if complete and run.error is None and self.open_results.isChecked() and not self._closing:
             for path in run.completed:
                 self._open(path)
@@ -415,14 +460,15 @@ class BatchWidget(QWidget):
         try:
             layers = self.viewer.open(path, plugin="napari-msd")
         except Exception as err:  # noqa: BLE001 -- one notification, the output itself is fine
-            show_error(f"could not open {path}: {str(err).strip().splitlines()[0] if str(err).strip() else err!r}")
+            show_error(f"could not open {path}: {error_message(err)}")
             return
         for layer in layers:
             layer.name = base if layer.name == "prediction" else f"{base} {layer.name}"
 
     # --- shutdown ----------------------------------------------------------------------------------------
     def eventFilter(self, watched: QObject, event: QEvent) -> bool:
-        if watched is getattr(self, "_main_window", None) and event.type() == QEvent.Type.Close and self.worker is not None:
+        if (event.type() == QEvent.Type.Close and isinstance(watched, QMainWindow)
+                and getattr(self, "worker", None) is not None):  # napari's main window is closing
             watched.event(event)  # napari first: it may ask to confirm and ignore the close; then stop if it closes
             if event.isAccepted():
                 self.close_workers()

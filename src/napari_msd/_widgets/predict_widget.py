@@ -225,13 +225,13 @@ class PredictWidget(QWidget):
         run["done"] += 1
         if run["scores"] is not None and u is not None:
             run["scores"].add(region, u)
-        if self._pbar is not None:
-            self._pbar.update(1)
         elapsed = time.perf_counter() - run["started"]
         left = elapsed / run["done"] * (run["n_blocks"] - run["done"])
         self.status.setText(f"block {run['done']}/{run['n_blocks']} · {elapsed:.0f} s · about {left:.0f} s left")
         if time.perf_counter() - self._last_refresh >= REFRESH_INTERVAL or run["done"] == 1:
             self._refresh()
+        if self._pbar is not None:  # last: napari's progress bar processes events, so later events may run now
+            self._pbar.update(1)
 
     def _refresh(self) -> None:
         self._last_refresh = time.perf_counter()

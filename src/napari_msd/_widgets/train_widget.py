@@ -77,6 +77,7 @@ class TrainWidget(QWidget):
         self._started_at = 0.0
         self.first_preview_after: float | None = None  # seconds from Start to the first live preview shown
         self._job: dict[str, Any] = {}
+        self._closing = False
 
         self.image_combo = LayerCombo(napari_viewer, Image)
         self.labels_combo = LayerCombo(napari_viewer, Labels, skip=self._not_training_labels)
@@ -262,6 +263,7 @@ class TrainWidget(QWidget):
             return False
         self._job = {"image_layer": image_layer, "labels_layer": labels_layer, "image": image, "labels": labels,
                      "parent": parent if fine_tune else None, "config": config, "name": labels_layer.name}
+        self._closing = False
         self.plot.clear()
         if fine_tune:
             self.plot.mark(0, f"fine-tuning {parent.name}")
@@ -334,8 +336,8 @@ class TrainWidget(QWidget):
             self._pbar = progress(total=total, desc=f"napari-msd: {what.lower()}")
         elif isinstance(event, TrainStep):
             self.plot.add_loss(event.step, event.loss)
-            self._update_progress(event)
             self._maybe_preview()
+            self._update_progress(event)  # last: napari's progress bar processes events
         elif isinstance(event, Validated):
             metrics = self._plot_metrics(event.metrics)
             self.plot.add_validation(event.step, metrics)
@@ -383,7 +385,7 @@ class TrainWidget(QWidget):
         self._finished = None
         if work.error is not None:
             self.status.setText(f"Training failed: {work.error}")
-        self._set_idle()
+        self._set_running(False)
 
     # -- control --------------------------------------------------------------------------------
     def toggle_pause(self) -> None:
@@ -406,6 +408,7 @@ class TrainWidget(QWidget):
 
     def close_workers(self, timeout: float = 10.0) -> None:
         """End training and preview now, without keeping a result (the viewer is closing)."""
+        self._closing = True
         for work in (self.work, self.preview_work):
             if work is not None and work.running:
                 work.cancel()
@@ -464,8 +467,8 @@ class TrainWidget(QWidget):
     def _show_preview(self, event: tuple[Any, np.ndarray]) -> None:
         region, labels = event
         source = self._job.get("image_layer")
-        if source is None:
-            return
+        if source is None or source not in self.viewer.layers or self._closing:
+            return  # the image went away (or the viewer is closing) while the preview was computed
         offset = np.array([r.start for r in region], float) * np.asarray(source.scale, float)
         translate = np.asarray(source.translate, float) + offset
         colors = self.session.class_colors or [PALETTE[i % len(PALETTE)] for i in range(int(labels.max()))]
@@ -482,6 +485,7 @@ class TrainWidget(QWidget):
             layer = self.viewer.add_labels(labels, name=PREVIEW_LAYER, opacity=0.45, scale=source.scale,
                                            translate=translate, colormap=class_colormap(colors),
                                            metadata={"napari_msd_preview": True})
-            self.viewer.layers.selection.active = self._job["labels_layer"]
+            if self._job["labels_layer"] in self.viewer.layers:  # keep painting where the user was
+                self.viewer.layers.selection.active = self._job["labels_layer"]
         if self.first_preview_after is None:
             self.first_preview_after = time.perf_counter() - self._started_at

@@ -13,6 +13,12 @@ import numpy as np
 from napari_msd.inference.tiling import Region
 
 
+def camera(viewer: Any) -> Any:
+    """The viewer's camera (``viewer.scene.camera`` from napari 0.9, ``viewer.camera`` before)."""
+    scene = getattr(viewer, "scene", None)
+    return scene.camera if scene is not None and hasattr(scene, "camera") else viewer.camera
+
+
 def _to_data(layer: Any, world: np.ndarray, axes: list[int]) -> np.ndarray:
     scale = np.asarray(layer.scale, float)[axes]
     translate = np.asarray(layer.translate, float)[axes]
@@ -40,8 +46,8 @@ def visible_region(viewer: Any, layer: Any, shape: tuple[int, ...], max_side: in
     """The part of ``layer`` (an image of ``shape``) on screen: the current plane of a volume and the canvas
     area in the last two axes, clipped to the image and to at most ``max_side`` pixels around the centre."""
     canvas = np.asarray(getattr(getattr(viewer, "canvas", None), "size", (600, 800)), float)
-    zoom = float(getattr(viewer.camera, "zoom", 1.0)) or 1.0
-    center_world = np.asarray(viewer.camera.center, float)[-2:]
+    zoom = float(getattr(camera(viewer), "zoom", 1.0)) or 1.0
+    center_world = np.asarray(camera(viewer).center, float)[-2:]
     half_world = canvas / zoom / 2
     axes = [layer.ndim - 2, layer.ndim - 1]
     lo = _to_data(layer, center_world - half_world, axes)
@@ -71,7 +77,7 @@ def go_to(viewer: Any, layer: Any, region: Region, margin: float = 1.6) -> None:
         step = list(viewer.dims.point)
         step[world_axes[0]] = center[0]
         viewer.dims.point = step
-    viewer.camera.center = tuple(center[-2:])
+    camera(viewer).center = tuple(center[-2:])
     size = np.array([r.stop - r.start for r in region[-2:]], float) * scale[-2:]
     canvas = np.asarray(getattr(getattr(viewer, "canvas", None), "size", (600, 800)), float)
-    viewer.camera.zoom = float(np.min(canvas / (size * margin)))
+    camera(viewer).zoom = float(np.min(canvas / (size * margin)))

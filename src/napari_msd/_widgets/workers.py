@@ -26,7 +26,8 @@ class Work:
 
     def __init__(self) -> None:
         self.cancelled = threading.Event()
-        self.done = threading.Event()
+        self.done = threading.Event()  # the thread has ended
+        self.finished = False  # ... and its end was handled in the main thread (``on_done`` ran)
         self.worker: Any = None
         self.error: BaseException | None = None
         self.on_cancel: list[Callable[[], None]] = []
@@ -53,7 +54,8 @@ class Work:
 
     @property
     def running(self) -> bool:
-        return not self.done.is_set()
+        """Until the work has ended and the main thread has handled its end."""
+        return not self.finished
 
 
 def start(generator: Callable[[Work], Iterator[Any]], on_event: Callable[[Any], None],
@@ -73,13 +75,19 @@ def start(generator: Callable[[Work], Iterator[Any]], on_event: Callable[[Any], 
             work.done.set()
 
     def finished() -> None:
+        # events the worker yielded may still be queued (Qt does not order signals of different senders):
+        # render them before the end
+        QCoreApplication.sendPostedEvents()
         generator_object = getattr(worker, "_gen", None)
         if generator_object is not None:  # abandoned by worker.quit() (napari does that when the viewer closes)
             generator_object.close()  # the thread has ended: run its cleanup (finally blocks) here
         work.done.set()
-        if work.error is not None:
-            show_error(f"{name} failed: {_one_line(work.error)}")
-        on_done(work)
+        try:
+            if work.error is not None:
+                show_error(f"{name} failed: {_one_line(work.error)}")
+            on_done(work)
+        finally:
+            work.finished = True
 
     worker = create_worker(run, _start_thread=False)
     worker.yielded.connect(on_event)

@@ -63,6 +63,8 @@ def split_since(labels: Any, snapshot: Any, new_out: Any, kept_out: Any, pixels:
     shape = _same_shape(labels, snapshot, "labels and their snapshot")
     for out in (new_out, kept_out):
         _same_shape(labels, out, "labels and output")
+        if np.dtype(out.dtype).itemsize < np.dtype(labels.dtype).itemsize:
+            raise ValueError(f"outputs of dtype {out.dtype} cannot hold labels of dtype {labels.dtype}")
     n_new = n_kept = 0
     for rows in slabs(shape, pixels):
         now, then = np.asarray(labels[rows]), np.asarray(snapshot[rows])

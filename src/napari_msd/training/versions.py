@@ -20,7 +20,11 @@ import torch
 from ..io.model_file import ModelMetadata, load_model, save_model
 from .sampling import TrainingData
 
-SUMMARY_METRICS = ("global_accuracy", "class_accuracy", "mean_iou")
+SUMMARY_METRICS = {"global_accuracy": "accuracy", "class_accuracy": "class accuracy", "mean_iou": "mean IoU"}
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 @dataclass
@@ -40,11 +44,11 @@ class ModelVersion:
         """One line: name, headline validation metrics and origin, e.g.
         ``v2 · accuracy 0.941 · mean IoU 0.712 · fine-tuned from v1 · 200 steps``."""
         parts = [self.name]
-        for key in SUMMARY_METRICS:
+        for key, label in SUMMARY_METRICS.items():
             value = self.metrics.get(key)
-            if isinstance(value, int | float):
-                parts.append(f"{key.replace('global_', '').replace('_', ' ')} {value:.3f}")
-        if not any(isinstance(self.metrics.get(k), int | float) for k in SUMMARY_METRICS):
+            if _number(value):
+                parts.append(f"{label} {value:.3f}")
+        if not any(_number(self.metrics.get(k)) for k in SUMMARY_METRICS):
             parts.append("not validated")
         if self.parent:
             parts.append(f"fine-tuned from {self.parent}")

@@ -1,0 +1,43 @@
+"""Fixtures for dock tests: a viewer with the Train and Predict docks on a small synthetic EM-like volume, a tiny
+network, and a list collecting the error notifications the docks show."""
+
+from __future__ import annotations
+
+import pytest
+from dock_helpers import synthetic_volume
+
+from napari_msd._widgets.session import get_session
+
+
+@pytest.fixture
+def errors(monkeypatch) -> list[str]:
+    """Messages passed to ``show_error`` by any dock."""
+    from napari_msd._widgets import batch_widget, model_widget, predict_widget, train_widget, workers
+
+    seen: list[str] = []
+    for module in (batch_widget, model_widget, predict_widget, train_widget, workers):
+        monkeypatch.setattr(module, "show_error", seen.append, raising=False)
+    return seen
+
+
+@pytest.fixture
+def docks(make_napari_viewer_proxy, qtbot):
+    """``(viewer, train dock, predict dock)`` with the synthetic volume, its strokes and a 10-layer MS-D."""
+    viewer = make_napari_viewer_proxy()
+    image, strokes = synthetic_volume()
+    viewer.add_image(image, name="em")
+    viewer.add_labels(strokes, name="strokes")
+    _, train = viewer.window.add_plugin_dock_widget("napari-msd", "Train")
+    _, predict = viewer.window.add_plugin_dock_widget("napari-msd", "Predict")
+    session = get_session(viewer)
+    session.model_config = {"depth": 10, "width": 1}
+    session.set_classes(["dark", "bright"], ["#ff0000", "#00ff00"])
+    train.image_combo.setCurrentText("em")
+    train.labels_combo.setCurrentText("strokes")
+    train.length.setValue(40)
+    train.batch_size.setValue(8)
+    train.patch_size.setValue(32)
+    train.validate_every.setValue(10)
+    yield viewer, train, predict
+    for dock in (train, predict):
+        dock.close_workers()

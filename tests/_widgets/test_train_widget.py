@@ -1,0 +1,172 @@
+"""The Train dock in a real viewer: training makes a version and a live preview, pause / resume / stop, new labels
+layers, every bad input gives one message and starts nothing, worker errors, closing the viewer mid-training."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from napari.layers import Labels
+
+from napari_msd._widgets.session import get_session
+from napari_msd._widgets.train_widget import PREVIEW_LAYER
+
+from dock_helpers import SHAPE, synthetic_volume, wait_idle
+
+
+def test_training_adds_a_version_and_shows_a_live_preview(docks, qtbot, errors):
+    viewer, train, _ = docks
+    session = get_session(viewer)
+    assert not train.retrain_button.isEnabled()
+    assert train.start()
+    assert not train.start_button.isEnabled() and train.stop_button.isEnabled()
+    wait_idle(qtbot, train)
+    assert errors == []
+    assert session.versions.names() == ["v1"]
+    version = session.versions.current
+    assert version.steps == 40 and version.metadata.class_names == ["dark", "bright"]
+    assert version.model.out_channels == 2 and not version.model.training
+    assert [d.name for d in version.trained_on] == ["strokes"]
+    snapshot = version.trained_on[0].labels
+    assert np.array_equal(snapshot, viewer.layers["strokes"].data) and snapshot is not viewer.layers["strokes"].data
+    # the live preview: the plane on screen, predicted with weights taken during training
+    preview = viewer.layers[PREVIEW_LAYER]
+    z = int(viewer.dims.current_step[0])
+    assert preview.data.shape == (1, 64, 64) and tuple(preview.translate) == (z, 0, 0)
+    assert set(np.unique(preview.data)) <= {1, 2} and train.first_preview_after is not None
+    assert len(train.plot.series()["steps"]) == 40
+    assert train.start_button.isEnabled() and train.retrain_button.isEnabled()
+    assert train.retrain_button.text() == "Retrain v1"
+
+
+def test_pause_resume_and_stop(docks, qtbot, errors):
+    viewer, train, _ = docks
+    train.length.setValue(100_000)
+    train.preview_check.setChecked(False)
+    train.start()
+    qtbot.waitUntil(lambda: train.trainer is not None and train.trainer.step >= 2, timeout=30_000)
+    train.pause_button.click()
+    qtbot.waitUntil(lambda: train.pause_button.text() == "Resume", timeout=10_000)
+    step = train.trainer.step
+    qtbot.wait(600)
+    assert train.trainer.step == step  # paused: no step taken
+    train.pause_button.click()
+    qtbot.waitUntil(lambda: train.trainer.step > step + 1, timeout=10_000)
+    asked = time.perf_counter()
+    train.stop_button.click()
+    qtbot.waitUntil(lambda: train.trainer is None or train.trainer._stop.is_set(), timeout=1000)
+    qtbot.waitUntil(lambda: not train.work.running, timeout=30_000)
+    assert time.perf_counter() - asked < 30
+    assert errors == []
+    version = get_session(viewer).versions.current
+    assert version is not None and 0 < version.steps < 100_000  # the weights so far became v1
+    assert train.start_button.isEnabled() and not train.stop_button.isEnabled()
+
+
+def test_stop_answers_within_a_second(docks, qtbot):
+    """From Stop to the last training step: the engine ends after the current step."""
+    viewer, train, _ = docks
+    train.length.setValue(100_000)
+    train.preview_check.setChecked(False)
+    train.start()
+    qtbot.waitUntil(lambda: train.trainer is not None and train.trainer.step >= 3, timeout=30_000)
+    trainer = train.trainer
+    train.stop()
+    step, asked = trainer.step, time.perf_counter()
+    qtbot.waitUntil(lambda: trainer.step > step or not train.work.running, timeout=5000)
+    qtbot.waitUntil(lambda: trainer.step <= step + 1, timeout=100)  # at most the step under way
+    assert time.perf_counter() - asked < 1.0 or trainer.step == step
+    wait_idle(qtbot, train)
+
+
+def test_new_labels_layer_with_named_classes(docks, errors):
+    viewer, train, _ = docks
+    train.class_edit.setText("background, membrane, mitochondrion")
+    layer = train.new_labels_layer()
+    assert isinstance(layer, Labels) and layer.data.shape == SHAPE and not layer.data.any()
+    assert layer.metadata["class_names"] == {1: "background", 2: "membrane", 3: "mitochondrion"}
+    assert get_session(viewer).class_names == ["background", "membrane", "mitochondrion"]
+    assert train.labels_combo.currentText() == layer.name and layer.mode == "paint"
+    colors = layer.colormap.color_dict
+    assert len({tuple(np.round(colors[i], 3)) for i in (1, 2, 3)}) == 3
+    train.class_edit.setText("only one")
+    assert train.new_labels_layer() is None and len(errors) == 1
+
+
+def _no_version_started(viewer, train, errors, count=1):
+    assert len(errors) == count and all("\n" not in e for e in errors), errors
+    assert train.work is None or not train.work.running
+    assert get_session(viewer).versions.names() == []
+    assert train.start_button.isEnabled()
+
+
+@pytest.mark.parametrize("case, needle", [
+    ("no labels", "no labeled pixel"),
+    ("one class", "only class"),
+    ("shape", "differ in shape"),
+    ("rgb", "RGB"),
+    ("4d", "4 dimensions"),
+    ("2.5d on 2d", "needs a ZYX volume"),
+])
+def test_bad_input_one_message_nothing_changes(docks, qtbot, errors, case, needle):
+    viewer, train, _ = docks
+    strokes = viewer.layers["strokes"]
+    before = strokes.data.copy()
+    if case == "no labels":
+        train.labels_combo.choose(viewer.add_labels(np.zeros(SHAPE, np.uint8), name="empty"))
+    elif case == "one class":
+        only = np.where(before == 1, 1, 0).astype(np.uint8)
+        train.labels_combo.choose(viewer.add_labels(only, name="one class"))
+    elif case == "shape":
+        train.labels_combo.choose(viewer.add_labels(np.zeros((4, 32, 32), np.uint8), name="small"))
+    elif case == "rgb":
+        train.image_combo.choose(viewer.add_image(np.zeros((64, 64, 3), np.uint8), name="colour", rgb=True))
+    elif case == "4d":
+        train.image_combo.choose(viewer.add_image(np.zeros((2, *SHAPE), np.float32), name="time series"))
+    else:
+        image2d = viewer.add_image(np.zeros(SHAPE[1:], np.float32), name="plane")
+        train.image_combo.choose(image2d)
+        train.labels_combo.choose(viewer.add_labels(before[1], name="plane strokes"))
+        get_session(viewer).input_spec = get_session(viewer).input_spec.__class__("2.5d", 5)
+    started = train.start()
+    if started:  # checks that need the labels read run in the worker; the dock must come back idle
+        wait_idle(qtbot, train)
+    assert errors and needle in errors[-1], errors
+    _no_version_started(viewer, train, errors)
+    assert np.array_equal(strokes.data, before)
+
+
+def test_worker_error_becomes_a_notification(docks, qtbot, errors, monkeypatch):
+    viewer, train, _ = docks
+    from napari_msd.training import engine
+
+    def broken_step(self, x, y):
+        raise RuntimeError("CUDA out of memory (simulated)\nsecond line")
+
+    monkeypatch.setattr(engine.Trainer, "_train_step", broken_step)
+    train.start()
+    wait_idle(qtbot, train)
+    assert len(errors) == 1 and "out of memory" in errors[0] and "\n" not in errors[0]
+    _no_version_started(viewer, train, errors)
+    assert "failed" in train.status.text()
+    monkeypatch.undo()
+    assert train.start()  # usable again
+    wait_idle(qtbot, train)
+    assert get_session(viewer).versions.names() == ["v1"]
+
+
+def test_closing_the_viewer_mid_training_ends_cleanly(make_napari_viewer_proxy, qtbot, errors):
+    viewer = make_napari_viewer_proxy()
+    image, strokes = synthetic_volume()
+    viewer.add_image(image, name="em")
+    viewer.add_labels(strokes, name="strokes")
+    _, train = viewer.window.add_plugin_dock_widget("napari-msd", "Train")
+    get_session(viewer).model_config = {"depth": 10, "width": 1}
+    train.length.setValue(100_000)
+    train.start()
+    qtbot.waitUntil(lambda: train.trainer is not None and train.trainer.step >= 2, timeout=30_000)
+    work, trainer = train.work, train.trainer
+    viewer.close()
+    assert work.done.is_set()  # the worker thread ended before close() returned
+    assert trainer._stop.is_set() and errors == []
