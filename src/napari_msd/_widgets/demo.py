@@ -1,41 +1,54 @@
-"""``napari-msd demo``: a viewer with the ISBI sample, its example strokes and the Model dock."""
+"""``napari-msd demo``: a viewer with the ISBI sample, its example strokes and the napari-msd docks, ready to train."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import napari  # at import time, so a missing GUI fails where the CLI imports this module
 from qtpy.QtWidgets import QApplication
 
 PLUGIN = "napari-msd"
 SAMPLE_KEY = "isbi_strokes"
-MODEL_DOCK = "Model"
+DOCKS = ("Model", "Train", "Predict")
 
 
-def run_demo(screenshot: str | os.PathLike[str] | None = None) -> None:
-    """Open napari with the sample data and the Model dock, the strokes layer selected.
-
-    With ``screenshot``, save a picture of the whole window (dock included) to that path and close the viewer
-    instead of running the event loop.
-    """
-    viewer = napari.Viewer(title="napari-msd demo")
+def open_demo(show: bool = True) -> tuple[napari.Viewer, dict[str, Any]]:
+    """A viewer with the sample data, the strokes layer selected, and the Model, Train and Predict docks
+    (the Model and Predict docks tabbed behind the Train dock). Returns the viewer and the docks by name."""
+    viewer = napari.Viewer(title="napari-msd demo", show=show)
     viewer.open_sample(PLUGIN, SAMPLE_KEY)
-    viewer.window.add_plugin_dock_widget(PLUGIN, MODEL_DOCK)
+    docks, widgets = {}, {}
+    for name in DOCKS:
+        docks[name], widgets[name] = viewer.window.add_plugin_dock_widget(PLUGIN, name, tabify=name != DOCKS[0])
     strokes = viewer.layers["strokes"]
     viewer.layers.selection.active = strokes
     viewer.dims.set_current_step(0, int(strokes.metadata.get("stroke_slices", [0])[0]))
+    docks["Train"].raise_()
+    return viewer, widgets
+
+
+def save_window(viewer: napari.Viewer, path: str | os.PathLike[str], size: tuple[int, int] = (1500, 950)) -> Path:
+    """Save a picture of the whole window (canvas and docks) to ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    viewer.window.resize(*size)
+    for _ in range(5):
+        QApplication.processEvents()
+    viewer.reset_view()
+    QApplication.processEvents()
+    viewer.screenshot(str(path), canvas_only=False)
+    return path
+
+
+def run_demo(screenshot: str | os.PathLike[str] | None = None) -> None:
+    """Open the demo and run napari; with ``screenshot``, save a picture of the window there and close instead."""
+    viewer, _ = open_demo()
     if screenshot is None:
         napari.run()
         return
-    path = Path(screenshot)
-    path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        viewer.window.resize(1400, 900)
-        for _ in range(5):
-            QApplication.processEvents()
-        viewer.reset_view()
-        QApplication.processEvents()
-        viewer.screenshot(str(path), canvas_only=False)
+        save_window(viewer, screenshot)
     finally:
         viewer.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,13 +62,19 @@ def describe_device() -> str:
 
 
 def model_summary(arch: str, config: dict[str, Any]) -> tuple[int, int]:
-    """Parameter count and theoretical receptive-field radius (px), without allocating weights."""
+    """Parameter count and theoretical receptive-field radius (px), without allocating weights (cached: the dock
+    asks again whenever the selected layer changes)."""
+    return _summary(arch, json.dumps(config, sort_keys=True))
+
+
+@functools.lru_cache(maxsize=64)
+def _summary(arch: str, config_json: str) -> tuple[int, int]:
     import torch
 
     from napari_msd.models import build_model
 
     with torch.device("meta"):
-        model = build_model(arch, config)
+        model = build_model(arch, json.loads(config_json))
     return sum(p.numel() for p in model.parameters()), int(model.receptive_field)
 
 

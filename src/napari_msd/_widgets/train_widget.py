@@ -78,6 +78,7 @@ class TrainWidget(QWidget):
         self.first_preview_after: float | None = None  # seconds from Start to the first live preview shown
         self._job: dict[str, Any] = {}
         self._closing = False
+        self._preview_model: Any = None
 
         self.image_combo = LayerCombo(napari_viewer, Image)
         self.labels_combo = LayerCombo(napari_viewer, Labels, skip=self._not_training_labels)
@@ -255,6 +256,8 @@ class TrainWidget(QWidget):
                 raise LayerError("no model to retrain yet: train a new model first (or load one in the Model dock)")
             spec = parent.metadata.input if fine_tune else self.session.input_spec
             check_model_input(spec, image, image_layer.name)
+            if not fine_tune:
+                self._classes_from(labels_layer)
             n_classes = None if fine_tune else (len(self.session.class_names) or None)
             config = self._config(n_classes)
             config.check()
@@ -264,6 +267,10 @@ class TrainWidget(QWidget):
         self._job = {"image_layer": image_layer, "labels_layer": labels_layer, "image": image, "labels": labels,
                      "parent": parent if fine_tune else None, "config": config, "name": labels_layer.name}
         self._closing = False
+        self._preview_model = None
+        self._prepare_preview(image_layer, image)
+        total = config.steps or 100
+        self._pbar = progress(total=total, desc=f"napari-msd: {'fine-tuning' if fine_tune else 'training'}")
         self.plot.clear()
         if fine_tune:
             self.plot.mark(0, f"fine-tuning {parent.name}")
@@ -276,6 +283,20 @@ class TrainWidget(QWidget):
         self.work = workers.start(self._train_events, self._on_event, self._on_done, "Training")
         self.work.on_cancel.append(lambda: self.trainer is not None and self.trainer.stop())
         return True
+
+    def _classes_from(self, layer: Any) -> None:
+        """Take class names (and colours) from the labels layer when the session has none of its own: a layer
+        made by 'New labels layer', the sample's strokes, or any layer with ``metadata['class_names']``."""
+        named = layer.metadata.get("class_names") or {}
+        if not named or set(self.session.class_names) - {f"class {i}" for i in range(1, 256)}:
+            return
+        n = max(int(k) for k in named)
+        names = [str(named.get(i, named.get(str(i), f"class {i}"))) for i in range(1, n + 1)]
+        color_dict = getattr(layer.colormap, "color_dict", {})
+        colors = [color_dict.get(i) for i in range(1, n + 1)]
+        hexes = ["#" + "".join(f"{int(round(v * 255)):02x}" for v in np.asarray(c, float)[:3]) for c in colors
+                 if c is not None]
+        self.session.set_classes(names, hexes if len(hexes) == n else [])
 
     def _train_events(self, work: workers.Work):
         """Worker thread: snapshot the labels, build the trainer, run it, hand over the result."""
@@ -332,8 +353,6 @@ class TrainWidget(QWidget):
             what = "Fine-tuning" if event.fine_tuning else "Training"
             px = ", ".join(f"{k}: {v:,}" for k, v in event.train_pixels.items())
             self.status.setText(f"{what} on {event.device}; labeled px {px}")
-            total = self._job["config"].steps or 100
-            self._pbar = progress(total=total, desc=f"napari-msd: {what.lower()}")
         elif isinstance(event, TrainStep):
             self.plot.add_loss(event.step, event.loss)
             self._maybe_preview()
@@ -457,35 +476,61 @@ class TrainWidget(QWidget):
         def predict(work: workers.Work):
             from napari_msd.inference.predictor import Predictor
 
-            model = trainer.snapshot()
+            model = self._preview_model = trainer.snapshot(into=self._preview_model)  # one network per run
             predictor = Predictor(model, trainer.metadata(), device=trainer.device)
             probs = predictor.predict_region(image, region, halo=min(PREVIEW_HALO, predictor.halo_radius))
             yield region, (probs.argmax(0) + 1).astype(np.uint8)
 
         self.preview_work = workers.start(predict, self._show_preview, lambda work: None, "Live preview")
 
+    def _prepare_preview(self, source: Any, image: Any) -> None:
+        """Create (or re-place) the preview layer for the view now, so that showing a preview during training
+        only updates pixels: adding a layer costs napari a few hundred milliseconds of the event loop."""
+        from .viewport import visible_region
+
+        if not self.preview_check.isChecked():
+            return
+        region = visible_region(self.viewer, source, tuple(image.shape))
+        shape = tuple(r.stop - r.start for r in region)
+        layer = self._preview_layer()
+        if layer is None:
+            colors = self.session.class_colors or PALETTE
+            active = self.viewer.layers.selection.active
+            self.viewer.add_labels(np.zeros(shape, np.uint8), name=PREVIEW_LAYER, opacity=0.45, scale=source.scale,
+                                   translate=self._placement(source, region), colormap=class_colormap(list(colors)),
+                                   metadata={"napari_msd_preview": True})
+            if active is not None and active in self.viewer.layers:  # keep painting where the user was
+                self.viewer.layers.selection.active = active
+
+    def _preview_layer(self) -> Any:
+        for layer in self.viewer.layers:
+            if is_preview(layer):
+                return layer
+        return None
+
+    @staticmethod
+    def _placement(source: Any, region: Any) -> np.ndarray:
+        offset = np.array([r.start for r in region], float) * np.asarray(source.scale, float)
+        return np.asarray(source.translate, float) + offset
+
     def _show_preview(self, event: tuple[Any, np.ndarray]) -> None:
         region, labels = event
         source = self._job.get("image_layer")
         if source is None or source not in self.viewer.layers or self._closing:
             return  # the image went away (or the viewer is closing) while the preview was computed
-        offset = np.array([r.start for r in region], float) * np.asarray(source.scale, float)
-        translate = np.asarray(source.translate, float) + offset
-        colors = self.session.class_colors or [PALETTE[i % len(PALETTE)] for i in range(int(labels.max()))]
-        if PREVIEW_LAYER in self.viewer.layers:
-            layer = self.viewer.layers[PREVIEW_LAYER]
-            if layer.data.shape == labels.shape and layer.data.dtype == labels.dtype:
-                layer.data[...] = labels
+        layer = self._preview_layer()
+        if layer is None:  # the user deleted it: they do not want it back during this run
+            return
+        translate = self._placement(source, region)
+        if layer.data.shape == labels.shape and layer.data.dtype == labels.dtype:
+            layer.data[...] = labels
+            if not np.allclose(layer.translate, translate):
                 layer.translate = translate
-                layer.refresh()
-            else:
-                layer.data = labels
-                layer.translate = translate
+            layer.refresh()
         else:
-            layer = self.viewer.add_labels(labels, name=PREVIEW_LAYER, opacity=0.45, scale=source.scale,
-                                           translate=translate, colormap=class_colormap(colors),
-                                           metadata={"napari_msd_preview": True})
-            if self._job["labels_layer"] in self.viewer.layers:  # keep painting where the user was
-                self.viewer.layers.selection.active = self._job["labels_layer"]
+            layer.data = labels
+            layer.translate = translate
+        if self.session.class_colors and len(layer.colormap.color_dict) != len(self.session.class_colors) + 2:
+            layer.colormap = class_colormap(self.session.class_colors)
         if self.first_preview_after is None:
             self.first_preview_after = time.perf_counter() - self._started_at

@@ -240,11 +240,12 @@ class Trainer:
     def paused(self) -> bool:
         return not self._running.is_set()
 
-    def snapshot(self) -> torch.nn.Module:
-        """An independent copy of the network as it is now, in eval mode on the CPU."""
+    def snapshot(self, into: torch.nn.Module | None = None) -> torch.nn.Module:
+        """An independent copy of the network as it is now, in eval mode on the CPU; ``into``: an earlier
+        snapshot to refresh in place (cheaper than building a new network, e.g. for a live preview)."""
         with self._lock:
             state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
-        twin = build_model(self.model.arch, self.model.config())
+        twin = build_model(self.model.arch, self.model.config()) if into is None else into
         twin.load_state_dict(state)
         return twin.eval()
 

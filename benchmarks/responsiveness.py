@@ -1,0 +1,208 @@
+"""Responsiveness of the napari docks: event-loop stalls while training and predicting, time to the first preview.
+
+Run from the repository root with the package installed, on a display (or a virtual one)::
+
+    xvfb-run -a python benchmarks/responsiveness.py            # about 3 minutes on a 2-core CPU
+    xvfb-run -a python benchmarks/responsiveness.py --quick    # a smoke test of the script
+
+It opens ``napari-msd demo`` (the ISBI sample with its strokes, the Model / Train / Predict docks) and
+drives the docks as a user would, while a 10 ms ``QTimer`` heartbeat runs in napari's event loop. The
+longest gap between two heartbeats minus the 10 ms period is the longest time the interface could not
+respond (a stall), measured from the moment the button's click handler has returned (the click handler
+itself, which adds layers, is timed separately) until the work has ended. Phases:
+
+1. **Training**: "Train new model" with the paper MS-D (100 layers, width 1) and the dock's defaults
+   (batch 16, 64 px patches, live preview of the view every 1.5 s) for ``--steps`` steps. Reported: the
+   longest stall, time from the click to the first live preview shown (and to the first training step),
+   previews shown, training steps per second.
+2. **Prediction**: "Predict" with the trained version on a larger volume (``--volume``, default
+   16 x 1024 x 1024, the sample tiled and mirrored, held as a dask array over a zarr store so the dock
+   streams into on-disk outputs), with the uncertainty layer. Reported: the longest stall, time to the
+   first block shown, blocks per second.
+3. **Review**: the main-thread cost of "Next uncertain region" and "Use corrections" (after repainting a
+   64 x 64 patch), each the longest of 5 calls.
+
+It prints a Markdown table; ``--json PATH`` writes the raw figures. Run it on an otherwise idle machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from machine import describe  # noqa: E402
+
+
+class Heartbeat:
+    """A 10 ms QTimer recording the times it fired; :meth:`longest_stall` over a window of time."""
+
+    def __init__(self, period_ms: int = 10):
+        from qtpy.QtCore import QTimer
+
+        self.period = period_ms / 1000
+        self.beats: list[float] = []
+        self.timer = QTimer()
+        self.timer.setInterval(period_ms)
+        self.timer.timeout.connect(lambda: self.beats.append(time.perf_counter()))
+        self.timer.start()
+
+    def longest_stall(self, start: float, stop: float) -> float:
+        beats = np.array([b for b in self.beats if start <= b <= stop])
+        if len(beats) < 2:
+            return float("nan")
+        return float(np.diff(beats).max() - self.period)
+
+
+def wait(condition, timeout: float) -> float:
+    """Run the event loop until ``condition()``; returns when it became true (perf_counter)."""
+    from qtpy.QtWidgets import QApplication
+
+    deadline = time.perf_counter() + timeout
+    while not condition():
+        if time.perf_counter() > deadline:
+            raise TimeoutError("the docks did not finish in time")
+        QApplication.processEvents()
+        time.sleep(0.002)
+    return time.perf_counter()
+
+
+def big_volume(sample: np.ndarray, shape: tuple[int, int, int], workdir: Path):
+    """The sample tiled (mirrored) to ``shape`` in a zarr store, opened as a dask array."""
+    import dask.array as da
+    import zarr
+
+    reps = [-(-n // s) for n, s in zip(shape, sample.shape)]
+    tiled = np.pad(sample, [(0, (r - 1) * s) for r, s in zip(reps, sample.shape)], mode="symmetric")
+    tiled = tiled[tuple(slice(0, n) for n in shape)]
+    store = zarr.create_array(store=str(workdir / "volume.zarr"), shape=shape, chunks=(1, 512, 512),
+                              dtype=tiled.dtype, overwrite=True)
+    store[...] = tiled
+    return da.from_zarr(store)
+
+
+def run(args) -> dict:
+    from napari_msd._widgets.demo import open_demo
+
+    viewer, docks = open_demo(show=True)
+    train, predict = docks["Train"], docks["Predict"]
+    viewer.window.resize(1500, 950)
+    wait(lambda: True, 1)
+    beat = Heartbeat()
+    wait(lambda: len(beat.beats) > 20, 10)
+    out: dict = {"machine": describe(), "steps": args.steps}
+
+    # 1. training
+    train.length.setValue(args.steps)
+    steps_seen: list[float] = []
+    on_event = train._on_event
+    train._on_event = lambda e: (type(e).__name__ == "TrainStep" and steps_seen.append(time.perf_counter()),
+                                 on_event(e))
+    previews: list[float] = []
+    show_preview = train._show_preview
+    train._show_preview = lambda e: (show_preview(e), previews.append(time.perf_counter()))
+    t0 = time.perf_counter()
+    train.start_button.click()
+    clicked = time.perf_counter()
+    t1 = wait(lambda: not train.work.running, args.timeout)
+    out["train"] = {
+        "seconds": t1 - t0,
+        "click_ms": 1000 * (clicked - t0),
+        "stall_ms": 1000 * beat.longest_stall(clicked, t1),
+        "first_step_s": steps_seen[0] - t0 if steps_seen else None,
+        "first_preview_s": train.first_preview_after,
+        "previews": len(previews),
+        "steps_per_s": (len(steps_seen) - 1) / (steps_seen[-1] - steps_seen[0]) if len(steps_seen) > 1 else None,
+        "version": viewer and train.session.versions.current.describe(),
+    }
+
+    # 2. prediction of a larger, lazily loaded volume
+    with tempfile.TemporaryDirectory(prefix="napari-msd-bench-") as tmp:
+        volume = big_volume(viewer.layers["EM (ISBI 2012 crop)"].data, tuple(args.volume), Path(tmp))
+        layer = viewer.add_image(volume, name="big volume", colormap="gray")
+        predict.image_combo.choose(layer)
+        blocks: list[float] = []
+        on_block = predict._on_block
+        predict._on_block = lambda e: (on_block(e), e[0] != "plan" and blocks.append(time.perf_counter()))
+        t0 = time.perf_counter()
+        predict.predict_button.click()
+        clicked = time.perf_counter()
+        t1 = wait(lambda: not predict.work.running, args.timeout)
+        out["predict"] = {
+            "volume": list(args.volume),
+            "seconds": t1 - t0,
+            "click_ms": 1000 * (clicked - t0),
+            "stall_ms": 1000 * beat.longest_stall(clicked, t1),
+            "first_block_s": blocks[0] - t0 if blocks else None,
+            "blocks": len(blocks),
+            "mpx_per_s": float(np.prod(args.volume)) / 1e6 / (t1 - t0),
+        }
+
+        # 3. review actions, timed in the main thread
+        next_times, correction_times = [], []
+        prediction = predict.prediction_layer()
+        for i in range(5):
+            a = time.perf_counter()
+            predict.next_uncertain_region()
+            next_times.append(time.perf_counter() - a)
+        train.image_combo.choose(layer)
+        train.labels_combo.choose(viewer.add_labels(np.zeros(tuple(args.volume), np.uint8), name="big labels"))
+        for i in range(5):
+            prediction.data[i % args.volume[0], 100:164, 100:164] = 1 + (i % 2)
+            a = time.perf_counter()
+            predict.use_corrections()
+            correction_times.append(time.perf_counter() - a)
+        out["review"] = {"next_region_ms": 1000 * max(next_times), "use_corrections_ms": 1000 * max(correction_times)}
+        viewer.close()
+    return out
+
+
+def table(r: dict) -> str:
+    t, p, v = r["train"], r["predict"], r["review"]
+    z, y, x = p["volume"]
+    rows = [
+        ("Machine", r["machine"], ""),
+        (f"Training, MS-D 100 layers, {r['steps']} steps: longest event-loop stall", f"{t['stall_ms']:.0f} ms",
+         "< 100 ms"),
+        ("'Train new model' click handled (creates the preview layer and progress bar)", f"{t['click_ms']:.0f} ms",
+         ""),
+        ("Start → first live preview shown", f"{t['first_preview_s']:.1f} s", "< 10 s"),
+        ("Start → first training step", f"{t['first_step_s']:.1f} s", ""),
+        ("Live previews shown / training speed", f"{t['previews']} / {t['steps_per_s']:.2f} steps/s", ""),
+        (f"Prediction, {z} x {y} x {x} dask/zarr volume: longest stall", f"{p['stall_ms']:.0f} ms", "< 100 ms"),
+        ("'Predict' click handled (creates the output layers)", f"{p['click_ms']:.0f} ms", ""),
+        ("Predict → first block shown / throughput", f"{p['first_block_s']:.1f} s / {p['mpx_per_s']:.2f} Mpx/s",
+         ""),
+        ("'Next uncertain region' (main thread)", f"{v['next_region_ms']:.0f} ms", ""),
+        (f"'Use corrections' on {z} x {y} x {x} (main thread)", f"{v['use_corrections_ms']:.0f} ms", ""),
+    ]
+    lines = ["| Measure | Value | Target |", "|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=150, help="training steps (default 150)")
+    parser.add_argument("--volume", type=int, nargs=3, default=[16, 1024, 1024], metavar=("Z", "Y", "X"))
+    parser.add_argument("--timeout", type=float, default=900, help="seconds allowed per phase")
+    parser.add_argument("--quick", action="store_true", help="20 steps, a 4 x 512 x 512 volume")
+    parser.add_argument("--json", type=Path, help="also write the raw figures here")
+    args = parser.parse_args()
+    if args.quick:
+        args.steps, args.volume = 20, [4, 512, 512]
+    result = run(args)
+    print(table(result))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
