@@ -62,16 +62,32 @@ class Heartbeat:
 
 
 def wait(condition, timeout: float) -> float:
-    """Run the event loop until ``condition()``; returns when it became true (perf_counter)."""
-    from qtpy.QtWidgets import QApplication
+    """Run Qt's event loop (as napari.run does: idle in C++, no Python polling) until ``condition()``;
+    returns when it became true (perf_counter)."""
+    from qtpy.QtCore import QEventLoop, QTimer
 
+    loop = QEventLoop()
     deadline = time.perf_counter() + timeout
-    while not condition():
-        if time.perf_counter() > deadline:
-            raise TimeoutError("the docks did not finish in time")
-        QApplication.processEvents()
-        time.sleep(0.002)
-    return time.perf_counter()
+    met: list[float] = []
+
+    def check() -> None:
+        if condition():
+            met.append(time.perf_counter())
+            loop.quit()
+        elif time.perf_counter() > deadline:
+            loop.quit()
+
+    timer = QTimer()
+    timer.setInterval(20)
+    timer.timeout.connect(check)
+    timer.start()
+    check()
+    if not met:
+        loop.exec()
+    timer.stop()
+    if not met:
+        raise TimeoutError("the docks did not finish in time")
+    return met[0]
 
 
 def big_volume(sample: np.ndarray, shape: tuple[int, int, int], workdir: Path):
