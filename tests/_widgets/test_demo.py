@@ -7,6 +7,8 @@ from skimage.io import imread
 
 from napari_msd._widgets.demo import run_demo
 from napari_msd._widgets.model_widget import ModelWidget
+from napari_msd._widgets.predict_widget import PredictWidget
+from napari_msd._widgets.train_widget import TrainWidget
 
 
 def test_run_demo_screenshot(tmp_path, qtbot, monkeypatch):
@@ -25,7 +27,7 @@ def test_run_demo_screenshot(tmp_path, qtbot, monkeypatch):
     run_demo(screenshot=path)
 
     assert seen["layers"] == ["EM (ISBI 2012 crop)", "strokes", "ground truth"] and seen["active"] == "strokes"
-    assert ModelWidget in seen["docks"]
+    assert {ModelWidget, TrainWidget, PredictWidget} <= set(seen["docks"])
     assert path.stat().st_size > 20_000
     picture = imread(path)
     assert picture.ndim == 3 and picture.shape[1] > seen["canvas"][1] + 200  # the whole window: canvas and docks
