@@ -78,3 +78,13 @@ def test_cpu_threads_and_description():
     assert isinstance(n, int) and n >= 1
     text = describe_device(torch.device("cpu"))
     assert text.startswith("CPU") and str(torch.get_num_threads()) in text
+
+
+def test_available_devices_lists_what_torch_reports(monkeypatch):
+    from napari_msd.training.device import available_devices
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert available_devices()[:2] == ["auto", "cpu"] and "cuda" not in available_devices()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert [d for d in available_devices() if d.startswith("cuda")] == ["cuda", "cuda:0", "cuda:1"]

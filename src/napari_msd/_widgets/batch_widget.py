@@ -40,6 +40,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_msd.inference import batch
+from napari_msd.training.device import available_devices
 
 from .model_widget import MODEL_FILE_FILTER
 from .session import get_session
@@ -60,20 +61,6 @@ def output_name(image_spec: str, ome_zarr: bool = False) -> str:
     stem = stripped if stripped is not None else (Path(name).stem if Path(name).suffix else name)
     stem = "_".join([p for p in (stem, *inner.replace("\\", "/").split("/")) if p]) or "input"
     return f"{stem}_prediction{'.ome.zarr' if ome_zarr else '.zarr'}"
-
-
-def available_devices() -> list[str]:
-    """``auto``, ``cpu`` and the GPUs torch reports (``cuda``, ``cuda:N`` with several, ``mps``)."""
-    import torch
-
-    devices = ["auto", "cpu"]
-    if torch.cuda.is_available():
-        count = torch.cuda.device_count()
-        devices += ["cuda"] + ([f"cuda:{i}" for i in range(count)] if count > 1 else [])
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        devices.append("mps")
-    return devices
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_msd.training.device import available_devices
+
 from . import workers
 from .layer_checks import LayerError, check_model_input, image_array
 from .layer_combo import LayerCombo
@@ -58,7 +60,7 @@ class PredictWidget(QWidget):
         self.model_label = QLabel()
         self.model_label.setWordWrap(True)
         self.device = QComboBox()
-        self.device.addItems(_devices())
+        self.device.addItems(available_devices())
         self.uncertainty_check = QCheckBox("Uncertainty layer")
         self.uncertainty_check.setChecked(True)
         self.measure = QComboBox()
@@ -344,15 +346,3 @@ class PredictWidget(QWidget):
         self.review_status.setText(f"{values.size:,} corrected pixels added to '{labels_name}'; "
                                    "retrain in the Train dock")
         return int(values.size)
-
-
-def _devices() -> list[str]:
-    import torch
-
-    devices = ["cpu"]
-    if torch.cuda.is_available():
-        devices.insert(0, "cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        devices.insert(0, "mps")
-    return devices
-

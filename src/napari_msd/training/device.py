@@ -47,3 +47,15 @@ def describe_device(device: torch.device) -> str:
     if device.type == "mps":
         return "Apple GPU (MPS)"
     return f"CPU, {torch.get_num_threads()} threads"
+
+
+def available_devices() -> list[str]:
+    """``auto``, ``cpu`` and the GPUs torch reports (``cuda``, ``cuda:N`` with several, ``mps``)."""
+    devices = ["auto", "cpu"]
+    if torch.cuda.is_available():
+        count = torch.cuda.device_count()
+        devices += ["cuda"] + ([f"cuda:{i}" for i in range(count)] if count > 1 else [])
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        devices.append("mps")
+    return devices
