@@ -55,6 +55,7 @@ class PredictWidget(QWidget):
         self._run: dict[str, Any] = {}
         self._last_refresh = 0.0
         self._shown_first = False
+        self._dirty = False
 
         self.image_combo = LayerCombo(napari_viewer, Image, skip=self._is_output)
         self.model_label = QLabel()
@@ -238,10 +239,11 @@ class PredictWidget(QWidget):
         elapsed = time.perf_counter() - run["started"]
         left = elapsed / run["done"] * (run["n_blocks"] - run["done"])
         self.status.setText(f"block {run['done']}/{run['n_blocks']} · {elapsed:.0f} s · about {left:.0f} s left")
-        if self._on_screen(region) and (time.perf_counter() - self._last_refresh >= REFRESH_INTERVAL
-                                        or not self._shown_first):
-            self._shown_first = True
-            self._refresh()  # only blocks on the plane shown change the picture (a repaint costs the CPU too)
+        if self._on_screen(region):  # only blocks on the plane shown change the picture (repaints cost CPU too)
+            self._dirty = True
+            if time.perf_counter() - self._last_refresh >= REFRESH_INTERVAL or not self._shown_first:
+                self._shown_first = True
+                self._refresh()
         self.progress_bar.setValue(run["done"])
 
     def _on_screen(self, region: Any) -> bool:
@@ -255,6 +257,7 @@ class PredictWidget(QWidget):
 
     def _refresh(self) -> None:
         self._last_refresh = time.perf_counter()
+        self._dirty = False
         for layer in (self._run.get("layer"), self._run.get("unc_layer"), *self._run.get("prob_layers", [])):
             if layer is not None and layer in self.viewer.layers:
                 layer.refresh()
@@ -263,12 +266,11 @@ class PredictWidget(QWidget):
         run = self._run
         self.progress_bar.setVisible(False)
         if run:
-            self._refresh()
+            if self._dirty:  # other planes are read when the user moves to them
+                self._refresh()
             complete = run["done"] == run["n_blocks"] and run["n_blocks"] > 0
             what = "done" if complete else f"stopped after {run['done']} of {run['n_blocks']} blocks"
             self.status.setText(f"Prediction {what} in {time.perf_counter() - run['started']:.1f} s")
-            if run.get("unc_layer") is not None and complete:
-                run["unc_layer"].visible = True
         self._set_running(False)
 
     def stop(self) -> None:
