@@ -28,7 +28,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from .session import Session, get_session
+from .session import Session, get_session, layer_classes
 
 if TYPE_CHECKING:
     import napari
@@ -209,10 +209,7 @@ class ModelWidget(QWidget):
             return
         meta_names = layer.metadata.get("class_names") or {}
         n = max(2, int(layer.data.max()), *(int(k) for k in meta_names))
-        color_dict = getattr(layer.colormap, "color_dict", {})
-        colors = [color_dict.get(i) for i in range(1, n + 1)]
-        names = [str(meta_names.get(i, f"class {i}")) for i in range(1, n + 1)]
-        self.session.set_classes(names, [_hex(c) for c in colors] if all(c is not None for c in colors) else [])
+        self.session.set_classes(*layer_classes(layer, n))
         with QSignalBlocker(self.n_classes):
             self.n_classes.setValue(n)
         self._on_controls_changed()
@@ -295,8 +292,3 @@ class ModelWidget(QWidget):
         if prov.get("created"):
             lines.append(f"Created: {prov['created']}")
         return "\n".join(lines)
-
-
-def _hex(color: Any) -> str:
-    rgb = np.clip(np.round(np.asarray(color, dtype=float)[:3] * 255), 0, 255).astype(int)
-    return "#" + "".join(f"{v:02x}" for v in rgb)

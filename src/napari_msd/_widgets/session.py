@@ -106,6 +106,21 @@ class Session:
             self._finalizer()
 
 
+def layer_classes(layer: Any, n: int) -> tuple[list[str], list[str]]:
+    """Names and hex colours of classes ``1..n`` of a labels layer, from ``metadata["class_names"]`` (int or str
+    keys) and its colormap; colours are ``[]`` unless every class has one."""
+    named = layer.metadata.get("class_names") or {}
+    names = [str(named.get(i, named.get(str(i), f"class {i}"))) for i in range(1, n + 1)]
+    color_dict = getattr(layer.colormap, "color_dict", {})
+    colors = [color_dict.get(i) for i in range(1, n + 1)]
+    return names, [_hex(c) for c in colors] if all(c is not None for c in colors) else []
+
+
+def _hex(color: Any) -> str:
+    rgb = np.clip(np.round(np.asarray(color, dtype=float)[:3] * 255), 0, 255).astype(int)
+    return "#" + "".join(f"{v:02x}" for v in rgb)
+
+
 def get_session(viewer: Any) -> Session:
     """The session shared by all docks of ``viewer`` (created on first use, dropped with the viewer)."""
     viewer = getattr(viewer, "__wrapped__", viewer)

@@ -32,11 +32,13 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_msd.io.model_file import default_class_colors
+
 from . import workers
 from .layer_checks import LayerError, check_model_input, image_array, labels_array
 from .layer_combo import LayerCombo
 from .plot import TrainingPlot
-from .session import Session, get_session
+from .session import Session, get_session, layer_classes
 
 if TYPE_CHECKING:
     import napari
@@ -44,7 +46,6 @@ if TYPE_CHECKING:
 PREVIEW_LAYER = "live preview"
 PREVIEW_HALO = 64  # px of context for the preview: enough for a recognisable preview, fast on a CPU
 DEFAULT_CLASSES = "background, membrane"
-PALETTE = ["#40ff40", "#ff40ff", "#3070ff", "#ffd000", "#ff6020", "#00e0e0", "#a060ff", "#ff0060"]
 
 
 def is_preview(layer: Any) -> bool:
@@ -198,7 +199,7 @@ class TrainWidget(QWidget):
         if len(names) < 2 or len(set(names)) != len(names):
             show_error("type at least two different class names, separated by commas (e.g. background, membrane)")
             return None
-        colors = [PALETTE[i % len(PALETTE)] for i in range(len(names))]
+        colors = default_class_colors(len(names))
         data = self.session.scratch(tuple(image.shape), np.uint8 if len(names) < 255 else np.uint16, like=image)
         source = self.image_combo.layer()
         layer = self.viewer.add_labels(
@@ -290,13 +291,7 @@ class TrainWidget(QWidget):
         named = layer.metadata.get("class_names") or {}
         if not named or set(self.session.class_names) - {f"class {i}" for i in range(1, 256)}:
             return
-        n = max(int(k) for k in named)
-        names = [str(named.get(i, named.get(str(i), f"class {i}"))) for i in range(1, n + 1)]
-        color_dict = getattr(layer.colormap, "color_dict", {})
-        colors = [color_dict.get(i) for i in range(1, n + 1)]
-        hexes = ["#" + "".join(f"{int(round(v * 255)):02x}" for v in np.asarray(c, float)[:3]) for c in colors
-                 if c is not None]
-        self.session.set_classes(names, hexes if len(hexes) == n else [])
+        self.session.set_classes(*layer_classes(layer, max(int(k) for k in named)))
 
     def _train_events(self, work: workers.Work):
         """Worker thread: snapshot the labels, build the trainer, run it, hand over the result."""
@@ -494,7 +489,7 @@ class TrainWidget(QWidget):
         shape = tuple(r.stop - r.start for r in region)
         layer = self._preview_layer()
         if layer is None:
-            colors = self.session.class_colors or PALETTE
+            colors = self.session.class_colors or default_class_colors(16)
             active = self.viewer.layers.selection.active
             self.viewer.add_labels(np.zeros(shape, np.uint8), name=PREVIEW_LAYER, opacity=0.45, scale=source.scale,
                                    translate=self._placement(source, region), colormap=class_colormap(list(colors)),
