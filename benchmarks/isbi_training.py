@@ -4,10 +4,13 @@ Strokes covering 0.1% of the volume's pixels are drawn programmatically on 3 of 
 (see ``isbi_strokes.py``). Each network trains for the same wall-clock budget on this CPU; the
 random forest on ilastik-style filter features is trained on the same strokes. All three are
 scored on the 27 slices that carry no stroke: membrane IoU, pixel (global) accuracy and class
-accuracy against the dense ground truth.
+accuracy against the dense ground truth. This is repeated for several stroke seeds (other strokes
+on the same slices), since one draw of strokes moves every method's IoU by a few hundredths; the
+networks are compared with the forest on the same strokes (paired). On ``--compare-seeds`` the
+networks are also trained with the optional edge-aware loss (``TrainConfig.edge_weight``).
 
-    python benchmarks/isbi_training.py                 # 5 minutes per network
-    python benchmarks/isbi_training.py --minutes 1     # a quicker, rougher run
+    python benchmarks/isbi_training.py                          # 3 stroke seeds, 5 minutes per network
+    python benchmarks/isbi_training.py --seeds 0 --minutes 1    # a quicker, rougher run
 
 The ISBI data is looked up in ``../shared/data/isbi2012`` beside the repository, or ``--data``.
 """
@@ -65,11 +68,15 @@ def _evaluate(path: Path, image, test_slices, truth) -> tuple[dict, float, int]:
     return score(truth, pred), time.perf_counter() - start, sum(p.numel() for p in model.parameters())
 
 
-def run_network(arch: str, image, strokes, test_slices, truth, seconds: float, seed: int) -> list[dict]:
+NAMES = {"msd": "MS-D (d=100, w=1)", "unet": "U-Net (depth 4, 32 base)"}
+
+
+def run_network(arch: str, image, strokes, test_slices, truth, seconds: float, seed: int,
+                edge_weight: float) -> list[dict]:
     """One training run; scored as trained and after the optional class-prior correction (same weights)."""
     config = TrainConfig(arch=arch, steps=None, time_limit=seconds, seed=seed, validate_every=50, patience=0,
-                         class_names=["membrane", "cell interior"])
-    name = {"msd": "MS-D (d=100, w=1)", "unet": "U-Net (depth 4, 32 base)"}[arch]
+                         class_names=["membrane", "cell interior"], edge_weight=edge_weight)
+    name = NAMES[arch] + (f" + edge-aware loss (weight {edge_weight:g})" if edge_weight > 0 else "")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"{arch}.msd"
@@ -86,10 +93,8 @@ def run_network(arch: str, image, strokes, test_slices, truth, seconds: float, s
         prior = trainer.correct_prior()
         trainer.save(path, overwrite=True)
         scores, predict_s, n_params = _evaluate(path, image, test_slices, truth)
-        label = (f"{name} + prior correction (membrane prior {prior[0]:.2f})" if prior is not None else
-                 f"{name} + prior correction (refused: it cost held-out strokes accuracy)")
-        rows.append({"method": label, "parameters": n_params,
-                     "predict_s": predict_s, **common, **scores})
+        rows.append({"method": f"{name} + prior correction", "prior": None if prior is None else float(prior[0]),
+                     "parameters": n_params, "predict_s": predict_s, **common, **scores})
     return rows
 
 
@@ -105,15 +110,31 @@ def run_rf(image, strokes, test_slices, truth, seed: int) -> dict:
 
 
 def table(rows: list[dict], info: dict) -> str:
+    """One line per method: membrane IoU per stroke seed, means, and the mean paired difference to the forest."""
+    seeds = info["seeds"]
+    rf = {r["seed"]: r["membrane_iou"] for r in rows if r["parameters"] is None}
     lines = [f"ISBI 2012, strokes on slices {info['painted']} ({info['stroke_pixels']:,} px = "
-             f"{info['stroke_fraction']:.2%} of the volume), scored on the {info['n_test']} unpainted slices",
-             "", "| method | parameters | training | membrane IoU | pixel accuracy | class accuracy | prediction |",
-             "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        params = f"{r['parameters']:,}" if r["parameters"] else "-"
-        steps = f"{r['train_s']:.0f} s" + (f", {r['steps']} steps" if r["steps"] else "")
-        lines.append(f"| {r['method']} | {params} | {steps} | {r['membrane_iou']:.3f} | {r['pixel_accuracy']:.3f} | "
-                     f"{r['class_accuracy']:.3f} | {r['predict_s']:.1f} s |")
+             f"{info['stroke_fraction']:.2%} of the volume; stroke seeds {', '.join(map(str, seeds))}), "
+             f"scored on the {info['n_test']} unpainted slices",
+             "", f"| method | parameters | training | membrane IoU, seed {' / '.join(map(str, seeds))} | "
+             "mean IoU | vs forest (paired) | pixel accuracy | class accuracy | prediction |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    for method in methods:
+        runs = {r["seed"]: r for r in rows if r["method"] == method}
+        first = next(iter(runs.values()))
+        params = f"{first['parameters']:,}" if first["parameters"] else "-"
+        steps = [r["steps"] for r in runs.values() if r["steps"]]
+        train = f"{np.mean([r['train_s'] for r in runs.values()]):.0f} s" + (
+            f", {min(steps)}-{max(steps)} steps" if steps else "")
+        ious = " / ".join(f"{runs[s]['membrane_iou']:.3f}" if s in runs else "-" for s in seeds)
+        mean = np.mean([r["membrane_iou"] for r in runs.values()])
+        diffs = [runs[s]["membrane_iou"] - rf[s] for s in runs if s in rf]
+        delta = "" if first["parameters"] is None else f"{np.mean(diffs):+.3f} ({sum(d > 0 for d in diffs)}/{len(diffs)} better)"
+        lines.append(f"| {method} | {params} | {train} | {ious} | {mean:.3f} | {delta} | "
+                     f"{np.mean([r['pixel_accuracy'] for r in runs.values()]):.3f} | "
+                     f"{np.mean([r['class_accuracy'] for r in runs.values()]):.3f} | "
+                     f"{np.mean([r['predict_s'] for r in runs.values()]):.1f} s |")
     return "\n".join(lines)
 
 
@@ -121,25 +142,36 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA_DIR, help="folder with train-volume.tif and labels")
     parser.add_argument("--minutes", type=float, default=5.0, help="training time per network")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                        help="stroke seeds: each draws other strokes (and seeds the training)")
     parser.add_argument("--arch", nargs="*", default=["msd", "unet"], choices=["msd", "unet"])
+    parser.add_argument("--edge-weight", type=float, default=TrainConfig.edge_weight,
+                        help="edge-aware loss weight of the networks (default: the training default)")
+    parser.add_argument("--compare-edge-weight", type=float, default=2.0,
+                        help="the networks are also trained with this edge-aware loss weight on --compare-seeds")
+    parser.add_argument("--compare-seeds", type=int, nargs="*", default=[0], help="see --compare-edge-weight")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     image, labels = load_isbi(args.data)
-    strokes, painted = make_strokes(labels, seed=args.seed)
-    test_slices = [z for z in range(labels.shape[0]) if z not in set(painted)]
-    truth = labels[test_slices]
-    info = {"painted": list(painted), "stroke_pixels": int((strokes > 0).sum()),
-            "stroke_fraction": float((strokes > 0).mean()), "n_test": len(test_slices), "threads": torch.get_num_threads()}
-    rows = [run_rf(image, strokes, test_slices, truth, args.seed)]
-    print(f"random forest done: membrane IoU {rows[-1]['membrane_iou']:.3f}", file=sys.stderr)
-    for arch in args.arch:
-        rows += run_network(arch, image, strokes, test_slices, truth, args.minutes * 60, args.seed)
-        print(f"{arch} done: membrane IoU {rows[-2]['membrane_iou']:.3f} / {rows[-1]['membrane_iou']:.3f}",
-              file=sys.stderr)
+    rows, info = [], {"seeds": args.seeds, "threads": torch.get_num_threads(), "minutes": args.minutes}
+    for seed in args.seeds:
+        strokes, painted = make_strokes(labels, seed=seed)
+        test_slices = [z for z in range(labels.shape[0]) if z not in set(painted)]
+        truth = labels[test_slices]
+        info.update({"painted": list(painted), "stroke_pixels": int((strokes > 0).sum()),
+                     "stroke_fraction": float((strokes > 0).mean()), "n_test": len(test_slices)})
+        rows.append({**run_rf(image, strokes, test_slices, truth, seed), "seed": seed})
+        print(f"seed {seed}: random forest membrane IoU {rows[-1]['membrane_iou']:.3f}", file=sys.stderr)
+        weights = [args.edge_weight] + ([args.compare_edge_weight] if seed in args.compare_seeds else [])
+        for arch in args.arch:
+            for weight in weights:
+                new = run_network(arch, image, strokes, test_slices, truth, args.minutes * 60, seed, weight)
+                rows += [{**r, "seed": seed} for r in new]
+                print(f"seed {seed}: {new[0]['method']} membrane IoU {new[0]['membrane_iou']:.3f} "
+                      f"(prior-corrected {new[1]['membrane_iou']:.3f})", file=sys.stderr)
+        if args.json:  # after every seed, so a long run that is cut short keeps what it measured
+            args.json.write_text(json.dumps({"info": info, "rows": rows}, indent=2))
     print(table(rows, info))
-    if args.json:
-        args.json.write_text(json.dumps({"info": info, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

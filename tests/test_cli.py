@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from napari_msd import __version__
-from napari_msd.cli import main
+from napari_msd.cli import _train_config, build_parser, main
 from napari_msd.io import save_model
 from napari_msd.models import MSDNet
+from napari_msd.training.engine import TrainConfig
 
 
 @pytest.fixture
@@ -133,6 +134,15 @@ def test_train_errors_are_one_line_and_write_nothing(stroke_files, tmp_path, cap
     assert "4" in error(str(tmp_path / "4d.npy"), str(labels))
     assert "--ndim 3" in error(str(image), str(labels), "--ndim", "3", "--slices", "3")
     assert "--replay" in error(str(image), str(labels), "--replay", str(image), str(labels))
+    assert "edge-aware loss weight must be >= 0" in error(str(image), str(labels), "--edge-weight", "-1")
+
+
+@pytest.mark.parametrize("flag, expected", [([], TrainConfig.edge_weight), (["--edge-weight", "0"], 0.0),
+                                            (["--edge-weight", "3.5"], 3.5)])
+def test_train_edge_weight_reaches_the_engine(flag, expected, stroke_files, tmp_path):
+    image, labels = stroke_files
+    args = build_parser().parse_args(["train", str(image), str(labels), "-o", str(tmp_path / "m.msd"), *flag])
+    assert _train_config(args).edge_weight == expected
 
 
 def test_train_refuses_to_overwrite_a_model(stroke_files, tmp_path, capsys):

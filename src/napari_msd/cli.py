@@ -57,6 +57,7 @@ def _train_config(args: argparse.Namespace):
         patch_size=args.patch_size, batch_size=args.batch_size, steps=steps, time_limit=args.time,
         learning_rate=args.lr, validate_every=args.validate_every, patience=args.patience,
         augmentation=Augmentation(intensity=args.intensity, elastic=args.elastic), dice_weight=args.dice,
+        **({} if args.edge_weight is None else {"edge_weight": args.edge_weight}),
         device=args.device, threads=args.threads, seed=args.seed, prior_correction=args.prior_correction,
         class_names=args.class_names.split(",") if args.class_names else None,
     )
@@ -211,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--intensity", type=float, default=0.0, help="intensity jitter, e.g. 0.1")
     train.add_argument("--elastic", type=float, default=0.0, help="elastic deformation in pixels, e.g. 4")
     train.add_argument("--dice", type=float, default=0.0, help="weight of a Dice term added to cross-entropy")
+    train.add_argument("--edge-weight", type=float, metavar="W",
+                       help="weight of the edge-aware smoothness loss that moves class boundaries in unpainted "
+                            "regions onto image edges (default 0 = off; e.g. 2)")
     train.add_argument("--class-names", help="comma-separated, e.g. membrane,interior")
     train.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
     train.add_argument("--seed", type=int, default=0)

@@ -170,3 +170,15 @@ def test_closing_the_viewer_mid_training_ends_cleanly(make_napari_viewer_proxy, 
     viewer.close()
     assert work.done.is_set()  # the worker thread ended before close() returned
     assert trainer._stop.is_set() and errors == []
+
+
+def test_edge_aware_smoothing_setting_reaches_the_training_config(docks):
+    from napari_msd.training.engine import TrainConfig
+
+    _, train, _ = docks
+    assert train.edge_weight.value() == TrainConfig.edge_weight  # the engine's default, as in the CLI
+    assert train._config(None).edge_weight == TrainConfig.edge_weight
+    train.edge_weight.setValue(2.5)
+    assert train._config(None).edge_weight == 2.5
+    train.edge_weight.setValue(0.0)
+    assert train.edge_weight.text() == "off" and train._config(None).edge_weight == 0.0

@@ -644,11 +644,12 @@ def _bad_inputs(image, labels):
         "no bound": ([TrainingData(two_d, labels)], {"steps": None}, ValueError, "steps"),
         "bad metric": ([TrainingData(two_d, labels)], {"metric": "f1"}, ValueError, "metric"),
         "wrong class names": ([TrainingData(two_d, labels)], {"class_names": ["a", "b", "c"]}, ValueError, "names"),
+        "negative edge weight": ([TrainingData(two_d, labels)], {"edge_weight": -1.0}, ValueError, "edge-aware"),
     }
 
 
 CASES = ["no labeled pixel", "one class only", "float labels", "2.5d on a 2D image", "RGB-like 4D image",
-         "shape mismatch", "no data", "no bound", "bad metric", "wrong class names"]
+         "shape mismatch", "no data", "no bound", "bad metric", "wrong class names", "negative edge weight"]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -662,3 +663,31 @@ def test_bad_input_is_refused_with_one_line(case, task, tmp_path):
         Trainer(data, _config(**overrides), output=out)
     assert words in _one_line(err)
     assert not out.exists()
+
+
+# -- the edge-aware loss --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("weight", [0.0, 2.0])
+def test_edge_weight_adds_the_potts_term_on_the_training_patches(weight, data, monkeypatch):
+    """Each step's loss is cross-entropy plus the edge-aware term on the very logits and input patch; 0 = off."""
+    from napari_msd.training import potts
+
+    seen = []
+    forward = potts.EdgePotts.forward
+
+    def spy(self, logits, image):
+        value = forward(self, logits, image)
+        seen.append((self.weight, tuple(logits.shape), tuple(image.shape), float(value)))
+        return value
+
+    monkeypatch.setattr(potts.EdgePotts, "forward", spy)
+    trainer = Trainer(data, _config(steps=3, edge_weight=weight))
+    steps = _of(list(trainer.run()), TrainStep)
+    if weight == 0:
+        assert seen == []
+        return
+    assert len(seen) == 3
+    for (w, logits, image, value), step in zip(seen, steps):
+        assert w == weight and logits[0] == image[0] == 4 and logits[2:] == image[2:] == (48, 48)
+        assert 0 < value < step.loss  # reported loss = cross-entropy + this term

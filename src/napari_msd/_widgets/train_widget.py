@@ -110,6 +110,15 @@ class TrainWidget(QWidget):
         self.preview_every.setRange(0.2, 60.0)
         self.preview_every.setValue(1.5)
         self.preview_every.setSuffix(" s")
+        self.edge_weight = QDoubleSpinBox()
+        self.edge_weight.setRange(0.0, 100.0)
+        self.edge_weight.setSingleStep(0.5)
+        from napari_msd.training.engine import TrainConfig
+
+        self.edge_weight.setValue(TrainConfig.edge_weight)
+        self.edge_weight.setSpecialValueText("off")
+        self.edge_weight.setToolTip("Weight of the edge-aware smoothness loss: between strokes, class boundaries "
+                                    "are pulled onto image edges")
         self.elastic = QCheckBox("Elastic deformation (4 px)")
         self.jitter = QCheckBox("Intensity jitter (±10%)")
         self.jitter.setChecked(True)
@@ -162,6 +171,7 @@ class TrainWidget(QWidget):
         adv.addRow("Learning rate", self.learning_rate)
         adv.addRow("Validate every (steps)", self.validate_every)
         adv.addRow("Patience (validations)", self.patience)
+        adv.addRow("Edge-aware smoothing", self.edge_weight)
         adv.addRow("Seed", self.seed)
         adv.addRow("Preview every", self.preview_every)
         adv.addRow(self.jitter)
@@ -236,7 +246,7 @@ class TrainWidget(QWidget):
             validate_every=self.validate_every.value(), patience=self.patience.value(), seed=self.seed.value(),
             augmentation=Augmentation(elastic=4.0 if self.elastic.isChecked() else 0.0,
                                       intensity=0.1 if self.jitter.isChecked() else 0.0),
-            class_names=names, class_colors=colors, n_classes=n_classes)
+            edge_weight=self.edge_weight.value(), class_names=names, class_colors=colors, n_classes=n_classes)
 
     def start(self) -> bool:
         """Train a new network (the Model dock's choice) on the chosen image and labels."""

@@ -33,6 +33,7 @@ from .device import cpu_threads, describe_device, select_device
 from .events import Paused, Saved, TrainingFinished, TrainingStarted, TrainStep, Validated
 from .inputs import InputSpec, plane_axes, read_input
 from .losses import SparseLoss, auto_class_weights
+from .potts import EdgePotts
 from .normalization import Normalization, estimate_normalization
 from .prior import estimate_prior, output_bias, shift_output_bias
 from .sampling import IGNORE, PatchSampler, TrainingData, TrainingDataError, split, validation_tiles
@@ -64,6 +65,7 @@ class TrainConfig:
     augmentation: Augmentation = field(default_factory=Augmentation)
     class_weights: str | Sequence[float] | None = "auto"
     dice_weight: float = 0.0
+    edge_weight: float = 0.0  # edge-aware Potts term on all patch pixels (training.potts); 0 = off
     device: str = "auto"
     threads: int | None = None
     amp: bool = True
@@ -88,6 +90,8 @@ class TrainConfig:
             raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {self.metric!r}")
         if self.n_classes is not None and self.n_classes < 2:
             raise ValueError(f"a model needs at least 2 classes, got n_classes={self.n_classes}")
+        if self.edge_weight < 0:
+            raise ValueError(f"the edge-aware loss weight must be >= 0 (0 = off), got {self.edge_weight}")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
 
@@ -208,6 +212,9 @@ class Trainer:
         if weights == "auto":
             weights = auto_class_weights(counts, n_classes)
         self.loss_fn = SparseLoss(n_classes, weights, config.dice_weight).to(self.device)
+        self.edge_loss = None
+        if config.edge_weight > 0:  # 3D: the radius-2 ball (16 offsets); radius 3 would be 61 per voxel
+            self.edge_loss = EdgePotts(config.edge_weight, radius=2 if config.input.model_ndim == 3 else 3)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.learning_rate)
         self.use_amp = bool(config.amp and self.device.type == "cuda")
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
@@ -358,7 +365,10 @@ class Trainer:
         with self._lock:
             self.optimizer.zero_grad(set_to_none=True)
             with torch.autocast(device_type=self.device.type, enabled=self.use_amp):
-                loss = self.loss_fn(self.model(x), y)
+                logits = self.model(x)
+                loss = self.loss_fn(logits, y)
+                if self.edge_loss is not None:
+                    loss = loss + self.edge_loss(logits, x)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
