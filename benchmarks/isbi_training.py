@@ -7,9 +7,11 @@ scored on the 27 slices that carry no stroke: membrane IoU, pixel (global) accur
 accuracy against the dense ground truth. This is repeated for several stroke seeds (other strokes
 on the same slices), since one draw of strokes moves every method's IoU by a few hundredths; the
 networks are compared with the forest on the same strokes (paired). On ``--compare-seeds`` the
-networks are also trained with the optional edge-aware loss (``TrainConfig.edge_weight``).
+networks are also trained without the edge-aware loss (``--compare-edge-weight``, default 0), the
+ablation that shows what it brings.
 
     python benchmarks/isbi_training.py                          # 3 stroke seeds, 5 minutes per network
+    python benchmarks/isbi_training.py --compare-seeds 0 1 2    # ... and without the edge-aware loss (README)
     python benchmarks/isbi_training.py --seeds 0 --minutes 1    # a quicker, rougher run
 
 The ISBI data is looked up in ``../shared/data/isbi2012`` beside the repository, or ``--data``.
@@ -147,11 +149,18 @@ def main() -> None:
     parser.add_argument("--arch", nargs="*", default=["msd", "unet"], choices=["msd", "unet"])
     parser.add_argument("--edge-weight", type=float, default=TrainConfig.edge_weight,
                         help="edge-aware loss weight of the networks (default: the training default)")
-    parser.add_argument("--compare-edge-weight", type=float, default=2.0,
+    parser.add_argument("--compare-edge-weight", type=float, default=0.0,
                         help="the networks are also trained with this edge-aware loss weight on --compare-seeds")
     parser.add_argument("--compare-seeds", type=int, nargs="*", default=[0], help="see --compare-edge-weight")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--table", type=Path, nargs="+", metavar="JSON",
+                        help="only print the table of earlier --json outputs (runs split over several calls)")
     args = parser.parse_args()
+    if args.table:
+        saved = [json.loads(p.read_text()) for p in args.table]
+        info = {**saved[0]["info"], "seeds": sorted({s for d in saved for s in d["info"]["seeds"]})}
+        print(table([r for d in saved for r in d["rows"]], info))
+        return
     image, labels = load_isbi(args.data)
     rows, info = [], {"seeds": args.seeds, "threads": torch.get_num_threads(), "minutes": args.minutes}
     for seed in args.seeds:

@@ -214,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--dice", type=float, default=0.0, help="weight of a Dice term added to cross-entropy")
     train.add_argument("--edge-weight", type=float, metavar="W",
                        help="weight of the edge-aware smoothness loss that moves class boundaries in unpainted "
-                            "regions onto image edges (default 0 = off; e.g. 2)")
+                            "regions onto image edges (on by default, weight 2; 0 = off)")
     train.add_argument("--class-names", help="comma-separated, e.g. membrane,interior")
     train.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
     train.add_argument("--seed", type=int, default=0)

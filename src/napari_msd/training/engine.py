@@ -65,7 +65,7 @@ class TrainConfig:
     augmentation: Augmentation = field(default_factory=Augmentation)
     class_weights: str | Sequence[float] | None = "auto"
     dice_weight: float = 0.0
-    edge_weight: float = 0.0  # edge-aware Potts term on all patch pixels (training.potts); 0 = off
+    edge_weight: float = 2.0  # edge-aware Potts term on all patch pixels (training.potts); 0 = off
     device: str = "auto"
     threads: int | None = None
     amp: bool = True
