@@ -171,7 +171,8 @@ def main() -> None:
                      "stroke_fraction": float((strokes > 0).mean()), "n_test": len(test_slices)})
         rows.append({**run_rf(image, strokes, test_slices, truth, seed), "seed": seed})
         print(f"seed {seed}: random forest membrane IoU {rows[-1]['membrane_iou']:.3f}", file=sys.stderr)
-        weights = [args.edge_weight] + ([args.compare_edge_weight] if seed in args.compare_seeds else [])
+        weights = list(dict.fromkeys([args.edge_weight] + ([args.compare_edge_weight] if seed in args.compare_seeds
+                                                             else [])))
         for arch in args.arch:
             for weight in weights:
                 new = run_network(arch, image, strokes, test_slices, truth, args.minutes * 60, seed, weight)

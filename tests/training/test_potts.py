@@ -81,6 +81,18 @@ def test_guide_is_the_centre_channel_of_a_2_5d_input():
     assert float(loss(logits, stack)) == pytest.approx(float(loss(logits, centre)), rel=1e-6)
 
 
+def test_default_radius_is_3_in_2d_and_2_in_3d(monkeypatch):
+    from napari_msd.training import potts
+
+    used = []
+    original = potts.half_offsets
+    monkeypatch.setattr(potts, "half_offsets", lambda ndim, radius: used.append((ndim, radius)) or original(ndim, radius))
+    EdgePotts(1.0)(torch.randn(1, 2, 8, 8), torch.rand(1, 1, 8, 8))
+    EdgePotts(1.0)(torch.randn(1, 2, 4, 8, 8), torch.rand(1, 1, 4, 8, 8))
+    EdgePotts(1.0, radius=1)(torch.randn(1, 2, 4, 8, 8), torch.rand(1, 1, 4, 8, 8))
+    assert used == [(2, 3), (3, 2), (3, 1)]
+
+
 def test_volumes_use_3d_neighbourhoods():
     logits = torch.zeros(1, 2, 6, 8, 8)
     logits[:, 0, :3], logits[:, 1, 3:] = 8.0, 8.0  # boundary between planes 2 and 3

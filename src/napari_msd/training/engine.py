@@ -33,8 +33,8 @@ from .device import cpu_threads, describe_device, select_device
 from .events import Paused, Saved, TrainingFinished, TrainingStarted, TrainStep, Validated
 from .inputs import InputSpec, plane_axes, read_input
 from .losses import SparseLoss, auto_class_weights
-from .potts import EdgePotts
 from .normalization import Normalization, estimate_normalization
+from .potts import EdgePotts
 from .prior import estimate_prior, output_bias, shift_output_bias
 from .sampling import IGNORE, PatchSampler, TrainingData, TrainingDataError, split, validation_tiles
 
@@ -212,9 +212,7 @@ class Trainer:
         if weights == "auto":
             weights = auto_class_weights(counts, n_classes)
         self.loss_fn = SparseLoss(n_classes, weights, config.dice_weight).to(self.device)
-        self.edge_loss = None
-        if config.edge_weight > 0:  # 3D: the radius-2 ball (16 offsets); radius 3 would be 61 per voxel
-            self.edge_loss = EdgePotts(config.edge_weight, radius=2 if config.input.model_ndim == 3 else 3)
+        self.edge_loss = EdgePotts(config.edge_weight) if config.edge_weight > 0 else None
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.learning_rate)
         self.use_amp = bool(config.amp and self.device.type == "cuda")
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
