@@ -62,19 +62,19 @@ def describe_device() -> str:
 
 
 def model_summary(arch: str, config: dict[str, Any]) -> tuple[int, int]:
-    """Parameter count and theoretical receptive-field radius (px), without allocating weights (cached: the dock
-    asks again whenever the selected layer changes)."""
+    """Parameter count and theoretical receptive-field radius (px) (cached: the dock asks again whenever the
+    selected layer changes)."""
     return _summary(arch, json.dumps(config, sort_keys=True))
 
 
 @functools.lru_cache(maxsize=64)
 def _summary(arch: str, config_json: str) -> tuple[int, int]:
-    import torch
-
     from napari_msd.models import build_model
 
-    with torch.device("meta"):
-        model = build_model(arch, json.loads(config_json))
+    # built on the CPU (well under a second even for the U-Net, once per configuration): under a
+    # ``torch.device("meta")`` context, torch >= 2.14 routes the initialisers through torch._dynamo, whose
+    # import loads Triton's LLVM, which crashes the process where Mesa's llvmpipe (software OpenGL) is loaded
+    model = build_model(arch, json.loads(config_json))
     return sum(p.numel() for p in model.parameters()), int(model.receptive_field)
 
 
