@@ -6,21 +6,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-
-def _load_torch_compiler_first() -> None:
-    """Import ``torch._dynamo`` before any Qt or OpenGL library. Torch >= 2.14 imports it lazily (Adam's
-    constructor does), and with it Triton's LLVM; loaded after Mesa's software OpenGL (llvmpipe, a machine
-    without a GPU driver) that crashes the process, loaded first it does not."""
-    try:
-        import torch._dynamo  # noqa: F401
-    except Exception:  # noqa: BLE001 -- an older or CPU-only torch without it needs nothing
-        pass
-
-
-_load_torch_compiler_first()
-
-import napari  # noqa: E402 -- at import time, so a missing GUI fails where the CLI imports this module
-from qtpy.QtWidgets import QApplication  # noqa: E402
+import napari  # at import time, so a missing GUI fails where the CLI imports this module
+from qtpy.QtWidgets import QApplication
 
 PLUGIN = "napari-msd"
 SAMPLE_KEY = "isbi_strokes"

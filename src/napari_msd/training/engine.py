@@ -34,6 +34,7 @@ from .events import Paused, Saved, TrainingFinished, TrainingStarted, TrainStep,
 from .inputs import InputSpec, plane_axes, read_input
 from .losses import SparseLoss, auto_class_weights
 from .normalization import Normalization, estimate_normalization
+from .optim import Adam
 from .potts import EdgePotts
 from .prior import estimate_prior, output_bias, shift_output_bias
 from .sampling import IGNORE, PatchSampler, TrainingData, TrainingDataError, split, validation_tiles
@@ -213,7 +214,7 @@ class Trainer:
             weights = auto_class_weights(counts, n_classes)
         self.loss_fn = SparseLoss(n_classes, weights, config.dice_weight).to(self.device)
         self.edge_loss = EdgePotts(config.edge_weight) if config.edge_weight > 0 else None
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.learning_rate)
+        self.optimizer = Adam(self.model.parameters(), lr=config.learning_rate)  # not torch.optim: see .optim
         self.use_amp = bool(config.amp and self.device.type == "cuda")
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
 

@@ -1,0 +1,66 @@
+"""Adam without ``torch.optim``: the same update, minus the import of torch's compiler stack.
+
+``torch.optim.Optimizer`` methods are wrapped in ``torch._disable_dynamo``, whose first call imports
+``torch._dynamo`` and, with the CUDA wheels, Triton's LLVM. Loaded into a napari process that already
+runs Mesa's software OpenGL (llvmpipe: VMs, remote desktops, shared servers), that LLVM crashes the
+process. Training inside the viewer therefore never touches ``torch.optim``; this class reproduces
+``torch.optim.Adam`` (no weight decay, no AMSGrad) and exposes ``param_groups`` so that
+``torch.amp.GradScaler`` can unscale its gradients.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+
+
+class Adam:
+    """Adam (Kingma & Ba 2015) with bias correction, as ``torch.optim.Adam`` computes it."""
+
+    def __init__(self, params: Iterable[torch.nn.Parameter], lr: float = 1e-3,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+        params = [p for p in params if p.requires_grad]
+        if not params:
+            raise ValueError("Adam got no trainable parameters")
+        if lr <= 0 or eps <= 0 or not all(0 <= b < 1 for b in betas):
+            raise ValueError(f"Adam needs lr > 0, eps > 0 and betas in [0, 1), got lr={lr}, betas={betas}, eps={eps}")
+        self.param_groups = [{"params": params, "lr": lr, "betas": betas, "eps": eps}]
+        self.state: dict[torch.nn.Parameter, dict[str, torch.Tensor]] = {}
+        self.steps = 0
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.param_groups[0]["params"]:
+            if set_to_none:
+                p.grad = None
+            elif p.grad is not None:
+                p.grad.zero_()
+
+    @torch.no_grad()
+    def step(self) -> None:
+        group = self.param_groups[0]
+        pairs = [(p, p.grad) for p in group["params"] if p.grad is not None]
+        if not pairs:
+            return
+        self.steps += 1
+        (beta1, beta2), lr, eps = group["betas"], group["lr"], group["eps"]
+        for p, _ in pairs:
+            if p not in self.state:
+                self.state[p] = {"m": torch.zeros_like(p), "v": torch.zeros_like(p)}
+        params = [p for p, _ in pairs]
+        grads = [g for _, g in pairs]
+        m = [self.state[p]["m"] for p in params]
+        v = [self.state[p]["v"] for p in params]
+        torch._foreach_lerp_(m, grads, 1 - beta1)  # m = beta1 m + (1 - beta1) g
+        torch._foreach_mul_(v, beta2)
+        torch._foreach_addcmul_(v, grads, grads, value=1 - beta2)
+        bias1 = 1 - beta1**self.steps
+        bias2 = 1 - beta2**self.steps
+        denom = torch._foreach_sqrt(v)
+        torch._foreach_div_(denom, math.sqrt(bias2))
+        torch._foreach_add_(denom, eps)
+        torch._foreach_addcdiv_(params, m, denom, value=-lr / bias1)
+
+
+__all__ = ["Adam"]
