@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 import time
 
-STEPS = 20
+STEPS = 100  # the paper MS-D needs more than a few dozen steps before it predicts more than one class
 
 
 def _wait(app, condition, timeout: float, what: str) -> None:

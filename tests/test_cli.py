@@ -168,3 +168,19 @@ def test_train_fine_tunes_from_a_model(stroke_files, tmp_path, capsys):
     assert info["provenance"]["fine_tuned_from"]["source"] == str(first)
     code, _, err = _train([str(image), str(labels), "-o", str(tmp_path / "v3.msd"), "--from", str(image)], capsys)
     assert code == 2 and "image.npy" in _error_line(err)
+
+
+def test_train_refuses_to_save_a_collapsed_network(stroke_files, tmp_path, capsys, monkeypatch):
+    """The engine judges every validation collapsed (its own tests show when): exit 2, one line, no file."""
+    from napari_msd.training import health
+
+    real = health.check
+    monkeypatch.setattr(health, "check", lambda counts, painted, names: health.Health(
+        real(counts, painted, names).fractions, collapsed="the network predicts dark on 99.5% of the pixels"))
+    image, labels = stroke_files
+    out = tmp_path / "collapsed.msd"
+    code, _, err = _train([str(image), str(labels), "-o", str(out), "--depth", "5", "--steps", "10",
+                           "--patch-size", "32", "--validate-every", "5"], capsys)
+    line = _error_line(err)
+    assert code == 2 and "no usable model after 10 steps: the network predicts dark" in line
+    assert "nothing was saved" in line and not out.exists()

@@ -112,9 +112,18 @@ def _cmd_train(args: argparse.Namespace) -> None:
                 best = event.best_metrics
                 summary = ", ".join(f"{k.replace('_', ' ')} {best[k]:.3f}" for k in
                                     ("global_accuracy", "class_accuracy", "mean_iou") if k in best)
+                if event.collapsed:
+                    raise CLIError(f"no usable model after {event.steps} steps: {event.collapsed}; nothing was saved. "
+                                   "Train longer (--steps/--time) or paint more strokes of the other classes")
+                where = "the parent's weights, kept" if event.kept_parent else f"best step {event.best_step}"
                 print(f"finished ({event.reason}) after {event.steps} steps in {event.elapsed:.0f} s; "
-                      f"saved {event.path}" + (f" (best step {event.best_step}: {summary})" if summary else "")
+                      f"saved {event.path}" + (f" ({where}; on held-out strokes: {summary})" if summary else "")
                       + (f"; effective halo {event.effective_halo} px" if event.effective_halo is not None else ""))
+                if event.kept_parent:
+                    print("note: fine-tuning never beat the parent model on the held-out labels, so the saved model "
+                          "has the parent's weights; paint more corrections or train longer")
+                if event.warning:
+                    print(f"warning: {event.warning}")
     finally:
         bar.close()
         signal.signal(signal.SIGINT, previous)

@@ -21,8 +21,13 @@ def errors(monkeypatch) -> list[str]:
 
 
 @pytest.fixture
-def docks(make_napari_viewer_proxy, qtbot):
-    """``(viewer, train dock, predict dock)`` with the synthetic volume, its strokes and a 10-layer MS-D."""
+def docks(make_napari_viewer_proxy, qtbot, monkeypatch):
+    """``(viewer, train dock, predict dock)`` with the synthetic volume, its strokes and a 10-layer MS-D. The
+    collapse verdict (training.health) is off: these runs of a few dozen steps test the docks, not learning;
+    test_train_widget has its own test of a collapsed run, and test_loop asserts what the versions predict."""
+    from napari_msd.training import health
+
+    monkeypatch.setattr(health, "DOMINANT", 1.01)
     viewer = make_napari_viewer_proxy()
     image, strokes = synthetic_volume()
     viewer.add_image(image, name="em")

@@ -151,6 +151,7 @@ def test_worker_error_becomes_a_notification(docks, qtbot, errors, monkeypatch):
     _no_version_started(viewer, train, errors)
     assert "failed" in train.status.text()
     monkeypatch.undo()
+    monkeypatch.setattr(engine.net_health, "DOMINANT", 1.01)  # undone above with the rest (see the docks fixture)
     assert train.start()  # usable again
     wait_idle(qtbot, train)
     assert get_session(viewer).versions.names() == ["v1"]
@@ -182,3 +183,18 @@ def test_edge_aware_smoothing_setting_reaches_the_training_config(docks):
     assert train._config(None).edge_weight == 2.5
     train.edge_weight.setValue(0.0)
     assert train.edge_weight.text() == "off" and train._config(None).edge_weight == 0.0
+
+
+def test_a_collapsed_network_becomes_no_version(docks, qtbot, errors, monkeypatch):
+    """The engine finds the network collapsed (one class everywhere): one message, no version, dock usable."""
+    from napari_msd.training import health
+
+    viewer, train, _ = docks
+    real = health.check
+    monkeypatch.setattr(health, "check", lambda counts, painted, names, recall=None: health.Health(
+        real(counts, painted, names, recall).fractions, collapsed="the network predicts dark on 99.5% of the pixels"))
+    assert train.start()
+    wait_idle(qtbot, train)
+    assert get_session(viewer).versions.names() == []
+    assert len(errors) == 1 and "No new version: the network predicts dark on 99.5%" in errors[0]
+    assert "\n" not in errors[0] and train.start_button.isEnabled() and not train.retrain_button.isEnabled()

@@ -49,7 +49,7 @@ def test_a_class_never_becomes_impossible():
     assert np.isfinite(shift).all()
 
 
-def test_engine_applies_and_records_the_prior(make_task):
+def test_engine_applies_and_records_the_prior(make_task, accept_any_network):
     from napari_msd.training.engine import TrainConfig, Trainer
     from napari_msd.training.sampling import TrainingData
 

@@ -343,7 +343,7 @@ class TrainWidget(QWidget):
                 yield event
         finally:
             events.close()
-        if trainer.step > 0:
+        if trainer.step > 0 and trainer.collapsed is None and not trainer.kept_parent:
             yield ("result", trainer.snapshot(), trainer.metadata(), [current, *[r for r in replay if r.name != name]])
 
     # -- events (main thread) ---------------------------------------------------------------------
@@ -370,6 +370,19 @@ class TrainWidget(QWidget):
             self.pause_button.setText("Resume" if event.paused else "Pause")
         elif isinstance(event, TrainingFinished):
             self._finished = event
+            parent = self._job["parent"]
+            if event.collapsed:
+                text = (f"No new version: {event.collapsed}. Train longer or paint more strokes of the other classes"
+                        + (f"; {parent.name} stays current" if parent is not None else ""))
+                show_error(f"napari-msd: {text}")
+                self.status.setText(text)
+            elif event.kept_parent:
+                text = (f"No new version: retraining did not beat {parent.name} on the held-out labels; "
+                        f"{parent.name} stays current. Paint more corrections or train longer")
+                show_info(f"napari-msd: {text}")
+                self.status.setText(text)
+            elif event.warning:
+                show_info(f"napari-msd: warning: {event.warning}")
 
     def _update_progress(self, event: Any) -> None:
         text = (f"step {event.step} · loss {event.loss:.3f} · {event.samples_per_s:.1f} patches/s · "
@@ -383,9 +396,9 @@ class TrainWidget(QWidget):
     def _plot_metrics(metrics: dict[str, Any]) -> dict[str, float]:
         out = {}
         if isinstance(metrics.get("global_accuracy"), float):
-            out["accuracy"] = metrics["global_accuracy"]
+            out["held-out accuracy"] = metrics["global_accuracy"]
         if isinstance(metrics.get("mean_iou"), float):
-            out["mean IoU"] = metrics["mean_iou"]
+            out["held-out mean IoU"] = metrics["mean_iou"]
         return out
 
     def _add_version(self, model: Any, metadata: Any, trained_on: list[Any]) -> None:

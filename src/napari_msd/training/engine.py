@@ -30,6 +30,7 @@ from ..models.registry import build_model
 from . import metrics as seg_metrics
 from .augment import Augmentation
 from .device import cpu_threads, describe_device, select_device
+from . import health as net_health
 from .events import Paused, Saved, TrainingFinished, TrainingStarted, TrainStep, Validated
 from .inputs import InputSpec, plane_axes, read_input
 from .losses import SparseLoss, auto_class_weights
@@ -230,6 +231,10 @@ class Trainer:
         self.effective_halo: int | None = None
         self.class_prior: list[float] | None = None
         self.best_metrics: dict = {}
+        self.best_health: net_health.Health | None = None
+        self.last_health: net_health.Health | None = None
+        self.health: net_health.Health | None = None  # of the result, after run()
+        self.kept_parent = False  # after run(): fine-tuning never beat the parent, whose weights are the result
 
     # -- control, from any thread -------------------------------------------------------------
     def stop(self) -> None:
@@ -276,6 +281,8 @@ class Trainer:
             val_pixels={names[c - 1]: n for c, n in sorted(self._pixels("val").items()) if c <= len(names)},
             fine_tuning=self.base_metadata is not None,
         )
+        if self.base_metadata is not None and self.val_tiles:
+            yield self._validate()  # the parent's score on the same held-out labels: the bar to beat
         batches = _Prefetcher(self._make_sampler(), cfg.batch_size, cfg.augmentation, cfg.seed)
         elapsed, reason, validated_at = 0.0, "steps", -1
         try:
@@ -302,7 +309,7 @@ class Trainer:
                     event = self._validate()
                     validated_at = self.step
                     yield event
-                    if event.improved and self.output is not None:
+                    if event.improved and self.output is not None and self.step > 0:
                         yield self._save()
                     if cfg.patience and self.step - self.last_gain_step >= cfg.patience * cfg.validate_every:
                         reason = "early stopping"
@@ -318,19 +325,37 @@ class Trainer:
         if self.best_state is not None:
             with self._lock:
                 self.model.load_state_dict(self.best_state)
-        elif self.step > 0:  # no validation possible: the last weights are the result
-            self.best_step = self.step
-        if cfg.prior_correction and self.step > 0:
-            self.correct_prior()
-        if cfg.measure_halo and self.step > 0:
-            self.effective_halo = self._measure_halo()
+            self.health = self.best_health
+        elif self.step > 0:
+            if self.val_tiles:  # every validation saw a collapsed network: there is nothing to keep
+                self.health = self.last_health
+            else:  # no validation possible: the last weights are the result, judged on unlabeled windows
+                self.best_step = self.step
+                self.health = self._window_health()
+        collapsed = self.health.collapsed if self.health is not None and self.step > 0 else None
+        self.kept_parent = kept_parent = self.base_metadata is not None and self.best_step == 0 and self.step > 0
+        if collapsed is None and not kept_parent:
+            if cfg.prior_correction and self.step > 0:
+                self.correct_prior()
+            if cfg.measure_halo and self.step > 0:
+                self.effective_halo = self._measure_halo()
+        elif kept_parent:
+            self.effective_halo = self.base_metadata.effective_halo
+        if self.health is not None:
+            self.best_metrics["health"] = self.health.to_dict(names)
         path = None
-        if self.output is not None and self.step > 0:
+        if self.output is not None and self.step > 0 and collapsed is None:
             saved = self._save()
             path = saved.path
             yield saved
         yield TrainingFinished(reason, self.step, elapsed, self.best_step, dict(self.best_metrics), path,
-                               self.effective_halo)
+                               self.effective_halo, collapsed,
+                               self.health.warning if self.health is not None else None, kept_parent)
+
+    @property
+    def collapsed(self) -> str | None:
+        """After :meth:`run`: why no usable network came out (nothing saved), or None."""
+        return self.health.collapsed if self.health is not None and self.step > 0 else None
 
     def save(self, path: str | Path, overwrite: bool = False) -> Path:
         """Write the current (after :meth:`run`: the best) model with its metadata, atomically."""
@@ -374,9 +399,11 @@ class Trainer:
         return float(loss.detach())
 
     @torch.no_grad()
-    def _evaluate_tiles(self) -> tuple[np.ndarray, float]:
-        """Confusion matrix and mean cross-entropy of the model on the held-out tiles."""
+    def _evaluate_tiles(self) -> tuple[np.ndarray, float, np.ndarray]:
+        """Confusion matrix and mean cross-entropy of the model on the held-out tiles, and how many pixels of the
+        tiles (labeled or not) it assigns to each class."""
         cm = np.zeros((self.n_classes, self.n_classes), np.int64)
+        predicted = np.zeros(self.n_classes, np.int64)
         loss_sum, loss_pixels = 0.0, 0
         with self._lock:
             self.model.eval()
@@ -391,26 +418,33 @@ class Trainer:
                                                                         reduction="sum"))
                     loss_pixels += int((y != IGNORE).sum())
                     pred = logits.argmax(1).cpu().numpy()
+                    predicted += np.bincount(pred.ravel(), minlength=self.n_classes)
                     for (_, target), p in zip(chunk, pred):
                         cm += seg_metrics.confusion_matrix(target + 1, p + 1, self.n_classes)
             finally:
                 self.model.train()
-        return cm, loss_sum / max(loss_pixels, 1)
+        return cm, loss_sum / max(loss_pixels, 1), predicted
 
     def _validate(self) -> Validated:
-        """Score the held-out tiles; ties on the metric are broken by the lower validation loss."""
-        cm, loss = self._evaluate_tiles()
+        """Score the held-out tiles; ties on the metric are broken by the lower validation loss. A collapsed
+        network (see :mod:`.health`) never becomes the best, whatever its score."""
+        cm, loss, predicted = self._evaluate_tiles()
         metrics = _metrics_from(cm, self.class_names)
         metrics["loss"] = loss
+        self.last_health = health = net_health.check(predicted, sorted(self.counts), self.class_names,
+                                                     seg_metrics.recall(cm))
         score = float(metrics[self.config.metric])
-        if score > self.best_score:
+        usable = health.collapsed is None
+        if score > self.best_score and usable:
             self.last_gain_step = self.step  # early stopping watches the metric alone
-        improved = score > self.best_score or (score == self.best_score and metrics["loss"] < self.best_loss)
+        improved = usable and (score > self.best_score or (score == self.best_score and metrics["loss"] < self.best_loss))
         if improved:
             self.best_score, self.best_loss, self.best_step, self.best_metrics = score, metrics["loss"], self.step, metrics
+            self.best_health = health
             with self._lock:
                 self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        return Validated(self.step, metrics, score, improved, int(self.best_step or 0), float(self.best_score))
+        return Validated(self.step, metrics, score, improved, int(self.best_step or 0),
+                         float(self.best_score) if self.best_step is not None else float("nan"), health.collapsed)
 
     @torch.no_grad()
     def correct_prior(self, windows: int = 8, side: int = 256, max_loss: float = 0.02) -> list[float] | None:
@@ -418,6 +452,24 @@ class Trainer:
         output bias to it (strokes teach a uniform prior; see :mod:`.prior`). EM prior estimates trust
         the network's calibration: an undertrained network can be pushed the wrong way, so the shift is undone
         (and None returned) when it lowers the class accuracy of the held-out strokes by more than ``max_loss``."""
+        probs = self._window_probabilities(windows, side)
+        uniform = np.full(self.n_classes, 1.0 / self.n_classes)
+        prior = estimate_prior(np.concatenate(probs, axis=1), uniform)
+        before = seg_metrics.class_accuracy(self._evaluate_tiles()[0]) if self.val_tiles else None
+        with self._lock:
+            shift = shift_output_bias(self.model, prior, uniform)
+        if before is not None and seg_metrics.class_accuracy(self._evaluate_tiles()[0]) < before - max_loss:
+            with self._lock, torch.no_grad():  # it costs held-out strokes their class: the network is not calibrated
+                bias = output_bias(self.model)
+                bias -= torch.as_tensor(shift, dtype=bias.dtype, device=bias.device)
+            self.class_prior = None
+            return None
+        self.class_prior = [float(p) for p in prior]
+        return self.class_prior
+
+    @torch.no_grad()
+    def _window_probabilities(self, windows: int = 8, side: int = 256) -> list[np.ndarray]:
+        """Class probabilities ``(K, pixels)`` of the network on random windows of the training images."""
         rng = np.random.default_rng(self.config.seed)
         spec = self.config.input
         probs = []
@@ -437,19 +489,13 @@ class Trainer:
                     probs.append(torch.softmax(logits, 1)[0].reshape(self.n_classes, -1).cpu().numpy())
             finally:
                 self.model.train()
-        uniform = np.full(self.n_classes, 1.0 / self.n_classes)
-        prior = estimate_prior(np.concatenate(probs, axis=1), uniform)
-        before = seg_metrics.class_accuracy(self._evaluate_tiles()[0]) if self.val_tiles else None
-        with self._lock:
-            shift = shift_output_bias(self.model, prior, uniform)
-        if before is not None and seg_metrics.class_accuracy(self._evaluate_tiles()[0]) < before - max_loss:
-            with self._lock, torch.no_grad():  # it costs held-out strokes their class: the network is not calibrated
-                bias = output_bias(self.model)
-                bias -= torch.as_tensor(shift, dtype=bias.dtype, device=bias.device)
-            self.class_prior = None
-            return None
-        self.class_prior = [float(p) for p in prior]
-        return self.class_prior
+        return probs
+
+    def _window_health(self) -> net_health.Health:
+        predicted = np.zeros(self.n_classes, np.int64)
+        for p in self._window_probabilities(windows=4):
+            predicted += np.bincount(p.argmax(0), minlength=self.n_classes)
+        return net_health.check(predicted, sorted(self.counts), self.class_names)
 
     def _measure_halo(self) -> int:
         """The context the trained network really needs at tile borders (see inference.halo)."""

@@ -34,6 +34,7 @@ class Validated:
     improved: bool
     best_step: int
     best_score: float
+    collapsed: str | None = None  # why these weights are unusable (never kept as the best), or None
 
 
 @dataclass(frozen=True)
@@ -56,3 +57,6 @@ class TrainingFinished:
     best_metrics: dict = field(default_factory=dict)
     path: str | None = None
     effective_halo: int | None = None  # measured context in pixels, stored with the model
+    collapsed: str | None = None  # set when no usable network came out: nothing was saved or kept
+    warning: str | None = None  # what a person should know about the kept network
+    kept_parent: bool = False  # fine-tuning never beat the parent on the held-out labels: its weights are kept

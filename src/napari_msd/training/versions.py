@@ -47,7 +47,7 @@ class ModelVersion:
         for key, label in SUMMARY_METRICS.items():
             value = self.metrics.get(key)
             if _number(value):
-                parts.append(f"{label} {value:.3f}")
+                parts.append(f"{label} {value:.3f}" if len(parts) > 1 else f"held-out strokes: {label} {value:.3f}")
         if not any(_number(self.metrics.get(k)) for k in SUMMARY_METRICS):
             parts.append("not validated")
         if self.parent:
