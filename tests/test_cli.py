@@ -135,6 +135,7 @@ def test_train_errors_are_one_line_and_write_nothing(stroke_files, tmp_path, cap
     assert "--ndim 3" in error(str(image), str(labels), "--ndim", "3", "--slices", "3")
     assert "--replay" in error(str(image), str(labels), "--replay", str(image), str(labels))
     assert "edge-aware loss weight must be >= 0" in error(str(image), str(labels), "--edge-weight", "-1")
+    assert "the teacher needs a weight >= 0" in error(str(image), str(labels), "--teacher-weight", "-1")
 
 
 @pytest.mark.parametrize("flag, expected", [([], TrainConfig.edge_weight), (["--edge-weight", "0"], 0.0),
@@ -143,6 +144,13 @@ def test_train_edge_weight_reaches_the_engine(flag, expected, stroke_files, tmp_
     image, labels = stroke_files
     args = build_parser().parse_args(["train", str(image), str(labels), "-o", str(tmp_path / "m.msd"), *flag])
     assert _train_config(args).edge_weight == expected
+
+
+@pytest.mark.parametrize("flag, expected", [([], TrainConfig.teacher_weight), (["--teacher-weight", "1"], 1.0)])
+def test_train_teacher_weight_reaches_the_engine(flag, expected, stroke_files, tmp_path):
+    image, labels = stroke_files
+    args = build_parser().parse_args(["train", str(image), str(labels), "-o", str(tmp_path / "m.msd"), *flag])
+    assert _train_config(args).teacher_weight == expected
 
 
 def test_train_refuses_to_overwrite_a_model(stroke_files, tmp_path, capsys):

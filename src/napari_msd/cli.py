@@ -58,6 +58,7 @@ def _train_config(args: argparse.Namespace):
         learning_rate=args.lr, validate_every=args.validate_every, patience=args.patience,
         augmentation=Augmentation(intensity=args.intensity, elastic=args.elastic), dice_weight=args.dice,
         **({} if args.edge_weight is None else {"edge_weight": args.edge_weight}),
+        **({} if args.teacher_weight is None else {"teacher_weight": args.teacher_weight}),
         device=args.device, threads=args.threads, seed=args.seed, prior_correction=args.prior_correction,
         class_names=args.class_names.split(",") if args.class_names else None,
     )
@@ -224,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--edge-weight", type=float, metavar="W",
                        help="weight of the edge-aware smoothness loss that moves class boundaries in unpainted "
                             "regions onto image edges (on by default, weight 2; 0 = off)")
+    train.add_argument("--teacher-weight", type=float, metavar="W",
+                       help="weight of dense labels from a random forest fitted on the strokes (its confident "
+                            "pixels on the painted slices; 0 = off, the default)")
     train.add_argument("--class-names", help="comma-separated, e.g. membrane,interior")
     train.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
     train.add_argument("--seed", type=int, default=0)

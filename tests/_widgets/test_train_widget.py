@@ -183,6 +183,9 @@ def test_edge_aware_smoothing_setting_reaches_the_training_config(docks):
     assert train._config(None).edge_weight == 2.5
     train.edge_weight.setValue(0.0)
     assert train.edge_weight.text() == "off" and train._config(None).edge_weight == 0.0
+    assert train.teacher_weight.value() == TrainConfig.teacher_weight == train._config(None).teacher_weight
+    train.teacher_weight.setValue(1.0)
+    assert train._config(None).teacher_weight == 1.0
 
 
 def test_a_collapsed_network_becomes_no_version(docks, qtbot, errors, monkeypatch):

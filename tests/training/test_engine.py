@@ -740,3 +740,25 @@ def test_fine_tuning_that_improves_replaces_the_parent(base_model, make_task, tm
     assert not finished.kept_parent and finished.best_step > 0
     assert finished.best_metrics["global_accuracy"] >= _of(events, Validated)[0].metrics["global_accuracy"]
     assert finished.best_metrics["health"]["collapsed"] is None
+
+
+def test_fine_tuning_that_forgets_the_replayed_labels_keeps_the_parent(base_model, task, make_task, monkeypatch):
+    """Each validation also scores the held-out part of the replayed (earlier) labels; a version that loses more
+    than FORGET_TOLERANCE of the parent's class accuracy there is not better, whatever it gains on new labels.
+    A tolerance below -1 makes every fine-tuned weight 'forgetful': only the parent can remain."""
+    image1, labels1, _ = task
+    image2, labels2, _ = make_task(seed=3, levels=(90, 160))
+    model, meta = load_model(base_model)
+    before = _state(model)
+    monkeypatch.setattr(engine_module, "FORGET_TOLERANCE", -1.01)
+    trainer = Trainer([TrainingData(image2, labels2, "two")], _config(steps=20), init=(model, meta),
+                      replay=[TrainingData(image1, labels1, "one")])
+    events = list(trainer.run())
+    validations = _of(events, Validated)
+    assert trainer.replay_tiles and all("replay_class_accuracy" in v.metrics for v in validations)
+    assert validations[0].step == 0 and not any(v.improved for v in validations[1:])
+    assert events[-1].kept_parent and _same_state(_state(trainer.model), before)
+    monkeypatch.setattr(engine_module, "FORGET_TOLERANCE", 1.0)  # anything goes: the child wins on new labels
+    trainer = Trainer([TrainingData(image2, labels2, "two")], _config(steps=20), init=(model, meta),
+                      replay=[TrainingData(image1, labels1, "one")])
+    assert not list(trainer.run())[-1].kept_parent

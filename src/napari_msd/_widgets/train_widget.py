@@ -119,6 +119,14 @@ class TrainWidget(QWidget):
         self.edge_weight.setSpecialValueText("off")
         self.edge_weight.setToolTip("Weight of the edge-aware smoothness loss: between strokes, class boundaries "
                                     "are pulled onto image edges")
+        self.teacher_weight = QDoubleSpinBox()
+        self.teacher_weight.setRange(0.0, 10.0)
+        self.teacher_weight.setSingleStep(0.5)
+        self.teacher_weight.setValue(TrainConfig.teacher_weight)
+        self.teacher_weight.setSpecialValueText("off")
+        self.teacher_weight.setToolTip("Weight of dense labels from a random forest fitted on your strokes in a few "
+                                       "seconds: the network also learns the forest's confident pixels of the painted "
+                                       "slices")
         self.elastic = QCheckBox("Elastic deformation (4 px)")
         self.jitter = QCheckBox("Intensity jitter (±10%)")
         self.jitter.setChecked(True)
@@ -172,6 +180,7 @@ class TrainWidget(QWidget):
         adv.addRow("Validate every (steps)", self.validate_every)
         adv.addRow("Patience (validations)", self.patience)
         adv.addRow("Edge-aware smoothing", self.edge_weight)
+        adv.addRow("Forest teacher", self.teacher_weight)
         adv.addRow("Seed", self.seed)
         adv.addRow("Preview every", self.preview_every)
         adv.addRow(self.jitter)
@@ -246,7 +255,7 @@ class TrainWidget(QWidget):
             validate_every=self.validate_every.value(), patience=self.patience.value(), seed=self.seed.value(),
             augmentation=Augmentation(elastic=4.0 if self.elastic.isChecked() else 0.0,
                                       intensity=0.1 if self.jitter.isChecked() else 0.0),
-            edge_weight=self.edge_weight.value(), class_names=names, class_colors=colors, n_classes=n_classes)
+            edge_weight=self.edge_weight.value(), teacher_weight=self.teacher_weight.value(), class_names=names, class_colors=colors, n_classes=n_classes)
 
     def start(self) -> bool:
         """Train a new network (the Model dock's choice) on the chosen image and labels."""

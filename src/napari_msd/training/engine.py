@@ -27,10 +27,10 @@ import torch
 from .. import __version__
 from ..io.model_file import ModelMetadata, load_model, save_model
 from ..models.registry import build_model
+from . import health as net_health
 from . import metrics as seg_metrics
 from .augment import Augmentation
 from .device import cpu_threads, describe_device, select_device
-from . import health as net_health
 from .events import Paused, Saved, TrainingFinished, TrainingStarted, TrainStep, Validated
 from .inputs import InputSpec, plane_axes, read_input
 from .losses import SparseLoss, auto_class_weights
@@ -39,12 +39,14 @@ from .optim import Adam
 from .potts import EdgePotts
 from .prior import estimate_prior, output_bias, shift_output_bias
 from .sampling import IGNORE, PatchSampler, TrainingData, TrainingDataError, split, validation_tiles
+from .teacher import forest_pseudo_labels
 
 PRESETS: dict[str, dict[str, Any]] = {
     "msd": {"depth": 100, "width": 1},
     "unet": {"depth": 4, "base_channels": 32},
 }
 METRICS = ("global_accuracy", "class_accuracy", "mean_iou")
+FORGET_TOLERANCE = 0.02  # class accuracy on held-out earlier labels a fine-tuned version may lose
 _OPENMP = "ATen parallel backend: OpenMP" in torch.__config__.parallel_info()
 
 
@@ -68,6 +70,8 @@ class TrainConfig:
     class_weights: str | Sequence[float] | None = "auto"
     dice_weight: float = 0.0
     edge_weight: float = 2.0  # edge-aware Potts term on all patch pixels (training.potts); 0 = off
+    teacher_weight: float = 0.0  # loss weight of a random forest's confident labels (training.teacher); 0 = off
+    teacher_confidence: float = 0.8  # the forest's probability a pixel needs to be taught
     device: str = "auto"
     threads: int | None = None
     amp: bool = True
@@ -92,6 +96,9 @@ class TrainConfig:
             raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {self.metric!r}")
         if self.n_classes is not None and self.n_classes < 2:
             raise ValueError(f"a model needs at least 2 classes, got n_classes={self.n_classes}")
+        if self.teacher_weight < 0 or not 0 < self.teacher_confidence <= 1:
+            raise ValueError(f"the teacher needs a weight >= 0 (0 = off) and a confidence in (0, 1], got "
+                             f"{self.teacher_weight} and {self.teacher_confidence}")
         if self.edge_weight < 0:
             raise ValueError(f"the edge-aware loss weight must be >= 0 (0 = off), got {self.edge_weight}")
         if not 0 <= self.val_fraction < 1:
@@ -210,6 +217,11 @@ class Trainer:
         self.patch_size = _patch_size(self.data + self.replay, config.input, config.patch_size)
         self.val_tiles = validation_tiles(all_indices, config.input, self.patch_size, n_classes, self.normalization,
                                           seed=config.seed)
+        # earlier labels held out while fine-tuning: a new version must not forget them (see _validate)
+        self.replay_tiles = (validation_tiles(self.replay_indices, config.input, self.patch_size, n_classes,
+                                              self.normalization, max_tiles=16, seed=config.seed)
+                             if init is not None and self.replay_indices else [])
+        self.parent_replay_accuracy: float | None = None
         weights = config.class_weights
         if weights == "auto":
             weights = auto_class_weights(counts, n_classes)
@@ -234,6 +246,7 @@ class Trainer:
         self.best_health: net_health.Health | None = None
         self.last_health: net_health.Health | None = None
         self.health: net_health.Health | None = None  # of the result, after run()
+        self.teacher_active = False
         self.kept_parent = False  # after run(): fine-tuning never beat the parent, whose weights are the result
 
     # -- control, from any thread -------------------------------------------------------------
@@ -283,8 +296,15 @@ class Trainer:
         )
         if self.base_metadata is not None and self.val_tiles:
             yield self._validate()  # the parent's score on the same held-out labels: the bar to beat
-        batches = _Prefetcher(self._make_sampler(), cfg.batch_size, cfg.augmentation, cfg.seed)
         elapsed, reason, validated_at = 0.0, "steps", -1
+        pseudo = None
+        if cfg.teacher_weight > 0 and cfg.input.mode != "3d":
+            t0 = time.perf_counter()  # the forest's seconds count against the time limit
+            pseudo = forest_pseudo_labels(self.indices + self.replay_indices, self.n_classes,
+                                          cfg.teacher_confidence, cfg.seed, cfg.threads)
+            elapsed += time.perf_counter() - t0
+        self.teacher_active = pseudo is not None
+        batches = _Prefetcher(self._make_sampler(pseudo), cfg.batch_size, cfg.augmentation, cfg.seed)
         try:
             while True:
                 if self._stop.is_set():
@@ -370,10 +390,10 @@ class Trainer:
                 out[c] = out.get(c, 0) + n
         return out
 
-    def _make_sampler(self) -> PatchSampler:
+    def _make_sampler(self, pseudo: dict | None = None) -> PatchSampler:
         return PatchSampler(self.indices, self.config.input, self.patch_size, self.n_classes, self.normalization,
                             seed=self.config.seed, replay=self.replay_indices,
-                            replay_fraction=self.config.replay_fraction)
+                            replay_fraction=self.config.replay_fraction, pseudo=pseudo)
 
     def _progress(self, elapsed: float) -> float | None:
         parts = []
@@ -390,7 +410,14 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             with torch.autocast(device_type=self.device.type, enabled=self.use_amp):
                 logits = self.model(x)
-                loss = self.loss_fn(logits, y)
+                if self.teacher_active:  # targets K..2K-1 are the teacher's (training.teacher)
+                    taught = y >= self.n_classes
+                    loss = self.loss_fn(logits, y.masked_fill(taught, IGNORE))
+                    if taught.any():
+                        loss = loss + self.config.teacher_weight * torch.nn.functional.cross_entropy(
+                            logits.float(), torch.where(taught, y - self.n_classes, IGNORE), ignore_index=IGNORE)
+                else:
+                    loss = self.loss_fn(logits, y)
                 if self.edge_loss is not None:
                     loss = loss + self.edge_loss(logits, x)
             self.scaler.scale(loss).backward()
@@ -399,17 +426,18 @@ class Trainer:
         return float(loss.detach())
 
     @torch.no_grad()
-    def _evaluate_tiles(self) -> tuple[np.ndarray, float, np.ndarray]:
-        """Confusion matrix and mean cross-entropy of the model on the held-out tiles, and how many pixels of the
-        tiles (labeled or not) it assigns to each class."""
+    def _evaluate_tiles(self, tiles: list | None = None) -> tuple[np.ndarray, float, np.ndarray]:
+        """Confusion matrix and mean cross-entropy of the model on the held-out tiles (default: the validation
+        tiles), and how many pixels of the tiles (labeled or not) it assigns to each class."""
+        tiles = self.val_tiles if tiles is None else tiles
         cm = np.zeros((self.n_classes, self.n_classes), np.int64)
         predicted = np.zeros(self.n_classes, np.int64)
         loss_sum, loss_pixels = 0.0, 0
         with self._lock:
             self.model.eval()
             try:
-                for start in range(0, len(self.val_tiles), self.config.batch_size):
-                    chunk = self.val_tiles[start : start + self.config.batch_size]
+                for start in range(0, len(tiles), self.config.batch_size):
+                    chunk = tiles[start : start + self.config.batch_size]
                     x = torch.from_numpy(np.stack([t[0] for t in chunk])).to(self.device)
                     y = torch.from_numpy(np.stack([t[1] for t in chunk])).to(self.device)
                     with torch.autocast(device_type=self.device.type, enabled=self.use_amp):
@@ -435,6 +463,13 @@ class Trainer:
                                                      seg_metrics.recall(cm))
         score = float(metrics[self.config.metric])
         usable = health.collapsed is None
+        if self.replay_tiles:  # fine-tuning: the earlier labels' held-out part, judged apart from the new labels
+            remembered = seg_metrics.class_accuracy(self._evaluate_tiles(self.replay_tiles)[0])
+            metrics["replay_class_accuracy"] = remembered
+            if self.parent_replay_accuracy is None:  # the first validation (step 0) is the parent's
+                self.parent_replay_accuracy = remembered
+            elif remembered < self.parent_replay_accuracy - FORGET_TOLERANCE:
+                usable = False  # better on the new labels but forgets the earlier ones: not a better version
         if score > self.best_score and usable:
             self.last_gain_step = self.step  # early stopping watches the metric alone
         improved = usable and (score > self.best_score or (score == self.best_score and metrics["loss"] < self.best_loss))
@@ -523,6 +558,9 @@ class Trainer:
             "seed": self.config.seed,
             "patch_size": list(self.patch_size),
         }
+        if self.teacher_active:
+            prov["teacher"] = {"kind": "random forest", "weight": self.config.teacher_weight,
+                               "confidence": self.config.teacher_confidence}
         if self.class_prior is not None:
             prov["class_prior"] = dict(zip(self.class_names, self.class_prior))
         if self.base_metadata is not None:

@@ -229,8 +229,9 @@ class PatchSampler:
 
     def __init__(self, indices: list[LabelIndex], spec: InputSpec, size: tuple[int, ...], n_classes: int,
                  normalization: Normalization, seed: int = 0, replay: list[LabelIndex] | None = None,
-                 replay_fraction: float = 0.5):
+                 replay_fraction: float = 0.5, pseudo: dict | None = None):
         self.spec, self.size, self.n_classes, self.normalization = spec, tuple(size), n_classes, normalization
+        self.pseudo = pseudo or {}  # teacher labels of xy planes (training.teacher): targets K..2K-1 where unpainted
         self.rng = np.random.default_rng(seed)
         self.groups = [g for g in (indices, replay or []) if any(ix.train for ix in g)]
         self.fractions = [1.0] if len(self.groups) == 1 else [1 - replay_fraction, replay_fraction]
@@ -244,7 +245,8 @@ class PatchSampler:
         return ix, coords[self.rng.integers(len(coords))]
 
     def sample(self, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(inputs (B, C, *size) float32, targets (B, *size) int64)``."""
+        """``(inputs (B, C, *size) float32, targets (B, *size) int64)``: targets 0..K-1 are strokes, K..2K-1 the
+        teacher's labels (only with ``pseudo``), IGNORE elsewhere."""
         xs, ys = [], []
         for _ in range(batch_size):
             group = self.groups[self.rng.choice(len(self.groups), p=self.fractions)]
@@ -261,8 +263,17 @@ class PatchSampler:
             labels = np.asarray(ix.data.labels[box]).copy()
             labels[excluded_mask(ix, box)] = 0
             y = read_target(labels, tuple(slice(0, n) for n in labels.shape), self.spec, orientation)
+            target = to_target(y, self.n_classes)
+            planes = self.pseudo.get(id(ix))
+            if planes and orientation == "xy" and self.spec.mode != "3d":
+                z = None if len(box) == 2 else box[0].start
+                taught = planes.get(z)
+                if taught is not None:
+                    taught = taught[box[-2], box[-1]]
+                    free = (target == IGNORE) & (taught > 0)
+                    target[free] = taught[free].astype(np.int64) - 1 + self.n_classes
             xs.append(self.normalization(x))
-            ys.append(to_target(y, self.n_classes))
+            ys.append(target)
         return np.stack(xs), np.stack(ys)
 
 

@@ -1,0 +1,79 @@
+"""A dense teacher for the network: a random forest fitted on the training strokes labels every confident pixel
+of the painted planes, so each training patch carries labels on its unpainted pixels too (Shallow2Deep,
+Matskevych et al. 2022). The strokes stay the primary target; the forest's labels enter the loss with their own
+weight, only where no stroke is and the forest is confident.
+
+Only the training part of the strokes is shown to the forest (held-out strokes stay unseen), and only xy planes
+are labeled (2D and 2.5D inputs); 3D training has no teacher.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from .forest import PixelForest
+from .sampling import LabelIndex, TrainingData
+
+PseudoLabels = dict[int, dict[int | None, np.ndarray]]  # id(LabelIndex) -> plane (None for a 2D image) -> labels
+
+
+class _TrainingStrokes:
+    """The training pixels of a :class:`LabelIndex` as a lazy label volume, read plane by plane."""
+
+    def __init__(self, index: LabelIndex):
+        self.shape = tuple(index.data.image.shape)
+        self.ndim = len(self.shape)
+        self.dtype = np.dtype(np.uint16)
+        self._planes: dict[int | None, list[tuple[int, np.ndarray]]] = {}
+        for c, xy in index.train.items():
+            if self.ndim == 2:
+                self._planes.setdefault(None, []).append((c, xy))
+                continue
+            for z in np.unique(xy[:, 0]):
+                self._planes.setdefault(int(z), []).append((c, xy[xy[:, 0] == z, 1:]))
+
+    def planes(self) -> list[int | None]:
+        return sorted(self._planes, key=lambda z: -1 if z is None else z)
+
+    def plane(self, z: int | None) -> np.ndarray:
+        out = np.zeros(self.shape[-2:], self.dtype)
+        for c, yx in self._planes.get(z, []):
+            out[yx[:, 0], yx[:, 1]] = c
+        return out
+
+    def __getitem__(self, key):
+        if key is Ellipsis and self.ndim == 2:
+            return self.plane(None)
+        if isinstance(key, int | np.integer) and self.ndim == 3:
+            return self.plane(int(key))
+        raise IndexError(f"training strokes are read one plane at a time, not with {key!r}")
+
+
+def forest_pseudo_labels(indices: Sequence[LabelIndex], n_classes: int, confidence: float = 0.8, seed: int = 0,
+                         threads: int | None = None) -> PseudoLabels:
+    """Fit a forest on the training strokes of ``indices`` and label the pixels of their painted planes where its
+    probability of the winning class is at least ``confidence`` (1..K; 0 elsewhere)."""
+    if not 0 < confidence <= 1:
+        raise ValueError(f"the teacher's confidence threshold must be in (0, 1], got {confidence}")
+    strokes = {id(ix): _TrainingStrokes(ix) for ix in indices if ix.train}
+    data = [TrainingData(ix.data.image, strokes[id(ix)], ix.data.name) for ix in indices if id(ix) in strokes]
+    forest = PixelForest.fit(data, n_classes, seed=seed, threads=threads)
+    out: PseudoLabels = {}
+    for ix in indices:
+        if id(ix) not in strokes:
+            continue
+        planes = {}
+        for z in strokes[id(ix)].planes():
+            image = ix.data.image
+            plane = np.asarray(image[...] if z is None else image[z], dtype=np.float32)
+            proba = forest.predict_proba(plane)
+            labels = (proba.argmax(0) + 1).astype(np.uint8)
+            labels[proba.max(0) < confidence] = 0
+            planes[z] = labels
+        out[id(ix)] = planes
+    return out
+
+
+__all__ = ["PseudoLabels", "forest_pseudo_labels"]

@@ -1,0 +1,98 @@
+"""The forest teacher: fitted on training strokes only, confident labels on painted planes, targets K..2K-1 in
+patches where no stroke is, and a second loss term in the engine."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_msd.training.engine import TrainConfig, Trainer
+from napari_msd.training.inputs import InputSpec
+from napari_msd.training.normalization import estimate_normalization
+from napari_msd.training.sampling import IGNORE, PatchSampler, TrainingData, split
+from napari_msd.training.teacher import _TrainingStrokes, forest_pseudo_labels
+
+
+@pytest.fixture(scope="module")
+def volume(make_task):
+    image, labels, truth = make_task(shape=(3, 96, 96))
+    labels[0] = 0  # strokes on planes 1 and 2 only
+    return image, labels, truth
+
+
+def test_pseudo_labels_cover_painted_planes_and_agree_with_the_truth(volume):
+    image, labels, truth = volume
+    ix = split(TrainingData(image, labels), InputSpec(), 0.15, 0)
+    pseudo = forest_pseudo_labels([ix], 2, confidence=0.8, threads=1)
+    planes = pseudo[id(ix)]
+    assert sorted(planes) == [1, 2]  # only planes with training strokes
+    for z, taught in planes.items():
+        assert taught.shape == (96, 96) and taught.dtype == np.uint8
+        assert (taught > 0).mean() > 0.5  # dense: most pixels confident on this easy task
+        assert (taught[taught > 0] == truth[z][taught > 0]).mean() > 0.95
+
+
+def test_the_forest_never_sees_held_out_strokes(volume):
+    image, labels, _ = volume
+    ix = split(TrainingData(image, labels), InputSpec(), 0.3, 0)
+    strokes = _TrainingStrokes(ix)
+    shown = np.stack([strokes[z] for z in range(3)])
+    held = np.zeros(labels.shape, bool)
+    for xy in ix.val.values():
+        held[tuple(xy.T)] = True
+    assert held.any() and not (shown[held] > 0).any()
+    assert (shown > 0).sum() == sum(len(v) for v in ix.train.values())
+    with pytest.raises(IndexError, match="one plane at a time"):
+        strokes[0:2]
+
+
+def test_sampler_adds_teacher_targets_only_where_no_stroke_is(volume):
+    image, labels, _ = volume
+    ix = split(TrainingData(image, labels), InputSpec(), 0.15, 0)
+    norm = estimate_normalization([image])
+    pseudo = {id(ix): {z: np.full((96, 96), 2, np.uint8) for z in (1, 2)}}
+    plain = PatchSampler([ix], InputSpec(), (32, 32), 2, norm, seed=4)
+    taught = PatchSampler([ix], InputSpec(), (32, 32), 2, norm, seed=4, pseudo=pseudo)
+    (_, y0), (_, y1) = plain.sample(8), taught.sample(8)
+    strokes = y0 != IGNORE
+    assert np.array_equal(y1[strokes], y0[strokes])  # strokes keep their targets 0..K-1
+    assert (y1[~strokes] == 2 + 1).all()  # the teacher's class 2 is target K + 1 everywhere else
+
+
+def test_engine_trains_with_the_teacher_and_records_it(volume, monkeypatch):
+    image, labels, _ = volume
+    seen = []
+    real = torch.nn.functional.cross_entropy
+
+    def spy(logits, target, *args, **kwargs):
+        seen.append(int((target != IGNORE).sum()))
+        return real(logits, target, *args, **kwargs)
+
+    config = TrainConfig(model={"depth": 6}, patch_size=32, batch_size=4, steps=4, validate_every=2, threads=1,
+                         teacher_weight=0.5, edge_weight=0)
+    trainer = Trainer([TrainingData(image, labels)], config)
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", spy)
+    events = list(trainer.run())
+    assert trainer.teacher_active and events[-1].steps == 4
+    assert trainer.metadata().provenance["teacher"] == {"kind": "random forest", "weight": 0.5, "confidence": 0.8}
+    assert max(seen) > 4 * 32 * 32 * 0.5  # the teacher's term covers most of each batch's pixels
+
+
+def test_teacher_is_off_by_default_and_in_3d(volume):
+    image, labels, _ = volume
+    base = {"model": {"depth": 4}, "patch_size": 32, "batch_size": 2, "steps": 1, "threads": 1}
+    trainer = Trainer([TrainingData(image, labels)], TrainConfig(**base))
+    list(trainer.run())
+    assert not trainer.teacher_active and "teacher" not in trainer.metadata().provenance
+    trainer = Trainer([TrainingData(image, labels)], TrainConfig(**{**base, "patch_size": 3}, teacher_weight=1.0,
+                                                                 input=InputSpec(mode="3d")))
+    list(trainer.run())
+    assert not trainer.teacher_active
+
+
+@pytest.mark.parametrize("kwargs", [{"teacher_weight": -1}, {"teacher_confidence": 0}, {"teacher_confidence": 1.5}])
+def test_bad_teacher_settings_are_one_line(kwargs):
+    with pytest.raises(ValueError, match="the teacher needs") as err:
+        TrainConfig(**kwargs).check()
+    assert "\n" not in str(err.value)
