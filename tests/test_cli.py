@@ -183,8 +183,8 @@ def test_train_refuses_to_save_a_collapsed_network(stroke_files, tmp_path, capsy
     from napari_msd.training import health
 
     real = health.check
-    monkeypatch.setattr(health, "check", lambda counts, painted, names: health.Health(
-        real(counts, painted, names).fractions, collapsed="the network predicts dark on 99.5% of the pixels"))
+    monkeypatch.setattr(health, "check", lambda counts, painted, names, recall=None: health.Health(
+        real(counts, painted, names, recall).fractions, collapsed="the network predicts dark on 99.5% of the pixels"))
     image, labels = stroke_files
     out = tmp_path / "collapsed.msd"
     code, _, err = _train([str(image), str(labels), "-o", str(out), "--depth", "5", "--steps", "10",
