@@ -175,14 +175,14 @@ def make_strokes(
     return strokes, slices
 
 
-def stroke_stats(strokes: np.ndarray, slices: Sequence[int]) -> dict:
-    """Pixels per class per painted slice, total and fraction of the volume, number of separate strokes."""
+def stroke_stats(strokes: np.ndarray, slices: Sequence[int], class_names: dict[int, str] = CLASS_NAMES) -> dict:
+    """Pixels and separate strokes per class per painted slice, total and fraction of the volume."""
     per_slice = {}
     for z in slices:
         row = {}
         for c in [int(c) for c in np.unique(strokes[z]) if c != 0]:
             _, n_strokes = ndi.label(strokes[z] == c, structure=np.ones((3, 3)))
-            row[CLASS_NAMES.get(c, str(c))] = {"pixels": int((strokes[z] == c).sum()), "strokes": int(n_strokes)}
+            row[class_names.get(c, str(c))] = {"pixels": int((strokes[z] == c).sum()), "strokes": int(n_strokes)}
         per_slice[int(z)] = row
     total = int((strokes != 0).sum())
     return {"per_slice": per_slice, "total_pixels": total, "fraction_of_volume": total / strokes.size}

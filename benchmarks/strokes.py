@@ -48,7 +48,7 @@ from scipy import ndimage as ndi
 from skimage.morphology import skeletonize
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from isbi_strokes import _disk, _paint_class, _paths, _split  # noqa: E402
+from isbi_strokes import _disk, _paint_class, _paths, _split, stroke_stats  # noqa: E402
 
 DATA_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data"  # ../shared/data beside the repo
 
@@ -249,19 +249,6 @@ def correction_strokes(
     new = (out != 0) & (labels == 0)
     assert np.array_equal(out[new], truth[new]), "a correction stroke disagrees with the ground truth"
     return out, count
-
-
-def stroke_stats(strokes: np.ndarray, slices: Sequence[int], class_names: dict[int, str]) -> dict:
-    """Pixels and separate strokes per class per painted slice, total and fraction of the volume."""
-    per_slice = {}
-    for z in slices:
-        row = {}
-        for c in [int(c) for c in np.unique(strokes[z]) if c != 0]:
-            _, n_strokes = ndi.label(strokes[z] == c, structure=np.ones((3, 3)))
-            row[class_names.get(c, str(c))] = {"pixels": int((strokes[z] == c).sum()), "strokes": int(n_strokes)}
-        per_slice[int(z)] = row
-    total = int((strokes != 0).sum())
-    return {"per_slice": per_slice, "total_pixels": total, "fraction_of_volume": total / strokes.size}
 
 
 def main(argv: Sequence[str] | None = None) -> None:

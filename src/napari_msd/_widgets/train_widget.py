@@ -63,6 +63,17 @@ def _fmt_time(seconds: float | None) -> str:
     return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
 
 
+
+def _loss_weight(value: float, maximum: float, tooltip: str) -> QDoubleSpinBox:
+    """A spin box for the weight of an optional loss term; 0 reads "off"."""
+    box = QDoubleSpinBox()
+    box.setRange(0.0, maximum)
+    box.setSingleStep(0.5)
+    box.setValue(value)
+    box.setSpecialValueText("off")
+    box.setToolTip(tooltip)
+    return box
+
 class TrainWidget(QWidget):
     """Start / pause / stop training and retraining; loss and metrics plot; live preview of the view."""
 
@@ -110,23 +121,13 @@ class TrainWidget(QWidget):
         self.preview_every.setRange(0.2, 60.0)
         self.preview_every.setValue(1.5)
         self.preview_every.setSuffix(" s")
-        self.edge_weight = QDoubleSpinBox()
-        self.edge_weight.setRange(0.0, 100.0)
-        self.edge_weight.setSingleStep(0.5)
         from napari_msd.training.engine import TrainConfig
 
-        self.edge_weight.setValue(TrainConfig.edge_weight)
-        self.edge_weight.setSpecialValueText("off")
-        self.edge_weight.setToolTip("Weight of the edge-aware smoothness loss: between strokes, class boundaries "
-                                    "are pulled onto image edges")
-        self.teacher_weight = QDoubleSpinBox()
-        self.teacher_weight.setRange(0.0, 10.0)
-        self.teacher_weight.setSingleStep(0.5)
-        self.teacher_weight.setValue(TrainConfig.teacher_weight)
-        self.teacher_weight.setSpecialValueText("off")
-        self.teacher_weight.setToolTip("Weight of dense labels from a random forest fitted on your strokes in a few "
-                                       "seconds: the network also learns the forest's confident pixels of the painted "
-                                       "slices")
+        self.edge_weight = _loss_weight(TrainConfig.edge_weight, 100.0, "Weight of the edge-aware smoothness loss: "
+                                        "between strokes, class boundaries are pulled onto image edges")
+        self.teacher_weight = _loss_weight(TrainConfig.teacher_weight, 10.0, "Weight of dense labels from a random "
+                                           "forest fitted on your strokes in a few seconds: the network also learns "
+                                           "the forest's confident pixels of the painted slices")
         self.elastic = QCheckBox("Elastic deformation (4 px)")
         self.jitter = QCheckBox("Intensity jitter (±10%)")
         self.jitter.setChecked(True)

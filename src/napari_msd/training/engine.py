@@ -215,12 +215,15 @@ class Trainer:
             model = build_model(config.arch, model_config)
         self.model = model.to(self.device).train()
         self.patch_size = _patch_size(self.data + self.replay, config.input, config.patch_size)
-        self.val_tiles = validation_tiles(all_indices, config.input, self.patch_size, n_classes, self.normalization,
-                                          seed=config.seed)
-        # earlier labels held out while fine-tuning: a new version must not forget them (see _validate)
-        self.replay_tiles = (validation_tiles(self.replay_indices, config.input, self.patch_size, n_classes,
-                                              self.normalization, max_tiles=16, seed=config.seed)
-                             if init is not None and self.replay_indices else [])
+        if init is not None and self.replay_indices:
+            # fine-tuning: the earlier labels' held-out tiles come last and are also scored apart (see _validate)
+            tiles = [validation_tiles(group, config.input, self.patch_size, n_classes, self.normalization,
+                                      max_tiles=16, seed=config.seed) for group in (self.indices, self.replay_indices)]
+            self.val_tiles, self.replay_from = tiles[0] + tiles[1], len(tiles[0])
+        else:
+            self.val_tiles = validation_tiles(all_indices, config.input, self.patch_size, n_classes,
+                                              self.normalization, seed=config.seed)
+            self.replay_from = len(self.val_tiles)  # no replayed tiles
         self.parent_replay_accuracy: float | None = None
         weights = config.class_weights
         if weights == "auto":
@@ -426,18 +429,18 @@ class Trainer:
         return float(loss.detach())
 
     @torch.no_grad()
-    def _evaluate_tiles(self, tiles: list | None = None) -> tuple[np.ndarray, float, np.ndarray]:
-        """Confusion matrix and mean cross-entropy of the model on the held-out tiles (default: the validation
-        tiles), and how many pixels of the tiles (labeled or not) it assigns to each class."""
-        tiles = self.val_tiles if tiles is None else tiles
+    def _evaluate_tiles(self) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
+        """Confusion matrix and mean cross-entropy of the model on the held-out tiles, how many pixels of the tiles
+        (labeled or not) it assigns to each class, and the confusion matrix of the replayed labels' tiles alone."""
         cm = np.zeros((self.n_classes, self.n_classes), np.int64)
+        replay_cm = np.zeros_like(cm)
         predicted = np.zeros(self.n_classes, np.int64)
         loss_sum, loss_pixels = 0.0, 0
         with self._lock:
             self.model.eval()
             try:
-                for start in range(0, len(tiles), self.config.batch_size):
-                    chunk = tiles[start : start + self.config.batch_size]
+                for start in range(0, len(self.val_tiles), self.config.batch_size):
+                    chunk = self.val_tiles[start : start + self.config.batch_size]
                     x = torch.from_numpy(np.stack([t[0] for t in chunk])).to(self.device)
                     y = torch.from_numpy(np.stack([t[1] for t in chunk])).to(self.device)
                     with torch.autocast(device_type=self.device.type, enabled=self.use_amp):
@@ -447,24 +450,27 @@ class Trainer:
                     loss_pixels += int((y != IGNORE).sum())
                     pred = logits.argmax(1).cpu().numpy()
                     predicted += np.bincount(pred.ravel(), minlength=self.n_classes)
-                    for (_, target), p in zip(chunk, pred):
-                        cm += seg_metrics.confusion_matrix(target + 1, p + 1, self.n_classes)
+                    for k, ((_, target), p) in enumerate(zip(chunk, pred), start):
+                        tile_cm = seg_metrics.confusion_matrix(target + 1, p + 1, self.n_classes)
+                        cm += tile_cm
+                        if k >= self.replay_from:
+                            replay_cm += tile_cm
             finally:
                 self.model.train()
-        return cm, loss_sum / max(loss_pixels, 1), predicted
+        return cm, loss_sum / max(loss_pixels, 1), predicted, replay_cm
 
     def _validate(self) -> Validated:
         """Score the held-out tiles; ties on the metric are broken by the lower validation loss. A collapsed
         network (see :mod:`.health`) never becomes the best, whatever its score."""
-        cm, loss, predicted = self._evaluate_tiles()
+        cm, loss, predicted, replay_cm = self._evaluate_tiles()
         metrics = _metrics_from(cm, self.class_names)
         metrics["loss"] = loss
         self.last_health = health = net_health.check(predicted, sorted(self.counts), self.class_names,
                                                      seg_metrics.recall(cm))
         score = float(metrics[self.config.metric])
         usable = health.collapsed is None
-        if self.replay_tiles:  # fine-tuning: the earlier labels' held-out part, judged apart from the new labels
-            remembered = seg_metrics.class_accuracy(self._evaluate_tiles(self.replay_tiles)[0])
+        if self.replay_from < len(self.val_tiles):  # fine-tuning: the earlier labels' held-out part, judged apart
+            remembered = seg_metrics.class_accuracy(replay_cm)
             metrics["replay_class_accuracy"] = remembered
             if self.parent_replay_accuracy is None:  # the first validation (step 0) is the parent's
                 self.parent_replay_accuracy = remembered
