@@ -27,6 +27,11 @@ What is measured, per data set and stroke seed (the seed draws other strokes on 
   configuration trains for ``--round-seconds``. Round 0 is the first model on the scored slices. As in the dock,
   a retraining that collapses or does not beat its parent on the held-out labels gives no new version: the parent
   stays current (its score is the round's), and the corrections stay painted for the next Retrain from it.
+- ``--variant "pretrained:pretrained=auto"``: the network starts from a self-supervised body
+  (``napari_msd.training.pretrain``) made once per data set on the whole image, without labels, for
+  ``--pretrain-minutes`` (default 5: the pretraining runs while a person paints, so its minutes are not the
+  training's); every stroke seed of that data set starts from the same body, as the Train dock's per-image cache does.
+- ``--prior-rows``: every first network is also scored after the class-prior correction (a row "... + prior").
 - A network the engine judges collapsed (one class nearly everywhere; it saves nothing) is scored as it is,
   marked † in the table, and not taken into the loop.
 
@@ -184,7 +189,7 @@ def run_forest(ds: Dataset, image, strokes, scored, truth, seed: int) -> dict:
 
 
 def train(data: list[TrainingData], config: TrainConfig, output: Path, init: Path | None = None,
-          replay: list[TrainingData] = ()) -> tuple[dict, torch.nn.Module, Any]:
+          replay: list[TrainingData] = (), keep: list | None = None) -> tuple[dict, torch.nn.Module, Any]:
     """Run a Trainer into ``output``; its figures, and the resulting network and metadata (in memory).
 
     ``figures["version"]`` is False where the Train dock would offer no new version: the network collapsed (the
@@ -192,6 +197,8 @@ def train(data: list[TrainingData], config: TrainConfig, output: Path, init: Pat
     fine-tuning, it never beat the parent (``kept_parent``).
     """
     trainer = Trainer(data, config, init=init, replay=replay, output=output)
+    if keep is not None:
+        keep.append(trainer)
     finished = None
     start = time.perf_counter()
     for event in trainer.run():
@@ -232,6 +239,21 @@ def choose_slices(ds: Dataset, n_slices: int, loop: int, n_working: int, score_i
     return working, scored
 
 
+def pretrain_image(ds: Dataset, image: np.ndarray, args, path: Path) -> dict:
+    """Self-supervised pretraining on the whole image (no labels: once per data set, shared by all stroke seeds, as
+    the Train dock caches it per image) for ``--pretrain-minutes``, with the default network of ``--arch``."""
+    from napari_msd.training.pretrain import PretrainConfig, Pretrainer, save_pretrained
+
+    model = {"depth": args.model_depth} if args.model_depth else {}
+    trainer = Pretrainer([image], PretrainConfig(arch=args.arch, model=model, time_limit=args.pretrain_minutes * 60))
+    losses = [e.loss for e in trainer.run()]
+    body = trainer.body()
+    save_pretrained(path, body)
+    log(f"{ds.key}: pretrained {body.describe()}; masked-pixel loss {np.mean(losses[:20]):.4f} -> "
+        f"{np.mean(losses[-20:]):.4f}")
+    return {"path": str(path), "steps": body.steps, "seconds": body.seconds, "minutes": args.pretrain_minutes}
+
+
 def run_dataset(ds: Dataset, args, variants: list[tuple[str, dict]], state: dict) -> None:
     image, labels = ds.load(args.data_root)
     if args.crop:
@@ -253,6 +275,11 @@ def run_dataset(ds: Dataset, args, variants: list[tuple[str, dict]], state: dict
         missing = [z for z in scored + working if name in absent[z]]
         if missing:
             log(f"  no {name} in the ground truth of slice(s) {_slices(sorted(missing))}")
+    if any(overrides.get("pretrained") == "auto" for _, overrides in variants):
+        pretrained = pretrain_image(ds, image, args, Path(state["tmp"]) / f"{ds.key}.pretrained")
+        info["pretrained"] = pretrained
+        variants = [(name, {**o, "pretrained": pretrained["path"]} if o.get("pretrained") == "auto" else o)
+                    for name, o in variants]
     for seed in args.seeds:
         strokes, _, budgets = dataset_strokes(ds, labels, seed=seed, fraction=FRACTION)
         short = [{**b, "class": ds.class_names[b["class"]]} for b in budgets if b["painted"] < b["budget"]]
@@ -270,7 +297,8 @@ def run_dataset(ds: Dataset, args, variants: list[tuple[str, dict]], state: dict
             method = f"{ARCH_NAMES.get(args.arch, args.arch)} {name}"
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / "round0.msd"
-                trained, model, meta = train([TrainingData(image, strokes, ds.key)], config, path)
+                trainers: list[Trainer] = []
+                trained, model, meta = train([TrainingData(image, strokes, ds.key)], config, path, keep=trainers)
                 row = {"dataset": ds.key, "seed": seed, "method": method, "kind": "network", "variant": name,
                        "overrides": overrides, **trained, **evaluate(ds, model, meta, image, scored, truth)}
                 state["rows"].append(row)
@@ -279,9 +307,26 @@ def run_dataset(ds: Dataset, args, variants: list[tuple[str, dict]], state: dict
                     + (f"; COLLAPSED: {row['collapsed']} (scored as is; no version, no loop)" if row["collapsed"]
                        else ""))
                 save(state, args.json)
+                if args.prior_rows and not trained["collapsed"]:
+                    state["rows"].append(prior_row(ds, trainers[-1], image, scored, truth, row))
+                    save(state, args.json)
                 if args.loop and trained["version"]:
                     run_loop(ds, args, state, seed, method, image, labels, strokes, working, scored, truth,
                              correction_budget, config, path, row)
+
+
+def prior_row(ds: Dataset, trainer: Trainer, image, scored, truth, row: dict) -> dict:
+    """The same network after the class-prior correction (``Trainer.correct_prior``), forced even where the engine's
+    rule (undo it when held-out strokes lose class accuracy) would undo it; ``prior_kept`` says what the rule did."""
+    kept = trainer.correct_prior() is not None
+    if not kept:
+        trainer.correct_prior(max_loss=math.inf)
+    result = {**row, "method": row["method"] + " + prior", "variant": f"{row['variant']} + prior", "prior_kept": kept,
+              "class_prior": trainer.class_prior,
+              **evaluate(ds, trainer.snapshot(), trainer.metadata(), image, scored, truth)}
+    log(f"{ds.key} seed {row['seed']}: {result['method']} {ds.headline_label} {result['headline']:.3f} "
+        f"(the engine's rule {'keeps' if kept else 'undoes'} it)")
+    return result
 
 
 SCORES = ("headline", "iou", "mean_iou", "pixel_accuracy", "class_accuracy", "max_fraction_error")
@@ -331,7 +376,7 @@ def run_loop(ds: Dataset, args, state: dict, seed: int, method: str, image, labe
 
 def save(state: dict, path: Path | None) -> None:
     if path is not None:
-        path.write_text(json.dumps(state, indent=1))
+        path.write_text(json.dumps({k: v for k, v in state.items() if k != "tmp"}, indent=1))
 
 
 # -- tables ----------------------------------------------------------------------------------------------------------
@@ -466,6 +511,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="pixels of correction strokes per round (default: the initial strokes' budget)")
     parser.add_argument("--score-incomplete", action="store_true",
                         help="also score slices whose ground truth lacks a class (VNC 1, 7, 18)")
+    parser.add_argument("--pretrain-minutes", type=float, default=5.0, help="self-supervised pretraining on each "
+                        "image (once, before the stroke seeds) for variants with pretrained=auto")
+    parser.add_argument("--prior-rows", action="store_true", help="also score every first network after the "
+                        "class-prior correction (a row '... + prior'; same weights, output bias shifted)")
     parser.add_argument("--crop", type=int, default=None, metavar="N", help="top-left N x N of every slice")
     parser.add_argument("--model-depth", type=int, default=None, help="network depth (MS-D layers, U-Net levels)")
     parser.add_argument("--json", type=Path, help="write the figures here (after every trained model)")
@@ -482,8 +531,11 @@ def main(argv: list[str] | None = None) -> None:
         variant_config(DATASETS[args.datasets[0]], args.arch, overrides, 60.0, 0, args.model_depth)
     state = {"info": {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                       "threads": torch.get_num_threads(), "datasets": {}}, "rows": [], "loop": []}
-    for key in args.datasets:
-        run_dataset(DATASETS[key], args, variants, state)
+    with tempfile.TemporaryDirectory() as tmp:
+        state["tmp"] = tmp
+        for key in args.datasets:
+            run_dataset(DATASETS[key], args, variants, state)
+        del state["tmp"]
     save(state, args.json)
     print(table(state))
 

@@ -12,7 +12,7 @@ import pytest
 
 from napari_msd import __version__
 from napari_msd.cli import _train_config, build_parser, main
-from napari_msd.io import save_model
+from napari_msd.io import read_metadata, save_model
 from napari_msd.models import MSDNet
 from napari_msd.training.engine import TrainConfig
 
@@ -192,3 +192,99 @@ def test_train_refuses_to_save_a_collapsed_network(stroke_files, tmp_path, capsy
     line = _error_line(err)
     assert code == 2 and "no usable model after 10 steps: the network predicts dark" in line
     assert "nothing was saved" in line and not out.exists()
+
+
+def test_train_refuses_the_image_given_as_labels(tmp_path, capsys):
+    image = np.random.default_rng(0).integers(0, 254, (64, 64)).astype(np.uint8)
+    image[0, 0] = 253
+    np.save(tmp_path / "em.npy", image)
+    out = tmp_path / "model.msd"
+    code, _, err = _train([str(tmp_path / "em.npy"), str(tmp_path / "em.npy"), "-o", str(out), "--steps", "2"], capsys)
+    line = _error_line(err)
+    assert code == 2 and not out.exists()
+    assert "contain the value 253: is this the image? labels are 0 = unlabeled, 1..K = classes; K must be below 64" \
+        in line
+
+
+def test_train_refuses_an_output_folder_that_does_not_exist(stroke_files, tmp_path, capsys):
+    image, labels = stroke_files
+    missing = tmp_path / "results"
+    code, _, err = _train([str(image), str(labels), "-o", str(missing / "model.msd"), "--steps", "2"], capsys)
+    assert code == 2 and not missing.exists()
+    assert _error_line(err).endswith(f"output folder {missing} does not exist; create it first (mkdir -p {missing}) "
+                                     "or choose another -o")
+
+
+def test_a_short_timed_run_saves_with_a_warning_that_it_barely_learned(stroke_files, tmp_path, capsys,
+                                                                       accept_any_network):
+    """--time that allows one step (a loaded machine): saved, exit 0, and the output says what that is worth."""
+    image, labels = stroke_files
+    out = tmp_path / "short.msd"
+    code, stdout, _ = _train([str(image), str(labels), "-o", str(out), "--depth", "5", "--patch-size", "32",
+                              "--time", "0.000001"], capsys)
+    assert code == 0 and out.exists()
+    assert "finished (time) after 1 steps" in stdout
+    warning = [line for line in stdout.splitlines() if line.startswith("warning: trained only")]
+    assert warning and warning[0].startswith("warning: trained only 1 steps in ")
+    assert warning[0].endswith("s: the model has barely learned; train longer (--time/--steps)")
+    assert "note: no time was left to measure the effective halo" in stdout
+    assert main(["info", str(out)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["effective_halo"] is None and "not measured" in info["provenance"]["halo"]
+
+
+def test_a_run_of_the_chosen_few_steps_gets_no_warning(stroke_files, tmp_path, capsys, accept_any_network):
+    image, labels = stroke_files
+    code, stdout, _ = _train([str(image), str(labels), "-o", str(tmp_path / "m.msd"), "--depth", "4", "--steps", "3",
+                              "--patch-size", "32", "--validate-every", "3"], capsys)
+    assert code == 0 and "warning: trained only" not in stdout
+
+
+# -- napari-msd sample ------------------------------------------------------------------------------
+
+
+def test_sample_writes_files_the_cli_reads_and_a_command_that_trains_on_them(tmp_path, capsys, monkeypatch,
+                                                                           accept_any_network):
+    import shlex
+
+    from napari_msd._sample_data import read_sample
+    from napari_msd.io import open_image, read_labels
+
+    folder = tmp_path / "new" / "sample"
+    assert main(["sample", "-o", str(folder)]) == 0
+    stdout = capsys.readouterr().out
+    assert sorted(p.name for p in folder.iterdir()) == ["ground_truth.tif", "image.tif", "strokes.tif"]
+    sample = read_sample()
+    np.testing.assert_array_equal(open_image(folder / "image.tif")[...], sample["image"])
+    np.testing.assert_array_equal(read_labels(folder / "strokes.tif")[...], sample["strokes"])
+    np.testing.assert_array_equal(read_labels(folder / "ground_truth.tif")[...], sample["ground_truth"])
+    for name in ("image.tif", "strokes.tif", "ground_truth.tif"):
+        assert str(folder / name) in stdout
+    command = next(line for line in stdout.splitlines() if line.startswith("next: "))[len("next: "):]
+    assert command == (f'napari-msd train {folder / "image.tif"} {folder / "strokes.tif"} '
+                       '--class-names "membrane,cell interior" -o membranes.msd --time 60')
+    args = shlex.split(command)[1:]
+    args[args.index("--time"):] = ["--steps", "2", "--depth", "3", "--patch-size", "32"]  # the same command, short
+    monkeypatch.chdir(tmp_path)
+    assert main([*args, "--quiet"]) == 0
+    assert read_metadata(tmp_path / "membranes.msd").class_names == ["membrane", "cell interior"]
+
+
+def test_sample_never_overwrites(tmp_path, capsys):
+    (tmp_path / "strokes.tif").write_bytes(b"strokes a user painted")
+    assert main(["sample", "-o", str(tmp_path)]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert captured.out == "" and len(lines) == 1
+    assert lines[0].startswith("napari-msd sample: error: ") and "strokes.tif already exists" in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["strokes.tif"]  # nothing written
+    assert (tmp_path / "strokes.tif").read_bytes() == b"strokes a user painted"
+
+
+def test_demo_screenshot_into_a_missing_folder_is_refused_before_opening_napari(tmp_path, capsys):
+    missing = tmp_path / "shots"
+    assert main(["demo", "--screenshot", str(missing / "demo.png")]) == 2
+    line = capsys.readouterr().err.strip()
+    assert line == (f"napari-msd demo: error: output folder {missing} does not exist; create it first "
+                    f"(mkdir -p {missing}) or choose another --screenshot")
+    assert not missing.exists()

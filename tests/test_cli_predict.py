@@ -271,3 +271,11 @@ def test_relative_paths_name_the_same_files_from_any_directory(files, tmp_path, 
     monkeypatch.chdir(first)
     code, _, err = _predict([files["model"], "./vol.npy", out], capsys)
     assert code == 0 and "resuming" in err
+
+
+def test_an_output_folder_that_does_not_exist_is_refused(files, tmp_path, capsys):
+    missing = tmp_path / "results"
+    line = _error([files["model"], files["small"], missing / "pred.zarr"], capsys)
+    assert line.endswith(f"output folder {missing} does not exist; create it first (mkdir -p {missing}) "
+                         "or choose another OUTPUT")
+    assert not missing.exists()

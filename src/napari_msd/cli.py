@@ -13,8 +13,25 @@ import sys
 from collections.abc import Sequence
 
 
+FEW_STEPS = 50  # a run of fewer steps than this, ended by time or Ctrl-C, gets a warning that it barely learned
+SAMPLE_FILES = ("image.tif", "strokes.tif", "ground_truth.tif")  # what `napari-msd sample` writes
+
+
 class CLIError(Exception):
     """A problem with the user's input: printed as one line, exit status 2."""
+
+
+def _check_output_folder(path: str, option: str) -> None:
+    """Refuse an output whose folder is missing (a typo would otherwise create folders silently) or not a folder."""
+    import shlex
+    from pathlib import Path
+
+    folder = Path(path).expanduser().parent
+    if not folder.exists():
+        raise CLIError(f"output folder {folder} does not exist; create it first (mkdir -p {shlex.quote(str(folder))}) "
+                       f"or choose another {option}")
+    if not folder.is_dir():
+        raise CLIError(f"output folder {folder} is a file, not a folder; choose another {option}")
 
 
 def _cmd_info(args: argparse.Namespace) -> None:
@@ -35,9 +52,8 @@ def _training_data(image: str, labels: str, name: str | None = None):
     return TrainingData(open_image(image), read_labels(labels), name or image)
 
 
-def _train_config(args: argparse.Namespace):
-    from .training.augment import Augmentation
-    from .training.engine import TrainConfig
+def _network(args: argparse.Namespace):
+    """``(model overrides, InputSpec)`` from the network options shared by train and pretrain."""
     from .training.inputs import InputSpec
 
     if args.ndim == 3 and args.slices > 1:
@@ -49,11 +65,25 @@ def _train_config(args: argparse.Namespace):
         raise CLIError("--base-channels is a U-Net setting; MS-D takes --depth and --width")
     if args.arch == "unet" and args.width is not None:
         raise CLIError("--width is an MS-D setting; a U-Net takes --depth and --base-channels")
+    try:
+        spec = InputSpec(mode=mode, slices=args.slices if mode == "2.5d" else 1,
+                         orientations=tuple(args.orientations.split(",")))
+    except ValueError as err:
+        raise CLIError(str(err)) from None
+    return model, spec
+
+
+def _train_config(args: argparse.Namespace):
+    from .training.augment import Augmentation
+    from .training.engine import TrainConfig
+
+    model, spec = _network(args)
     steps = args.steps if args.steps is not None else (None if args.time is not None else 1000)
+    if args.pretrained and args.init:
+        raise CLIError("--init starts a new model from pretrained weights; --from fine-tunes an existing model "
+                       "(which already holds them): give one of the two")
     return TrainConfig(
-        arch=args.arch, model=model,
-        input=InputSpec(mode=mode, slices=args.slices if mode == "2.5d" else 1,
-                        orientations=tuple(args.orientations.split(","))),
+        arch=args.arch, model=model, input=spec, pretrained=args.pretrained,
         patch_size=args.patch_size, batch_size=args.batch_size, steps=steps, time_limit=args.time,
         learning_rate=args.lr, validate_every=args.validate_every, patience=args.patience,
         augmentation=Augmentation(intensity=args.intensity, elastic=args.elastic), dice_weight=args.dice,
@@ -72,6 +102,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
     from pathlib import Path
 
+    _check_output_folder(args.output, "-o")
     if Path(args.output).exists() and not args.overwrite:
         raise CLIError(f"{args.output} already exists; pass --overwrite to replace it or choose another file name")
     try:
@@ -125,14 +156,62 @@ def _cmd_train(args: argparse.Namespace) -> None:
                           "has the parent's weights; paint more corrections or train longer")
                 if event.warning:
                     print(f"warning: {event.warning}")
+                if 0 < event.steps < FEW_STEPS and event.reason != "steps":  # a step count the user did not choose
+                    print(f"warning: trained only {event.steps} steps in {event.elapsed:.0f} s: the model has "
+                          "barely learned; train longer (--time/--steps)")
+                if trainer.halo_skipped:
+                    print(f"note: no time was left to measure the effective halo; predictions use the receptive "
+                          f"field ({trainer.model.receptive_field} px), which is slower")
     finally:
         bar.close()
         signal.signal(signal.SIGINT, previous)
 
 
+def _cmd_pretrain(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from .io import ImageReadError, open_image
+    from .training.pretrain import PretrainConfig, PretrainError, Pretrainer, cache_key, save_pretrained
+
+    _check_output_folder(args.output, "-o")
+    if Path(args.output).exists() and not args.overwrite:
+        raise CLIError(f"{args.output} already exists; pass --overwrite to replace it or choose another file name")
+    model, spec = _network(args)
+    config = PretrainConfig(arch=args.arch, model=model, input=spec, batch_size=args.batch_size,
+                            patch_size=args.patch_size or 64, steps=args.steps,
+                            time_limit=args.time if args.steps is None else None, learning_rate=args.lr,
+                            seed=args.seed, device=args.device, threads=args.threads)
+    try:
+        image = open_image(args.image)
+        pretrainer = Pretrainer([image], config, image_key=cache_key(image, config.arch, config.model_config(), spec))
+    except (ImageReadError, PretrainError, ValueError) as err:
+        raise CLIError(str(err)) from None
+
+    from tqdm import tqdm
+
+    total = config.steps if config.steps is not None else config.time_limit
+    bar = tqdm(total=total, unit="step" if config.steps is not None else "s", disable=args.quiet, dynamic_ncols=True,
+               bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} [{elapsed}<{remaining}{postfix}]")
+    previous = signal.signal(signal.SIGINT, lambda *_: (pretrainer.stop(), signal.signal(signal.SIGINT, previous)))
+    try:
+        for event in pretrainer.run():
+            bar.n = event.step if config.steps is not None else min(event.elapsed, total)
+            bar.set_postfix({"loss": f"{event.loss:.4f}"}, refresh=True)
+    finally:
+        bar.close()
+        signal.signal(signal.SIGINT, previous)
+    body = pretrainer.body()
+    if body.steps == 0:
+        raise CLIError("stopped before the first step; nothing was saved")
+    save_pretrained(args.output, body)
+    print(f"saved {args.output}: {body.describe()} of {config.arch} on {args.image}; start a training from it "
+          f"with: napari-msd train IMAGE LABELS --init {args.output} -o MODEL (same network options)")
+
+
 def _cmd_predict(args: argparse.Namespace) -> None:
     from .inference.batch import BatchError, BatchFinished, BatchStarted, BlockWritten, prepare, run
 
+    _check_output_folder(args.output, "OUTPUT")
     try:
         job = prepare(args.model, args.input, args.output, probabilities=args.probabilities, labels=not args.no_labels,
                       tile_size=args.tile_size, halo=args.halo, overwrite=args.overwrite, device=args.device,
@@ -163,7 +242,48 @@ def _cmd_predict(args: argparse.Namespace) -> None:
             bar.close()
 
 
+def _cmd_sample(args: argparse.Namespace) -> None:
+    import shlex
+    from pathlib import Path
+
+    folder = Path(args.output)
+    paths = [folder / name for name in SAMPLE_FILES]
+    existing = [str(p) for p in paths if p.exists() or p.is_symlink()]
+    if existing:
+        raise CLIError(f"{', '.join(existing)} already exist{'s' if len(existing) == 1 else ''}; "
+                       "choose another folder (nothing was written)")
+    if folder.exists() and not folder.is_dir():
+        raise CLIError(f"{folder} is a file, not a folder; choose another folder")
+
+    import tifffile
+
+    from ._sample_data import CLASS_NAMES, CREDIT, read_sample
+
+    sample = read_sample()
+    written: list[Path] = []
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for path, key in zip(paths, ("image", "strokes", "ground_truth")):
+            with open(path, "xb") as fh:  # "x": never replace a file that appeared meanwhile
+                written.append(path)
+                tifffile.imwrite(fh, sample[key])
+    except OSError as err:
+        for path in written:  # only our own, partly written files
+            path.unlink(missing_ok=True)
+        raise CLIError(f"cannot write the sample into {folder} ({err.strerror or err}); choose a writable folder") \
+            from None
+    image, strokes = (shlex.quote(str(p)) for p in paths[:2])
+    names = ",".join(CLASS_NAMES[k] for k in sorted(CLASS_NAMES))
+    print(f"wrote {paths[0]} (EM image, {'x'.join(map(str, sample['image'].shape))}), {paths[1]} (strokes: "
+          + ", ".join(f"{k} = {v}" for k, v in sorted(CLASS_NAMES.items()))
+          + f"; 0 = unlabeled) and {paths[2]} (dense labels, to score a prediction)")
+    print(f"data: {CREDIT}")
+    print(f'next: napari-msd train {image} {strokes} --class-names "{names}" -o membranes.msd --time 60')
+
+
 def _cmd_demo(args: argparse.Namespace) -> None:
+    if args.screenshot is not None:
+        _check_output_folder(args.screenshot, "--screenshot")
     try:
         from ._widgets.demo import run_demo
     except ImportError as err:
@@ -171,6 +291,16 @@ def _cmd_demo(args: argparse.Namespace) -> None:
             f"the napari GUI is not installed ({err}); install it with: pip install 'napari-msd[all]'"
         ) from None
     run_demo(screenshot=args.screenshot)
+
+
+def _add_network_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--arch", choices=["msd", "unet"], default="msd", help="network (default: msd, 100 layers)")
+    parser.add_argument("--ndim", type=int, choices=[2, 3], default=2, help="2: slice-wise model, 3: 3D patches")
+    parser.add_argument("--slices", type=int, default=1, help="2.5D: N adjacent slices as channels (odd, e.g. 5)")
+    parser.add_argument("--orientations", default="xy", help="2D models on volumes: xy, or xy,xz,yz (isotropic)")
+    parser.add_argument("--depth", type=int, help="layers (MS-D, default 100) or poolings (U-Net, default 4)")
+    parser.add_argument("--width", type=int, help="MS-D channels per layer (default 1)")
+    parser.add_argument("--base-channels", type=int, help="U-Net channels of the first level (default 32)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -196,10 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("image", help="the image (YX or ZYX)")
     train.add_argument("labels", help="labels of the same shape: 0 = unlabeled, 1..K = classes")
     train.add_argument("-o", "--output", required=True, help="model file to write (e.g. membranes.msd)")
-    train.add_argument("--arch", choices=["msd", "unet"], default="msd", help="network (default: msd, 100 layers)")
-    train.add_argument("--ndim", type=int, choices=[2, 3], default=2, help="2: slice-wise model, 3: 3D patches")
-    train.add_argument("--slices", type=int, default=1, help="2.5D: N adjacent slices as channels (odd, e.g. 5)")
-    train.add_argument("--orientations", default="xy", help="2D models on volumes: xy, or xy,xz,yz (isotropic)")
+    _add_network_options(train)
     limit = train.add_mutually_exclusive_group()
     limit.add_argument("--steps", type=int, help="training steps (default 1000)")
     limit.add_argument("--time", type=float, metavar="SECONDS", help="train for this long instead")
@@ -209,9 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="earlier training data to replay while fine-tuning (repeatable)")
     train.add_argument("--pair", nargs=2, action="append", default=[], metavar=("IMAGE", "LABELS"),
                        help="another image with labels to train on (repeatable)")
-    train.add_argument("--depth", type=int, help="layers (MS-D, default 100) or poolings (U-Net, default 4)")
-    train.add_argument("--width", type=int, help="MS-D channels per layer (default 1)")
-    train.add_argument("--base-channels", type=int, help="U-Net channels of the first level (default 32)")
+    train.add_argument("--init", dest="pretrained", metavar="WEIGHTS",
+                       help="start the new model from self-supervised weights made by 'napari-msd pretrain' on "
+                            "this image (same network options)")
     train.add_argument("--batch-size", type=int, default=16)
     train.add_argument("--patch-size", type=int, help="patch side in pixels (default 64 in 2D, 48 in 3D)")
     train.add_argument("--prior-correction", action="store_true",
@@ -235,6 +362,28 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(func=_cmd_train)
 
+    pretrain = sub.add_parser(
+        "pretrain", help="learn the image without labels (self-supervised), to start trainings from",
+        description="Train the network body to predict hidden pixels from their surroundings (blind-spot masking, "
+                    "as Noise2Void) on every pixel of IMAGE; no labels needed. Start trainings from the result with "
+                    "'napari-msd train ... --init WEIGHTS'. Ctrl-C stops and saves.",
+    )
+    pretrain.add_argument("image", help="the image (YX or ZYX): TIFF, zarr, OME-Zarr, MRC or .npy")
+    pretrain.add_argument("-o", "--output", required=True, metavar="WEIGHTS", help="file to write (e.g. em.pretrained)")
+    _add_network_options(pretrain)
+    plimit = pretrain.add_mutually_exclusive_group()
+    plimit.add_argument("--time", type=float, default=300.0, metavar="SECONDS", help="pretrain this long (default 300)")
+    plimit.add_argument("--steps", type=int, help="pretrain this many steps instead")
+    pretrain.add_argument("--batch-size", type=int, default=16)
+    pretrain.add_argument("--patch-size", type=int, help="patch side in pixels (default 64 in 2D, 48 in 3D)")
+    pretrain.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    pretrain.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
+    pretrain.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+    pretrain.add_argument("--seed", type=int, default=0)
+    pretrain.add_argument("--overwrite", action="store_true", help="replace WEIGHTS if it exists")
+    pretrain.add_argument("--quiet", action="store_true", help="no progress bar")
+    pretrain.set_defaults(func=_cmd_pretrain)
+
     predict = sub.add_parser(
         "predict", help="apply a model to a volume, writing zarr or OME-Zarr (resumable)",
         description="Predict INPUT (TIFF, zarr, OME-Zarr, MRC, .npy) block by block into OUTPUT, a zarr store "
@@ -243,7 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("model", help="a model file written by napari-msd")
     predict.add_argument("input", help="the image: a file, vol.zarr or vol.zarr::group/array")
-    predict.add_argument("output", help="the output zarr store (e.g. result.zarr or result.ome.zarr)")
+    predict.add_argument("output", help="the output zarr store, e.g. result.msd.zarr or result.msd.ome.zarr "
+                         "(OME-Zarr); napari opens *.msd.zarr / *.msd.ome.zarr without asking for a reader")
     predict.add_argument("--probabilities", nargs="?", const="uint8", default="none",
                          choices=["none", "uint8", "float16"], help="also write class probabilities (uint8 by default)")
     predict.add_argument("--no-labels", action="store_true", help="write probabilities only")
@@ -258,6 +408,14 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--overwrite", action="store_true", help="replace an existing, different prediction")
     predict.add_argument("--quiet", action="store_true", help="no progress bar")
     predict.set_defaults(func=_cmd_predict)
+
+    sample = sub.add_parser(
+        "sample", help="write the sample EM data (image, strokes, ground truth) as TIFF files to try the CLI on",
+        description=f"Write {', '.join(SAMPLE_FILES)} into DIR (created if missing; existing files are never "
+                    "replaced) and print the command that trains on them.",
+    )
+    sample.add_argument("-o", "--output", required=True, metavar="DIR", help="folder to write the files into")
+    sample.set_defaults(func=_cmd_sample)
 
     demo = sub.add_parser("demo", help="open napari with sample EM data and the napari-msd docks")
     demo.add_argument("--screenshot", metavar="PNG", help="save a screenshot of the window to PNG and exit")

@@ -82,6 +82,22 @@ def test_tiff_slices_are_independent_copies(tmp_path):
     np.testing.assert_array_equal(image[1:3], ref[1:3])
 
 
+
+def test_tiff_tagged_planar_rgb_is_read_as_grey_slices_with_a_note(tmp_path, caplog):
+    """Three grey pages tagged RGB with separate planes: napari shows 3 slices, and so do we (with one note)."""
+    ref = _vol((3, 64, 64), np.uint8)
+    tifffile.imwrite(tmp_path / "planar.tif", ref, photometric="rgb", planarconfig="separate")
+    with caplog.at_level("WARNING", logger="napari_msd.io.images"):
+        image = open_image(tmp_path / "planar.tif")
+    _check_roundtrip(image, ref)
+    notes = [r.getMessage() for r in caplog.records if r.name == "napari_msd.io.images"]
+    assert len(notes) == 1 and "\n" not in notes[0]
+    assert "planar.tif" in notes[0] and "tagged as planar RGB" in notes[0] and "read as 3 grey slices" in notes[0]
+    tifffile.imwrite(tmp_path / "rgb.tif", ref.transpose(1, 2, 0), photometric="rgb")  # interleaved: true colour
+    assert "colour (RGB/RGBA)" in _error(tmp_path / "rgb.tif")
+    tifffile.imwrite(tmp_path / "rgb_vol.tif", np.stack([ref] * 2), photometric="rgb", planarconfig="separate")
+    assert "colour (RGB/RGBA)" in _error(tmp_path / "rgb_vol.tif")  # a planar colour volume stays refused
+
 @pytest.mark.skipif(not ISBI.exists(), reason="ISBI 2012 data not available")
 def test_isbi_tiff_is_lazy_and_matches_tifffile():
     image = open_image(ISBI)

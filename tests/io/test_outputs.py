@@ -365,3 +365,15 @@ def test_ome_zarr_labels_only_and_float16_2d(tmp_path):
     ms = dict(zarr.open_group(str(out16.path), mode="r").attrs)["ome"]["multiscales"][0]
     assert ms["datasets"][1]["coordinateTransformations"][1] == {"type": "translation",
                                                                  "translation": [0.0, 0.5, 0.5]}
+
+
+def test_recommended_output_names_keep_the_format_readable_from_the_name(tmp_path):
+    from napari_msd.inference.batch import output_format
+    from napari_msd.io.outputs import OUTPUT_SUFFIXES
+
+    assert [output_format(f"result{suffix}") for suffix in OUTPUT_SUFFIXES] == ["zarr", "ome-zarr"]
+    for suffix in OUTPUT_SUFFIXES:
+        path = tmp_path / f"result{suffix}"
+        out = create_or_resume(path, _job(output_format=output_format(path)))
+        _write(out, np.ndindex(*out.job.grid))
+        assert open_output(path).job.output_format == output_format(path)

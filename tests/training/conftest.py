@@ -84,12 +84,3 @@ def predict():
 def counting_array():
     """The :class:`CountingArray` class."""
     return CountingArray
-
-
-@pytest.fixture
-def accept_any_network(monkeypatch):
-    """Switch off the collapse verdict (:mod:`napari_msd.training.health`) for tests of run mechanics (stop,
-    save, files, events) whose few steps are too few to learn anything; the guard has tests of its own."""
-    from napari_msd.training import health
-
-    monkeypatch.setattr(health, "DOMINANT", 1.01)

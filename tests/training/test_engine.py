@@ -522,6 +522,79 @@ def test_steps_and_time_limit_whichever_comes_first(data):
     assert events[-1].reason == "steps" and events[-1].steps == 3
 
 
+class _FakeClock:
+    """Stands in for the engine's ``time`` module: seconds pass only when a test says so."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    """A fake clock for the engine; ``clock.costs`` (step number -> seconds, default 1) and ``clock.validation``
+    (seconds) are what each training step and each validation pass take."""
+    fake = _FakeClock()
+    fake.costs, fake.validation = {}, 0.0
+    monkeypatch.setattr(engine_module, "time", fake)
+    train_step, evaluate = Trainer._train_step, Trainer._evaluate_tiles
+
+    def step(self, x, y):
+        fake.now += fake.costs.get(self.step + 1, 1.0)
+        return train_step(self, x, y)
+
+    def validate(self):
+        fake.now += fake.validation
+        return evaluate(self)
+
+    monkeypatch.setattr(Trainer, "_train_step", step)
+    monkeypatch.setattr(Trainer, "_evaluate_tiles", validate)
+    return fake
+
+
+def test_validation_time_counts_against_the_time_limit(data, clock, accept_any_network):
+    clock.validation = 3.0  # steps 1 s each, validations 3 s: 1, 2 (+3 = 5), 6, 7 (+3 = 10): time is up
+    trainer = Trainer(data, _config(steps=None, time_limit=10.0, validate_every=2, patience=0))
+    events = list(trainer.run())
+    finished = events[-1]
+    assert finished.reason == "time" and finished.steps == 4 and finished.elapsed == pytest.approx(10.0)
+    assert [v.step for v in _of(events, Validated)] == [2, 4]
+    assert finished.effective_halo is not None and not trainer.halo_skipped  # measured within the grace
+
+
+def test_far_past_the_time_limit_the_wrap_up_is_skipped(tmp_path, data, clock, accept_any_network):
+    """A step that overruns the limit (a loaded machine) is not validated and the halo is not measured: the
+    best validated weights are saved with the receptive field as halo, and the provenance says so."""
+    clock.costs = {3: 20.0}
+    out = tmp_path / "late.msd"
+    trainer = Trainer(data, _config(steps=None, time_limit=10.0, validate_every=2, patience=0), output=out)
+    events = list(trainer.run())
+    finished = events[-1]
+    assert finished.reason == "time" and finished.steps == 3
+    assert [v.step for v in _of(events, Validated)] == [2] and finished.best_step == 2
+    assert finished.effective_halo is None and trainer.halo_skipped
+    meta = read_metadata(out)
+    assert meta.effective_halo is None  # the Predictor falls back to the receptive field
+    assert "not measured: the time limit was reached" in meta.provenance["halo"]
+
+
+def test_a_tiny_time_limit_ends_without_measuring_the_halo(data, monkeypatch, accept_any_network):
+    from napari_msd.inference import halo
+
+    calls = []
+    real = halo.measure_effective_halo
+    monkeypatch.setattr(halo, "measure_effective_halo", lambda *a, **k: calls.append(1) or real(*a, **k))
+    trainer = Trainer(data, _config(steps=None, time_limit=1e-9, validate_every=1000))
+    events = list(trainer.run())
+    finished = events[-1]
+    assert finished.reason == "time" and finished.steps == 1
+    assert _of(events, Validated)[-1].step == 1  # the only validation is never skipped: it guards against collapse
+    assert calls and finished.effective_halo is None and trainer.halo_skipped  # stopped before its first block
+    assert "halo" in trainer.metadata().provenance
+
+
 # -- fine-tuning ----------------------------------------------------------------------------------------------
 
 
@@ -648,11 +721,13 @@ def _bad_inputs(image, labels):
         "bad metric": ([TrainingData(two_d, labels)], {"metric": "f1"}, ValueError, "metric"),
         "wrong class names": ([TrainingData(two_d, labels)], {"class_names": ["a", "b", "c"]}, ValueError, "names"),
         "negative edge weight": ([TrainingData(two_d, labels)], {"edge_weight": -1.0}, ValueError, "edge-aware"),
+        "image as labels": ([TrainingData(two_d, two_d)], {}, TrainingDataError, "is this the image?"),
     }
 
 
 CASES = ["no labeled pixel", "one class only", "float labels", "2.5d on a 2D image", "RGB-like 4D image",
-         "shape mismatch", "no data", "no bound", "bad metric", "wrong class names", "negative edge weight"]
+         "shape mismatch", "no data", "no bound", "bad metric", "wrong class names", "negative edge weight",
+         "image as labels"]
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -11,6 +11,7 @@ from napari_msd.training.normalization import Normalization
 from napari_msd.training.sampling import (
     CELL,
     IGNORE,
+    MAX_CLASSES,
     PatchSampler,
     TrainingData,
     TrainingDataError,
@@ -314,3 +315,19 @@ def test_labels_and_image_shape_mismatch_is_refused():
     text = str(err.value)
     assert "\n" not in text and "cells" in text and "(64, 65)" in text
     assert isinstance(err.value, ValueError)
+
+
+def test_labels_beyond_max_classes_are_refused_at_the_first_slab_holding_them(counting_array):
+    """The image given as labels (values up to 253) is refused in one line, without scanning the rest."""
+    assert MAX_CLASSES == 63
+    image = np.random.default_rng(0).integers(0, 254, size=(32, 64, 64)).astype(np.uint8)
+    lazy = counting_array(image, chunks=(4, 64, 64))
+    with pytest.raises(TrainingDataError) as err:
+        split(TrainingData(image, lazy, name="em.tif"), InputSpec())
+    text = str(err.value)
+    assert "\n" not in text and "labels of em.tif contain the value 253: is this the image?" in text
+    assert "0 = unlabeled, 1..K = classes; K must be below 64" in text
+    assert lazy.elements_read == 4 * 64 * 64  # stopped at the first slab
+    labels = np.zeros((64, 64), np.uint8)
+    labels[5, 5:20], labels[40, 5:20] = 1, MAX_CLASSES  # the highest class allowed
+    assert sorted(scan_labels(labels)) == [1, MAX_CLASSES]

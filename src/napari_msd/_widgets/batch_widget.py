@@ -34,7 +34,9 @@ from qtpy.QtWidgets import (
     QMainWindow,
     QProgressBar,
     QPushButton,
+    QScrollArea,
     QSpinBox,
+    QToolButton,
     QVBoxLayout,
     QWidget,
 )
@@ -50,6 +52,7 @@ if TYPE_CHECKING:
 
 IMAGE_FILTER = "Images (*.tif *.tiff *.mrc *.rec *.st *.map *.ali *.mrcs *.npy);;All files (*)"
 _STRIPPED = (".ome.zarr", ".ome.tiff", ".ome.tif")
+SETTINGS_MIN_HEIGHT = 180  # px of the scrolling settings always shown: model, inputs and output at least
 
 
 def output_name(image_spec: str, ome_zarr: bool = False) -> str:
@@ -155,58 +158,57 @@ class BatchWidget(QWidget):
 
         self._auto_model = str(self.session.model_path or "")  # the session's model file, followed until edited
         self.model_edit = QLineEdit(self._auto_model)
-        self.model_edit.setPlaceholderText("model file saved by napari-msd (.msd)")
+        self.model_edit.setPlaceholderText("model file (.msd)")
+        self.model_edit.setToolTip("A model file saved by napari-msd (Model dock > Save version)")
         self.model_browse = QPushButton("Browse…")
         self.inputs_list = QListWidget()
+        self.inputs_list.setMinimumHeight(48)
+        self.inputs_list.setMaximumHeight(80)
         self.inputs_list.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
         self.inputs_list.setToolTip("TIFF, zarr (vol.zarr or vol.zarr::group/array), OME-Zarr, MRC or .npy; "
                                     "double-click to edit")
         self.add_button, self.add_zarr_button = QPushButton("Add…"), QPushButton("Add zarr…")
         self.remove_button = QPushButton("Remove")
         self.output_edit = QLineEdit()
-        self.output_edit.setPlaceholderText("folder for <input>_prediction.zarr")
+        self.output_edit.setPlaceholderText("output folder")
+        self.output_edit.setToolTip("Each input is written to <input>_prediction.zarr in this folder; running again "
+                                    "resumes an unfinished output")
         self.output_browse = QPushButton("Browse…")
         self.ome_zarr = QCheckBox("OME-Zarr (with a pyramid)")
+        self.ome_zarr.setToolTip("Write OME-Zarr (.ome.zarr) with smaller copies for fast zooming out, readable by "
+                                 "other OME-Zarr viewers; otherwise plain zarr")
         self.probabilities = QComboBox()
         self.probabilities.addItems(list(batch.PROBABILITY_KINDS))
+        self.probabilities.setToolTip("Also save each class's probability per pixel (uint8: 0-255, float16: "
+                                      "0-1), besides the labels; none saves labels only")
         self.tile_size = QSpinBox()
         self.tile_size.setRange(0, 1 << 16)
         self.tile_size.setSpecialValueText("auto")
+        self.tile_size.setToolTip("The volume is predicted block by block; this is the block side in pixels (auto "
+                                  "fits the memory budget)")
         self.halo = QSpinBox()
         self.halo.setRange(-1, 1 << 12)
         self.halo.setSpecialValueText("model's")
         self.halo.setValue(-1)
+        self.halo.setToolTip("Halo: the margin of surrounding pixels read around each block so that block edges "
+                             "match a whole-image prediction. The model's own value (its measured effective "
+                             "receptive field: how far it really looks) is the safe default")
         self.average_orientations = QCheckBox("Average xy, xz, yz (2D model)")
+        self.average_orientations.setToolTip("Predict the volume's xy, xz and yz slices with a 2D model and average "
+                                             "the three: smoother in z, for volumes with equal pixel size in x, y, z")
         self.device = QComboBox()
         self.device.addItems(available_devices())
+        self.device.setToolTip("Where to compute: auto picks a GPU when there is one")
         self.overwrite = QCheckBox("Overwrite existing outputs")
+        self.overwrite.setToolTip("Replace outputs written by other settings; otherwise a matching unfinished "
+                                  "output is resumed and a different one is kept")
         self.open_results = QCheckBox("Open results in the viewer")
         self.open_results.setChecked(True)
         self.run_button, self.stop_button = QPushButton("Run"), QPushButton("Stop")
         self.progress_bar = QProgressBar()
         self.status_label = QLabel("Idle")
         self.status_label.setWordWrap(True)
-
-        self.settings = QGroupBox("Batch prediction")
-        form = QFormLayout(self.settings)
-        form.addRow("Model", _row(self.model_edit, self.model_browse))
-        form.addRow("Inputs", self.inputs_list)
-        form.addRow("", _row(self.add_button, self.add_zarr_button, self.remove_button))
-        form.addRow("Output folder", _row(self.output_edit, self.output_browse))
-        form.addRow("", self.ome_zarr)
-        form.addRow("Probabilities", self.probabilities)
-        form.addRow("Tile size", self.tile_size)
-        form.addRow("Halo", self.halo)
-        form.addRow("", self.average_orientations)
-        form.addRow("Device", self.device)
-        form.addRow("", self.overwrite)
-        form.addRow("", self.open_results)
-        layout = QVBoxLayout(self)
-        layout.addWidget(self.settings)
-        layout.addWidget(_row(self.run_button, self.stop_button))
-        layout.addWidget(self.progress_bar)
-        layout.addWidget(self.status_label)
-        layout.addStretch(1)
+        self._build_layout()
 
         self.model_browse.clicked.connect(self._browse_model)
         self.add_button.clicked.connect(self._browse_inputs)
@@ -222,6 +224,50 @@ class BatchWidget(QWidget):
         main_window = getattr(getattr(viewer, "window", None), "_qt_window", None)
         if isinstance(main_window, QObject):  # not stored: a reference would keep the closed window alive
             main_window.installEventFilter(self)
+
+    def _build_layout(self) -> None:
+        """Settings in a scroll area (options folded) above Run / Stop, progress and status, so the dock stays
+        short enough to share a laptop screen with the other docks."""
+        self.settings = QGroupBox("Batch prediction")
+        form = QFormLayout(self.settings)
+        form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
+        form.addRow("Model", _row(self.model_edit, self.model_browse))
+        form.addRow("Inputs", self.inputs_list)
+        form.addRow("", _row(self.add_button, self.add_zarr_button, self.remove_button))
+        form.addRow("Output", _row(self.output_edit, self.output_browse))
+        form.addRow("", self.open_results)
+        self.options_toggle = QToolButton()
+        self.options_toggle.setText("Options")
+        self.options_toggle.setCheckable(True)
+        self.options_toggle.setToolTip("Output format, probabilities, tile size, halo, device")
+        form.addRow(self.options_toggle)
+        self.options = QWidget()
+        options = QFormLayout(self.options)
+        options.setContentsMargins(0, 0, 0, 0)
+        options.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
+        options.addRow(self.ome_zarr)
+        options.addRow("Probabilities", self.probabilities)
+        options.addRow("Tile size", self.tile_size)
+        options.addRow("Halo", self.halo)
+        options.addRow(self.average_orientations)
+        options.addRow("Device", self.device)
+        options.addRow(self.overwrite)
+        self.options.setVisible(False)
+        self.options_toggle.toggled.connect(self.options.setVisible)
+        form.addRow(self.options)
+        self.scroll = QScrollArea()
+        self.scroll.setWidget(self.settings)
+        self.scroll.setWidgetResizable(True)
+        self.scroll.setFrameShape(QScrollArea.Shape.NoFrame)
+        self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.scroll.setMinimumHeight(SETTINGS_MIN_HEIGHT)
+        self.scroll.setMinimumWidth(self.settings.minimumSizeHint().width()
+                                    + self.scroll.verticalScrollBar().sizeHint().width())
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.scroll, 1)
+        layout.addWidget(_row(self.run_button, self.stop_button))
+        layout.addWidget(self.progress_bar)
+        layout.addWidget(self.status_label)
 
     # --- settings ----------------------------------------------------------------------------------------
     def inputs(self) -> list[str]:

@@ -100,20 +100,30 @@ class ModelWidget(QWidget):
 
         self.preset = QComboBox()
         self.preset.addItems([p.name for p in PRESETS])
+        self.preset.setToolTip("The network a new training builds: MS-D (few parameters, learns from few strokes) "
+                               "or U-Net (a common, larger alternative)")
         self.n_classes = QSpinBox()
         self.n_classes.setRange(2, 255)
         self.n_classes.setToolTip("Number of classes (labels 1..N); 0 means unlabeled")
         self.input_mode = QComboBox()
         self.input_mode.addItems(INPUT_MODES)
-        self.input_mode.setToolTip("2D: one slice; 2.5D: neighbouring slices as channels (the MS-D paper used 5); "
-                                   "3D: 3D network on 3D patches")
+        self.input_mode.setToolTip("2D: the network sees one slice at a time. 2.5D: it sees a slice together with "
+                                   "its neighbours above and below, and still labels one slice (the MS-D paper "
+                                   "used 5 slices). 3D: a 3D network on 3D blocks (slower)")
         self.slices = QSpinBox()
         self.slices.setRange(3, 31)
         self.slices.setSingleStep(2)
         self.slices.setValue(5)
+        self.slices.setToolTip("2.5D: how many neighbouring slices, the labelled one in the middle, the network sees "
+                               "together")
         self.all_planes = QCheckBox("Also train on xz and yz planes (isotropic volumes)")
+        self.all_planes.setToolTip("Also learn from side views of the volume; useful only when pixels are as deep "
+                                   "in z as they are wide in x and y")
         self.params_label, self.rf_label = QLabel(), QLabel()
-        self.rf_label.setToolTip("Theoretical receptive-field radius; a trained network's effective field is smaller")
+        self.params_label.setToolTip("Number of weights the network learns")
+        self.rf_label.setToolTip("Receptive field: how far around a pixel the network can look to decide its class. "
+                                 "A trained network's effective receptive field (how far it really looks) is "
+                                 "smaller, and is measured after training")
         self.device_label = QLabel(describe_device())
 
         self.versions = QListWidget()
@@ -122,6 +132,8 @@ class ModelWidget(QWidget):
         self.save_button = QPushButton("Save version…")
         self.file_label = QLabel(NO_FILE)
         self.file_label.setWordWrap(True)
+        self.file_label.setToolTip("The current version. Effective halo: how many pixels around each block a "
+                                   "prediction reads so that blocks join without seams; measured after training")
 
         arch_box = QGroupBox("New network")
         form = QFormLayout(arch_box)

@@ -42,6 +42,11 @@ if TYPE_CHECKING:
 
 REFRESH_INTERVAL = 0.3  # s between layer refreshes while blocks stream in
 REVIEW_TILE = 128  # px: size of the regions "Next uncertain region" visits
+NEXT_TIP = "Go to the most uncertain region not yet reviewed: where a correction helps most"
+CORRECTIONS_TIP = ("Copy the pixels you repainted in the prediction into the training labels (undo there with "
+                   "Ctrl+Z); then Retrain in the Train dock")
+NO_PREDICTION_TIP = "Predict first: this needs a prediction layer made by the Predict button"
+NO_UNCERTAINTY_TIP = "Predict with 'Uncertainty layer' checked first: this needs the uncertainty of a prediction"
 
 
 class PredictWidget(QWidget):
@@ -64,10 +69,18 @@ class PredictWidget(QWidget):
         self.device.addItems(available_devices())
         self.uncertainty_check = QCheckBox("Uncertainty layer")
         self.uncertainty_check.setChecked(True)
+        self.uncertainty_check.setToolTip("Also make a layer that is bright where the network hesitates between "
+                                          "classes: the places worth checking and correcting first")
         self.measure = QComboBox()
         self.measure.addItems(["entropy", "margin"])
+        self.measure.setToolTip("How hesitation is measured: entropy looks at all classes' probabilities, margin "
+                                "at how close the two most likely classes are")
         self.probabilities_check = QCheckBox("Probability layers")
+        self.probabilities_check.setToolTip("Also make one layer per class with the network's confidence (0-255) "
+                                            "that a pixel belongs to it")
         self.predict_button = QPushButton("Predict")
+        self.predict_button.setToolTip("Predict the whole image with the current model version, the part on "
+                                       "screen first, block by block")
         self.stop_button = QPushButton("Stop")
         self.status = QLabel("")
         self.status.setWordWrap(True)
@@ -76,10 +89,7 @@ class PredictWidget(QWidget):
         self.progress_bar = QProgressBar()
         self.progress_bar.setVisible(False)
         self.next_button = QPushButton("Next uncertain region")
-        self.next_button.setToolTip("Go to the most uncertain region not yet reviewed: where a correction helps most")
         self.corrections_button = QPushButton("Use corrections")
-        self.corrections_button.setToolTip("Copy the pixels you repainted in the prediction into the training "
-                                           "labels (undo there with Ctrl+Z); then Retrain in the Train dock")
         self.review_status = QLabel("")
         self.review_status.setWordWrap(True)
 
@@ -115,9 +125,21 @@ class PredictWidget(QWidget):
         self.next_button.clicked.connect(self.next_uncertain_region)
         self.corrections_button.clicked.connect(self.use_corrections)
         self.session.versions_changed.connect(self._show_model)
+        self.viewer.layers.events.inserted.connect(self._update_review)
+        self.viewer.layers.events.removed.connect(self._update_review)
         workers.on_window_close(self, self.close_workers)
         self._show_model()
         self._set_running(False)
+        self._update_review()
+
+    def _update_review(self, *_: Any) -> None:
+        """Enable the review buttons only while a prediction (with uncertainty, for 'Next') is in the viewer."""
+        records = [self.session.predictions[layer] for layer in self.viewer.layers if layer in self.session.predictions]
+        scored = any(r.scores is not None for r in records)
+        self.corrections_button.setEnabled(bool(records))
+        self.corrections_button.setToolTip(CORRECTIONS_TIP if records else NO_PREDICTION_TIP)
+        self.next_button.setEnabled(scored)
+        self.next_button.setToolTip(NEXT_TIP if scored else NO_PREDICTION_TIP if not records else NO_UNCERTAINTY_TIP)
 
     def _is_output(self, layer: Any) -> bool:
         return bool(layer.metadata.get("napari_msd_output")) or is_preview(layer)
@@ -184,7 +206,10 @@ class PredictWidget(QWidget):
                     p, name=f"p({name}) ({version.name})", colormap=color if color != "#000000" else "gray",
                     contrast_limits=(0, 255), blending="additive", visible=False,
                     metadata={"napari_msd_output": "probability", "class_index": k + 1}, **placement))
-        s.predictions[layer] = PredictionRecord(predicted, source.name, version.name, scores)
+        # keyed by the layer itself: a plugin's viewer hands out short-lived proxies, and a weak key dies with them
+        s.predictions[getattr(layer, "__wrapped__", layer)] = PredictionRecord(predicted, source.name, version.name,
+                                                                             scores)
+        self._update_review()
         self.viewer.layers.selection.active = layer
         model = version.model
         device = self.device.currentText()

@@ -45,7 +45,15 @@ if TYPE_CHECKING:
 
 PREVIEW_LAYER = "live preview"
 PREVIEW_HALO = 64  # px of context for the preview: enough for a recognisable preview, fast on a CPU
-DEFAULT_CLASSES = "background, membrane"
+DEFAULT_CLASSES = "background, membrane"  # an example for a new labels layer
+
+
+def named_classes(layer: Any) -> list[str]:
+    """The class names a labels layer carries in ``metadata['class_names']``, in order of label value 1, 2, ...
+    (``class k`` for a missing value; [] when it names none)."""
+    named = (layer.metadata.get("class_names") if layer is not None else None) or {}
+    values = sorted(int(k) for k in named if str(k).isdigit() and int(k) > 0)
+    return layer_classes(layer, values[-1])[0] if values else []
 
 
 def is_preview(layer: Any) -> bool:
@@ -95,7 +103,10 @@ class TrainWidget(QWidget):
         self.image_combo = LayerCombo(napari_viewer, Image)
         self.labels_combo = LayerCombo(napari_viewer, Labels, skip=self._not_training_labels)
         self.class_edit = QLineEdit(DEFAULT_CLASSES)
-        self.class_edit.setToolTip("Class names for a new labels layer, in label order (1, 2, ...)")
+        self.class_edit.setToolTip("The classes of the chosen labels layer, in label order (1, 2, ...); they name the "
+                                   "trained model's classes. Type other names to rename them, or names for "
+                                   "'New labels layer'")
+        self._typed_classes = DEFAULT_CLASSES  # shown for a labels layer that names no classes
         self.new_labels_button = QPushButton("New labels layer")
         self.length = QSpinBox()
         self.length.setRange(1, 10_000_000)
@@ -104,6 +115,8 @@ class TrainWidget(QWidget):
         self.length_unit.addItems(["steps", "minutes"])
         self.preview_check = QCheckBox("Live preview of the view")
         self.preview_check.setChecked(True)
+        self.preview_check.setToolTip("Every second or two, predict the part of the image on screen with the "
+                                      "network as it is now, into a 'live preview' layer")
 
         self.batch_size, self.patch_size, self.validate_every, self.patience, self.seed = (QSpinBox() for _ in range(5))
         for box, (lo, hi, value) in zip((self.batch_size, self.patch_size, self.validate_every, self.patience, self.seed),
@@ -112,6 +125,12 @@ class TrainWidget(QWidget):
             box.setValue(value)
         self.patch_size.setSpecialValueText("auto")
         self.patience.setSpecialValueText("never stop early")
+        self.validate_every.setToolTip("How often to score the network on held-out strokes: a part of your strokes "
+                                       "kept out of training, used only to check how well it does on unseen pixels")
+        self.patience.setToolTip("Stop early when this many checks on the held-out strokes in a row bring no "
+                                 "improvement; the best weights so far are kept")
+        self.patch_size.setToolTip("Side of the image pieces shown to the network in one step; auto picks one "
+                                   "that fits the network")
         self.learning_rate = QDoubleSpinBox()
         self.learning_rate.setDecimals(5)
         self.learning_rate.setRange(1e-5, 1.0)
@@ -123,11 +142,14 @@ class TrainWidget(QWidget):
         self.preview_every.setSuffix(" s")
         from napari_msd.training.engine import TrainConfig
 
-        self.edge_weight = _loss_weight(TrainConfig.edge_weight, 100.0, "Weight of the edge-aware smoothness loss: "
-                                        "between strokes, class boundaries are pulled onto image edges")
-        self.teacher_weight = _loss_weight(TrainConfig.teacher_weight, 10.0, "Weight of dense labels from a random "
-                                           "forest fitted on your strokes in a few seconds: the network also learns "
-                                           "the forest's confident pixels of the painted slices")
+        self.edge_weight = _loss_weight(TrainConfig.edge_weight, 100.0, "Edge-aware smoothing: away from your "
+                                        "strokes, neighbouring pixels are pushed to share a class unless an image "
+                                        "edge separates them, so boundaries settle on edges (a Potts/CRF term). "
+                                        "Higher is smoother; off disables it")
+        self.teacher_weight = _loss_weight(TrainConfig.teacher_weight, 10.0, "Forest teacher: a quick random-forest "
+                                           "classifier is fitted on your strokes in a few seconds, and the network "
+                                           "also learns from the pixels of the painted slices the forest is sure "
+                                           "about. Off by default")
         self.elastic = QCheckBox("Elastic deformation (4 px)")
         self.jitter = QCheckBox("Intensity jitter (±10%)")
         self.jitter.setChecked(True)
@@ -135,12 +157,16 @@ class TrainWidget(QWidget):
         self.start_button = QPushButton("Train new model")
         self.retrain_button = QPushButton("Retrain")
         self.retrain_button.setToolTip("Fine-tune the current version with the labels painted or corrected since "
-                                       "it was trained, replaying the earlier labels")
+                                       "it was trained. The earlier labels are replayed (shown again during "
+                                       "training) so that it does not forget them; it becomes a new version only "
+                                       "if it does better on held-out strokes")
         self.pause_button = QPushButton("Pause")
         self.stop_button = QPushButton("Stop")
         self.status = QLabel("Paint a few strokes of each class, then train.")
         self.status.setWordWrap(True)
         self.plot = TrainingPlot()
+        self.plot.setToolTip("Loss (falls as the network learns) and accuracy / IoU on held-out strokes: strokes "
+                             "kept out of training to check the network on pixels it has not learned from")
         self._build_layout()
 
         self.new_labels_button.clicked.connect(self.new_labels_layer)
@@ -150,9 +176,12 @@ class TrainWidget(QWidget):
         self.stop_button.clicked.connect(self.stop)
         self.image_combo.currentIndexChanged.connect(self._remember_layers)
         self.labels_combo.currentIndexChanged.connect(self._remember_layers)
+        self.labels_combo.currentIndexChanged.connect(self._show_layer_classes)
+        self.class_edit.textEdited.connect(self._remember_typed_classes)
         self.session.versions_changed.connect(self._set_idle)
         workers.on_window_close(self, self.close_workers)
         self._remember_layers()
+        self._show_layer_classes()
         self._set_idle()
 
     def _build_layout(self) -> None:
@@ -201,11 +230,30 @@ class TrainWidget(QWidget):
         layout.addWidget(self.plot, 1)
 
     def _not_training_labels(self, layer: Any) -> bool:
-        return is_preview(layer) or any(layer is known for known in self.session.predictions.keys())
+        return is_preview(layer) or bool(layer.metadata.get("napari_msd_output")) or layer in self.session.predictions
 
     def _remember_layers(self, *_: Any) -> None:
         image, labels = self.image_combo.layer(), self.labels_combo.layer()
         self.session.training_layers = (image.name, labels.name) if image is not None and labels is not None else None
+
+    def _show_layer_classes(self, *_: Any) -> None:
+        """Show the chosen labels layer's class names in the Classes box (the typed example for an unnamed one)."""
+        layer = self.labels_combo.layer()
+        if layer is not None:
+            layer.events.metadata.connect(self._on_metadata)  # once per layer: napari skips a known callback
+        names = named_classes(layer)
+        self.class_edit.setText(", ".join(names) if names else self._typed_classes)
+
+    def _on_metadata(self, event: Any) -> None:
+        if event.source.name == self.labels_combo.currentText():
+            self._show_layer_classes()
+
+    def _remember_typed_classes(self, text: str) -> None:
+        if not named_classes(self.labels_combo.layer()):
+            self._typed_classes = text
+
+    def _box_classes(self) -> list[str]:
+        return [n.strip() for n in self.class_edit.text().split(",") if n.strip()]
 
     # -- labels ---------------------------------------------------------------------------------
     def new_labels_layer(self) -> Labels | None:
@@ -215,7 +263,7 @@ class TrainWidget(QWidget):
         except LayerError as err:
             show_error(str(err))
             return None
-        names = [n.strip() for n in self.class_edit.text().split(",") if n.strip()]
+        names = self._box_classes()
         if len(names) < 2 or len(set(names)) != len(names):
             show_error("type at least two different class names, separated by commas (e.g. background, membrane)")
             return None
@@ -306,12 +354,21 @@ class TrainWidget(QWidget):
         return True
 
     def _classes_from(self, layer: Any) -> None:
-        """Take class names (and colours) from the labels layer when the session has none of its own: a layer
-        made by 'New labels layer', the sample's strokes, or any layer with ``metadata['class_names']``."""
-        named = layer.metadata.get("class_names") or {}
-        if not named or set(self.session.class_names) - {f"class {i}" for i in range(1, 256)}:
+        """Name the new model's classes after the labels layer's ``metadata['class_names']`` (a layer made by 'New
+        labels layer', the sample's strokes, a reader's output), renamed as typed in the Classes box when it lists
+        as many names; classes the layer does not name keep the session's names."""
+        names = named_classes(layer)
+        if not names:
             return
-        self.session.set_classes(*layer_classes(layer, max(int(k) for k in named)))
+        typed = self._box_classes()
+        if len(typed) == len(names) and len(set(typed)) == len(typed) and typed != names:
+            names = typed  # renamed in the Classes box: the layer gets the new names too
+            layer.metadata = {**layer.metadata, "class_names": {i + 1: n for i, n in enumerate(names)}}
+        self.class_edit.setText(", ".join(names))
+        s = self.session
+        n = max(len(names), len(s.class_names))
+        colors = [*layer_classes(layer, len(names))[1], *s.class_colors[len(names):n]]
+        s.set_classes([*names, *s.class_names[len(names):n]], colors if len(colors) == n else [])
 
     def _train_events(self, work: workers.Work):
         """Worker thread: snapshot the labels, build the trainer, run it, hand over the result."""

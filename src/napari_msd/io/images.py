@@ -17,8 +17,9 @@ and each slice reads just the pixels it covers and returns an independent numpy 
 Images must be numeric and YX or ZYX. Beyond three axes, size-1 axes other than Y and X are dropped
 lazily, leftmost first (OME-Zarr's TCZYX with one time point and one channel becomes ZYX; a
 (1, Y, X) array stays a one-slice volume); colour (RGB/RGBA), multi-channel, time-lapse and other
-true 4D+ data are refused. Every failure to open raises :class:`ImageReadError` with one
-line naming the spec and what to do. No napari, no Qt.
+true 4D+ data are refused. A TIFF tagged planar RGB (samples first, SYX) is read as slices (ZYX), as
+napari shows it, with a logged warning; interleaved RGB(A) (YXS) is refused. Every failure to open
+raises :class:`ImageReadError` with one line naming the spec and what to do. No napari, no Qt.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ NPY_SUFFIXES = (".npy",)
 _ZARR_MARKERS = ("zarr.json", ".zarray", ".zgroup")
 _SUPPORTED = "TIFF, zarr / OME-Zarr (vol.zarr::array), MRC (.mrc .rec .st .map .ali .mrcs) or .npy"
 _DIMS = "napari-msd reads grey-scale 2D (YX) or 3D (ZYX) images"
+_log = logging.getLogger(__name__)
 # tifffile log messages that mean the file is cut short or damaged (it logs them instead of raising)
 _TIFF_CORRUPT_LOGS = ("invalid page offset", "failed to reshape", "truncated", "corrupt")
 
@@ -237,9 +239,15 @@ def _check_image(
     if any(s == 0 for s in shape):
         raise ImageReadError(f"{spec}: is empty (shape {shape}); re-export the image")
     if axes is not None and len(axes) == len(shape):
-        if "S" in axes and shape[axes.index("S")] > 1:
-            raise ImageReadError(
-                f"{spec}: is a colour (RGB/RGBA) image (axes {axes}); {_DIMS}: convert it to grey-scale"
+        samples = axes.find("S")
+        if samples >= 0 and shape[samples] > 1:
+            if samples == len(shape) - 1 or len(shape) != 3:  # interleaved samples (YXS) or a planar colour volume
+                raise ImageReadError(
+                    f"{spec}: is a colour (RGB/RGBA) image (axes {axes}); {_DIMS}: convert it to grey-scale"
+                )
+            _log.warning(  # planar samples (SYX): grey pages tagged RGB; napari shows them as slices, so do we
+                "%s: tagged as planar RGB (axes %s, shape %s) but read as %d grey slices (ZYX), as napari shows it",
+                spec, axes, shape, shape[samples],
             )
         for letter, what in (("C", "channels"), ("T", "time points")):
             if letter in axes and shape[axes.index(letter)] > 1:

@@ -57,6 +57,9 @@ LABELS_NAME = "prediction"
 DONE_ARRAY = "blocks_done"
 PROBABILITY_KINDS = ("none", "uint8", "float16")
 OUTPUT_FORMATS = ("zarr", "ome-zarr")
+# Recommended output names: napari opens folders named so with napari-msd's reader without asking which reader
+# to use (napari_msd._reader adds the reader preference); any other name is still a valid output.
+OUTPUT_SUFFIXES = (".msd.zarr", ".msd.ome.zarr")
 _HEX_COLOR = re.compile(r"^#[0-9a-fA-F]{6}$")
 _OVERWRITE_HINT = "pass --overwrite to replace it or choose another output"
 

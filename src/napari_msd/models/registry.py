@@ -10,6 +10,10 @@ from .msd import MSDNet
 from .unet import UNet
 
 ARCHITECTURES: dict[str, type[nn.Module]] = {"msd": MSDNet, "unet": UNet}
+PRESETS: dict[str, dict[str, Any]] = {  # what a new network of each architecture is unless told otherwise
+    "msd": {"depth": 100, "width": 1},
+    "unet": {"depth": 4, "base_channels": 32},
+}
 
 
 def build_model(arch: str, config: dict[str, Any]) -> nn.Module:

@@ -26,7 +26,7 @@ import torch
 
 from .. import __version__
 from ..io.model_file import ModelMetadata, load_model, save_model
-from ..models.registry import build_model
+from ..models.registry import PRESETS, build_model
 from . import health as net_health
 from . import metrics as seg_metrics
 from .augment import Augmentation
@@ -37,16 +37,14 @@ from .losses import SparseLoss, auto_class_weights
 from .normalization import Normalization, estimate_normalization
 from .optim import Adam
 from .potts import EdgePotts
+from .pretrain import apply_pretrained, check_compatible, load_pretrained
 from .prior import estimate_prior, output_bias, shift_output_bias
 from .sampling import IGNORE, PatchSampler, TrainingData, TrainingDataError, split, validation_tiles
 from .teacher import forest_pseudo_labels
 
-PRESETS: dict[str, dict[str, Any]] = {
-    "msd": {"depth": 100, "width": 1},
-    "unet": {"depth": 4, "base_channels": 32},
-}
 METRICS = ("global_accuracy", "class_accuracy", "mean_iou")
 FORGET_TOLERANCE = 0.02  # class accuracy on held-out earlier labels a fine-tuned version may lose
+TIME_GRACE = 0.25  # share of a time limit the wrap-up (last validation, halo measurement) may run past it
 _OPENMP = "ATen parallel backend: OpenMP" in torch.__config__.parallel_info()
 
 
@@ -82,6 +80,7 @@ class TrainConfig:
     replay_fraction: float = 0.5
     measure_halo: bool = True  # measure the effective halo after training and store it with the model
     prior_correction: bool = False  # adapt the output bias to the image's class prior (training.prior)
+    pretrained: str | None = None  # a new network starts from this self-supervised body (training.pretrain)
 
     def check(self) -> None:
         if self.steps is None and self.time_limit is None:
@@ -208,11 +207,17 @@ class Trainer:
         if self.device.type == "cpu":
             torch.set_num_threads(config.threads or cpu_threads())
         torch.manual_seed(config.seed)
+        self.pretrained = None
         if init is None:
             model_config = {**PRESETS.get(config.arch, {}), **config.model,
                             "in_channels": config.input.in_channels, "out_channels": n_classes,
                             "ndim": config.input.model_ndim}
             model = build_model(config.arch, model_config)
+            if config.pretrained:
+                self.pretrained = body = load_pretrained(config.pretrained)
+                check_compatible(body, config.arch, model_config, config.input)
+                apply_pretrained(model, body)
+                self.normalization = Normalization.from_dict(body.normalization)  # what the body learned on
         self.model = model.to(self.device).train()
         self.patch_size = _patch_size(self.data + self.replay, config.input, config.patch_size)
         if init is not None and self.replay_indices:
@@ -251,6 +256,7 @@ class Trainer:
         self.health: net_health.Health | None = None  # of the result, after run()
         self.teacher_active = False
         self.kept_parent = False  # after run(): fine-tuning never beat the parent, whose weights are the result
+        self.halo_skipped = False  # after run(): the time limit left no time to measure the halo (receptive field used)
 
     # -- control, from any thread -------------------------------------------------------------
     def stop(self) -> None:
@@ -297,9 +303,12 @@ class Trainer:
             val_pixels={names[c - 1]: n for c, n in sorted(self._pixels("val").items()) if c <= len(names)},
             fine_tuning=self.base_metadata is not None,
         )
+        elapsed, reason, validated_at = 0.0, "steps", -1  # elapsed: seconds of steps and validations, pauses excluded
         if self.base_metadata is not None and self.val_tiles:
-            yield self._validate()  # the parent's score on the same held-out labels: the bar to beat
-        elapsed, reason, validated_at = 0.0, "steps", -1
+            t0 = time.perf_counter()
+            event = self._validate()  # the parent's score on the same held-out labels: the bar to beat
+            elapsed += time.perf_counter() - t0
+            yield event
         pseudo = None
         if cfg.teacher_weight > 0 and cfg.input.mode != "3d":
             t0 = time.perf_counter()  # the forest's seconds count against the time limit
@@ -328,8 +337,12 @@ class Trainer:
                 eta = None if progress is None or progress <= 0 else elapsed * (1 - progress) / progress
                 yield TrainStep(self.step, loss, self.step * cfg.batch_size / elapsed, elapsed, eta, progress)
                 done = progress is not None and progress >= 1
-                if self.val_tiles and (self.step % cfg.validate_every == 0 or done):
+                # far past the time limit, the last steps go unvalidated (the best validated weights are kept)
+                late = validated_at > 0 and self._over_time(elapsed, TIME_GRACE)
+                if self.val_tiles and (self.step % cfg.validate_every == 0 or done) and not late:
+                    t0 = time.perf_counter()
                     event = self._validate()
+                    elapsed += time.perf_counter() - t0
                     validated_at = self.step
                     yield event
                     if event.improved and self.output is not None and self.step > 0:
@@ -337,14 +350,21 @@ class Trainer:
                     if cfg.patience and self.step - self.last_gain_step >= cfg.patience * cfg.validate_every:
                         reason = "early stopping"
                         break
+                    done = done or self._over_time(elapsed)  # the validation used up the time
                 if done:
                     reason = "steps" if cfg.steps is not None and self.step >= cfg.steps else "time"
                     break
         finally:
             batches.close()
-        if self.val_tiles and validated_at != self.step and self.step > 0:
+        if self.val_tiles and validated_at != self.step and self.step > 0 and not (
+                validated_at > 0 and self._over_time(elapsed, TIME_GRACE)):
+            t0 = time.perf_counter()
             event = self._validate()
+            elapsed += time.perf_counter() - t0
             yield event
+        # the halo measurement (and prior correction) get what is left of the time limit plus the grace
+        deadline = (None if cfg.time_limit is None else
+                    time.perf_counter() + max(0.0, cfg.time_limit * (1 + TIME_GRACE) - elapsed))
         if self.best_state is not None:
             with self._lock:
                 self.model.load_state_dict(self.best_state)
@@ -361,7 +381,8 @@ class Trainer:
             if cfg.prior_correction and self.step > 0:
                 self.correct_prior()
             if cfg.measure_halo and self.step > 0:
-                self.effective_halo = self._measure_halo()
+                self.effective_halo = self._measure_halo(deadline)
+                self.halo_skipped = self.effective_halo is None
         elif kept_parent:
             self.effective_halo = self.base_metadata.effective_halo
         if self.health is not None:
@@ -397,6 +418,11 @@ class Trainer:
         return PatchSampler(self.indices, self.config.input, self.patch_size, self.n_classes, self.normalization,
                             seed=self.config.seed, replay=self.replay_indices,
                             replay_fraction=self.config.replay_fraction, pseudo=pseudo)
+
+    def _over_time(self, elapsed: float, grace: float = 0.0) -> bool:
+        """Whether ``elapsed`` seconds reach the time limit plus ``grace`` (a share of it); False without a limit."""
+        limit = self.config.time_limit
+        return limit is not None and elapsed >= limit * (1 + grace)
 
     def _progress(self, elapsed: float) -> float | None:
         parts = []
@@ -538,14 +564,27 @@ class Trainer:
             predicted += np.bincount(p.argmax(0), minlength=self.n_classes)
         return net_health.check(predicted, sorted(self.counts), self.class_names)
 
-    def _measure_halo(self) -> int:
-        """The context the trained network really needs at tile borders (see inference.halo)."""
+    def _measure_halo(self, deadline: float | None = None) -> int | None:
+        """The context the trained network really needs at tile borders (see inference.halo); None when the
+        measurement reaches ``deadline`` (a ``time.perf_counter()`` value), checked before each predicted block."""
         from ..inference.halo import measure_effective_halo
         from ..inference.predictor import Predictor
 
         model = self.snapshot().to(self.device)
-        return measure_effective_halo(Predictor(model, self.metadata(), self.device, self.config.batch_size),
-                                      self.data[0].image)
+        predictor = Predictor(model, self.metadata(), self.device, self.config.batch_size)
+        if deadline is not None:
+            predict_block = predictor.predict_block
+
+            def bounded(*args: Any, **kwargs: Any) -> np.ndarray:
+                if time.perf_counter() >= deadline:
+                    raise _OutOfTime
+                return predict_block(*args, **kwargs)
+
+            predictor.predict_block = bounded  # type: ignore[method-assign]
+        try:
+            return measure_effective_halo(predictor, self.data[0].image)
+        except _OutOfTime:
+            return None
 
     def _save(self) -> Saved:
         self.save(self.output, overwrite=True)  # our own output: checked not to pre-exist in __init__
@@ -564,6 +603,12 @@ class Trainer:
             "seed": self.config.seed,
             "patch_size": list(self.patch_size),
         }
+        if self.halo_skipped:
+            prov["halo"] = "not measured: the time limit was reached; prediction uses the receptive field"
+        if self.pretrained is not None:
+            prov["pretrained"] = {"method": "blind-spot masked reconstruction (training.pretrain)",
+                                  "steps": self.pretrained.steps, "seconds": round(self.pretrained.seconds, 1),
+                                  "file": Path(str(self.config.pretrained)).name}
         if self.teacher_active:
             prov["teacher"] = {"kind": "random forest", "weight": self.config.teacher_weight,
                                "confidence": self.config.teacher_confidence}
@@ -575,6 +620,10 @@ class Trainer:
                                        "steps": self.base_metadata.provenance.get("steps")}
             prov["replayed_images"] = len(self.replay)
         return prov
+
+
+class _OutOfTime(Exception):
+    """Raised inside the halo measurement when its deadline has passed."""
 
 
 def _metrics_from(cm: np.ndarray, class_names: list[str]) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """Which pixels train, which validate, and class-balanced patches around labeled pixels.
 
-Labels follow napari: 0 = unlabeled (ignored), 1..K = classes. The labeled pixels of each
-(image, labels) pair are indexed once by scanning the labels in slabs (never the whole
-volume at once; on densely labeled giant volumes each class is thinned to a random subset).
+Labels follow napari: 0 = unlabeled (ignored), 1..K = classes, K at most :data:`MAX_CLASSES`.
+The labeled pixels of each (image, labels) pair are indexed once by scanning the labels in slabs
+(never the whole volume at once; on densely labeled giant volumes each class is thinned to a
+random subset).
 
 Validation holds out pixels spatially apart from the training ones, never random neighbours:
 for a class painted as several strokes, whole strokes are held out (connected components in 2D
@@ -25,6 +26,7 @@ from .normalization import Normalization
 
 CELL = 32
 IGNORE = -1  # target value of pixels that do not count in the loss
+MAX_CLASSES = 63  # highest class label trained on; a higher value almost always means an image was given as labels
 
 
 class TrainingDataError(ValueError):
@@ -64,11 +66,14 @@ def _slab_rows(labels: Any) -> int:
     return max(1, int(2**24 // max(1, int(np.prod(labels.shape[1:])))))
 
 
-def scan_labels(labels: Any, max_per_class: int = 2_000_000, seed: int = 0) -> dict[int, np.ndarray]:
+def scan_labels(labels: Any, max_per_class: int = 2_000_000, seed: int = 0, name: str = "labels"
+                ) -> dict[int, np.ndarray]:
     """Coordinates of every labeled pixel by class, read slab by slab.
 
     A class with more than ``max_per_class`` pixels is thinned uniformly at random as the
-    scan goes, so memory stays bounded on densely labeled volumes.
+    scan goes, so memory stays bounded on densely labeled volumes. A value above
+    :data:`MAX_CLASSES` stops the scan at the first slab holding it (:class:`TrainingDataError`
+    naming ``name``): those are not labels but, most likely, the image.
     """
     rng = np.random.default_rng(seed)
     kept: dict[int, list[np.ndarray]] = {}
@@ -81,6 +86,10 @@ def scan_labels(labels: Any, max_per_class: int = 2_000_000, seed: int = 0) -> d
         if not nz[0].size:
             continue
         values = block[nz]
+        top = int(values.max())
+        if top > MAX_CLASSES:
+            raise TrainingDataError(f"labels of {name} contain the value {top}: is this the image? labels are "
+                                    f"0 = unlabeled, 1..K = classes; K must be below {MAX_CLASSES + 1}")
         coords = np.stack(nz, axis=1).astype(np.int32)
         coords[:, 0] += start
         for c in np.unique(values):
@@ -150,7 +159,7 @@ def split(data: TrainingData, spec: InputSpec, val_fraction: float = 0.15, seed:
             f"labels {tuple(data.labels.shape)} and image {tuple(data.image.shape)} of {data.name} differ in shape; "
             "paint the labels on a layer of the image's shape"
         )
-    coords = scan_labels(data.labels, seed=seed)
+    coords = scan_labels(data.labels, seed=seed, name=data.name)
     cell = cell_shape(len(data.image.shape), spec)
     grid = tuple(-(-n // c) for n, c in zip(data.image.shape, cell))
     index = LabelIndex(data, cell, train=coords, excluded=np.zeros(grid, bool))
