@@ -77,6 +77,7 @@ def run_network(arch: str, image, strokes, test_slices, truth, seconds: float, s
                 edge_weight: float) -> list[dict]:
     """One training run; scored as trained and after the optional class-prior correction (same weights)."""
     config = TrainConfig(arch=arch, steps=None, time_limit=seconds, seed=seed, validate_every=50, patience=0,
+                         prior_correction=False,  # applied below, so both variants of one training are scored
                          class_names=["membrane", "cell interior"], edge_weight=edge_weight)
     name = NAMES[arch] + (f" + edge-aware loss (weight {edge_weight:g})" if edge_weight > 0 else "")
     rows = []

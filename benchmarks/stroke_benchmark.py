@@ -31,7 +31,9 @@ What is measured, per data set and stroke seed (the seed draws other strokes on 
   (``napari_msd.training.pretrain``) made once per data set on the whole image, without labels, for
   ``--pretrain-minutes`` (default 5: the pretraining runs while a person paints, so its minutes are not the
   training's); every stroke seed of that data set starts from the same body, as the Train dock's per-image cache does.
-- ``--prior-rows``: every first network is also scored after the class-prior correction (a row "... + prior").
+- ``--prior-rows``: the networks train without the class-prior correction (a default since it won on both data
+  sets), and every first network is scored as trained and again after the correction, forced (a row "... + prior";
+  same weights, output bias shifted; ``prior_kept`` says whether the engine's rule would have kept it).
 - A network the engine judges collapsed (one class nearly everywhere; it saves nothing) is scored as it is,
   marked † in the table, and not taken into the loop.
 
@@ -134,9 +136,10 @@ def _override(obj: Any, parts: list[str], value: Any) -> Any:
 
 
 def variant_config(ds: Dataset, arch: str, overrides: dict[str, Any], seconds: float, seed: int,
-                   model_depth: int | None) -> TrainConfig:
+                   model_depth: int | None, prior_rows: bool = False) -> TrainConfig:
     config = TrainConfig(arch=arch, steps=None, time_limit=seconds, seed=seed, validate_every=50, patience=0,
-                         class_names=ds.names, n_classes=ds.n_classes)
+                         class_names=ds.names, n_classes=ds.n_classes,
+                         **({"prior_correction": False} if prior_rows else {}))  # the "+ prior" row applies it
     if model_depth:
         config = dataclasses.replace(config, model={**config.model, "depth": model_depth})
     for key, value in overrides.items():
@@ -293,7 +296,8 @@ def run_dataset(ds: Dataset, args, variants: list[tuple[str, dict]], state: dict
         log(f"{ds.key} seed {seed}: forest {ds.headline_label} {row['headline']:.3f} (train {row['train_s']:.0f} s)")
         save(state, args.json)
         for name, overrides in variants:
-            config = variant_config(ds, args.arch, overrides, args.minutes * 60, seed, args.model_depth)
+            config = variant_config(ds, args.arch, overrides, args.minutes * 60, seed, args.model_depth,
+                                    args.prior_rows)
             method = f"{ARCH_NAMES.get(args.arch, args.arch)} {name}"
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / "round0.msd"

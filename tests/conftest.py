@@ -16,6 +16,12 @@ def _one_torch_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(autouse=True)
+def _private_cache(monkeypatch, tmp_path_factory):
+    """Pretrained bodies (training.pretrain) go to a cache of the test run, never to the user's."""
+    monkeypatch.setenv("NAPARI_MSD_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
 @pytest.fixture
 def accept_any_network(monkeypatch):
     """Switch off the collapse verdict (:mod:`napari_msd.training.health`) for tests of run mechanics (stop,

@@ -341,8 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "this image (same network options)")
     train.add_argument("--batch-size", type=int, default=16)
     train.add_argument("--patch-size", type=int, help="patch side in pixels (default 64 in 2D, 48 in 3D)")
-    train.add_argument("--prior-correction", action="store_true",
-                       help="after training, adapt the output to the class frequencies of the image (EM estimate)")
+    train.add_argument("--prior-correction", action=argparse.BooleanOptionalAction, default=True,
+                       help="after training, adapt the output to the class frequencies of the image (EM estimate; "
+                            "undone when it costs the held-out strokes; on by default)")
     train.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     train.add_argument("--validate-every", type=int, default=50, metavar="STEPS")
     train.add_argument("--patience", type=int, default=10, help="validations without improvement before stopping")
@@ -354,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "regions onto image edges (on by default, weight 2; 0 = off)")
     train.add_argument("--teacher-weight", type=float, metavar="W",
                        help="weight of dense labels from a random forest fitted on the strokes (its confident "
-                            "pixels on the painted slices; 0 = off, the default)")
+                            "pixels on the painted slices; default 1, 0 = off)")
     train.add_argument("--class-names", help="comma-separated, e.g. membrane,interior")
     train.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
     train.add_argument("--seed", type=int, default=0)

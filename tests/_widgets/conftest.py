@@ -33,6 +33,7 @@ def docks(make_napari_viewer_proxy, qtbot, monkeypatch):
     viewer.add_image(image, name="em")
     viewer.add_labels(strokes, name="strokes")
     _, train = viewer.window.add_plugin_dock_widget("napari-msd", "Train")
+    assert not train.pretrain_check.isChecked()  # off by default; learning the image is tested in test_pretraining
     _, predict = viewer.window.add_plugin_dock_widget("napari-msd", "Predict")
     session = get_session(viewer)
     session.model_config = {"depth": 10, "width": 1}

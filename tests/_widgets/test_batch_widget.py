@@ -107,13 +107,13 @@ def _run(w: BatchWidget, qtbot) -> list[str]:
 
 
 def test_output_names():
-    assert output_name("/d/x.tif") == "x_prediction.zarr"
-    assert output_name("/d/x.ome.tiff", ome_zarr=True) == "x_prediction.ome.zarr"
-    assert output_name("/d/vol.ome.zarr/") == "vol_prediction.zarr"
-    assert output_name("/d/a.zarr::raw") == "a_raw_prediction.zarr"
-    assert output_name("/d/a.zarr::/em/s0/") == "a_em_s0_prediction.zarr"
-    assert output_name("rel/stack.v2.mrc") == "stack.v2_prediction.zarr"
-    assert output_name("/d/plain_zarr_dir") == "plain_zarr_dir_prediction.zarr"
+    assert output_name("/d/x.tif") == "x_prediction.msd.zarr"
+    assert output_name("/d/x.ome.tiff", ome_zarr=True) == "x_prediction.msd.ome.zarr"
+    assert output_name("/d/vol.ome.zarr/") == "vol_prediction.msd.zarr"
+    assert output_name("/d/a.zarr::raw") == "a_raw_prediction.msd.zarr"
+    assert output_name("/d/a.zarr::/em/s0/") == "a_em_s0_prediction.msd.zarr"
+    assert output_name("rel/stack.v2.mrc") == "stack.v2_prediction.msd.zarr"
+    assert output_name("/d/plain_zarr_dir") == "plain_zarr_dir_prediction.msd.zarr"
 
 
 def test_defaults_and_input_list(make_napari_viewer_proxy, files):
@@ -155,7 +155,7 @@ def test_two_inputs_equal_the_cli_and_open_in_the_viewer(dock, files, tmp_path, 
     w.tile_size.setValue(32)
     outputs = _run(w, qtbot)
     assert errors == []
-    expected = [folder / "small_prediction.zarr", folder / "vol_raw_prediction.zarr"]
+    expected = [folder / "small_prediction.msd.zarr", folder / "vol_raw_prediction.msd.zarr"]
     assert outputs == w.last_outputs == [str(p) for p in expected]
     for image, out in zip((files["small"], files["zarr"]), expected):
         assert open_output(out, writable=False).is_complete()
@@ -181,8 +181,8 @@ def test_ome_zarr_output_without_opening(dock, files, tmp_path, qtbot, errors):
     w.output_edit.setText(str(tmp_path))
     w.ome_zarr.setChecked(True)
     w.open_results.setChecked(False)
-    assert _run(w, qtbot) == [str(tmp_path / "small_prediction.ome.zarr")]
-    output = open_output(tmp_path / "small_prediction.ome.zarr", writable=False)
+    assert _run(w, qtbot) == [str(tmp_path / "small_prediction.msd.ome.zarr")]
+    output = open_output(tmp_path / "small_prediction.msd.ome.zarr", writable=False)
     assert output.finalized and output.job.output_format == "ome-zarr"
     reference = _cli(files, files["small"], tmp_path / "cli.zarr")
     assert np.array_equal(output.open_labels()[...], reference["labels"])
@@ -207,14 +207,14 @@ def test_stop_mid_run_keeps_a_resumable_output(dock, files, tmp_path, qtbot, err
     w.progress_bar.valueChanged.disconnect(stop_at_first_block)
     assert statuses[0].startswith("input 1/2: block ") and "ETA" in statuses[0]
     assert "resume" in w.status_label.text() and w.status_label.text().startswith("Stopped at input 1/2")
-    out = tmp_path / "big_prediction.zarr"
+    out = tmp_path / "big_prediction.msd.zarr"
     partial = open_output(out, writable=False)
     assert 1 <= len(partial.done()) < partial.job.n_blocks == 96
-    assert not (tmp_path / "small_prediction.zarr").exists() or not open_output(
-        tmp_path / "small_prediction.zarr", writable=False).done()
+    assert not (tmp_path / "small_prediction.msd.zarr").exists() or not open_output(
+        tmp_path / "small_prediction.msd.zarr", writable=False).done()
     assert len(viewer.layers) == 0 and errors == []
 
-    assert _run(w, qtbot) == [str(out), str(tmp_path / "small_prediction.zarr")]  # resumes, then the next input
+    assert _run(w, qtbot) == [str(out), str(tmp_path / "small_prediction.msd.zarr")]  # resumes, then the next input
     assert errors == []
     reference = _cli(files, files["big"], tmp_path / "cli.zarr", "--tile-size", "16")
     assert np.array_equal(_read(out)["labels"], reference["labels"])
@@ -239,7 +239,7 @@ def test_invalid_settings_show_one_error_and_start_nothing(dock, files, tmp_path
         (files["model"], [f"{tmp_path / 'gone.zarr'}::raw"], folder, "gone.zarr::raw does not exist"),
         (files["model"], [files["small"]], "", "Choose an output folder"),
         (files["model"], [files["small"]], blocker, "is a file"),
-        (files["model"], [files["small"], copy], folder, "would both write small_prediction.zarr"),
+        (files["model"], [files["small"], copy], folder, "would both write small_prediction.msd.zarr"),
     ]
     for model, inputs, output, message in cases:
         w.model_edit.setText(str(model))
@@ -256,7 +256,7 @@ def test_invalid_settings_show_one_error_and_start_nothing(dock, files, tmp_path
 
 def test_existing_different_output_is_kept_unless_overwrite(dock, files, tmp_path, qtbot, errors):
     viewer, w = dock
-    out = tmp_path / "small_prediction.zarr"
+    out = tmp_path / "small_prediction.msd.zarr"
     _cli(files, files["small"], out, "--tile-size", "32")
     before = _snapshot(out)
     w.model_edit.setText(str(files["model"]))
@@ -283,8 +283,8 @@ def test_unreadable_input_fails_in_the_worker_before_any_work(dock, files, tmp_p
     w.output_edit.setText(str(tmp_path / "out"))
     assert _run(w, qtbot) == []
     assert len(errors) == 1 and "garbage.tif" in errors[0] and "\n" not in errors[0]
-    assert not (tmp_path / "out" / "garbage_prediction.zarr").exists()
-    assert not (tmp_path / "out" / "small_prediction.zarr").exists()
+    assert not (tmp_path / "out" / "garbage_prediction.msd.zarr").exists()
+    assert not (tmp_path / "out" / "small_prediction.msd.zarr").exists()
 
 
 def test_worker_error_gives_one_notification_and_idles(dock, files, tmp_path, qtbot, errors, monkeypatch):
@@ -313,7 +313,7 @@ def test_worker_error_gives_one_notification_and_idles(dock, files, tmp_path, qt
     assert _run(w, qtbot) == []
     assert errors == ["RuntimeError: disk full second line"]
     assert w.status_label.text().startswith("Failed: RuntimeError: disk full")
-    assert len(open_output(tmp_path / "small_prediction.zarr", writable=False).done()) == 1  # kept
+    assert len(open_output(tmp_path / "small_prediction.msd.zarr", writable=False).done()) == 1  # kept
     assert len(bars) == 1 and bars[0] not in progress._all_instances  # the activity-dock bar is closed
 
 
@@ -329,7 +329,7 @@ def test_closing_the_viewer_stops_and_waits_for_the_worker(make_napari_viewer_pr
     qtbot.waitUntil(lambda: w.progress_bar.value() > 0, timeout=TIMEOUT)
     viewer.__wrapped__.close()
     assert w.worker is None and w.last_outputs == [] and errors == []
-    partial = open_output(tmp_path / "big_prediction.zarr", writable=False)
+    partial = open_output(tmp_path / "big_prediction.msd.zarr", writable=False)
     assert 1 <= len(partial.done()) < partial.job.n_blocks
 
 

@@ -39,7 +39,7 @@ def test_paint_train_predict_correct_retrain(docks, qtbot, errors):
     v1.refresh()
     added = predict.use_corrections()
     assert added >= wrong.sum() and added > 0
-    assert (strokes.data[GRAY] == 1).all()
+    assert (strokes.data[GRAY][wrong] == 1).all()  # what the user changed (pixels v1 had right stay as they were)
 
     assert train.retrain()
     wait_idle(qtbot, train, timeout=120_000)
@@ -54,7 +54,11 @@ def test_paint_train_predict_correct_retrain(docks, qtbot, errors):
     wait_idle(qtbot, predict)
     second = viewer.layers["prediction (v2)"].data
     assert (second[GRAY] == 1).mean() > 0.9, "v2 learned the correction"
-    assert (second[:, 12:23, 12:23] == 2).mean() > 0.9, "and did not forget the earlier strokes"
+    bright = strokes.data == 2
+    assert (second[bright] == 2).mean() > 0.95, "and did not forget the earlier strokes"
+    # the bright square's core; its rim, 1-2 px at the corners, may go to the dark class, which covers most of the
+    # image: the prior correction moves pixels the network is unsure about to the more frequent class
+    assert (second[:, 13:22, 13:22] == 2).mean() > 0.9
     assert (v1.data[GRAY] == 1).all()  # the user's edits of v1's prediction are kept
 
     model_dock.versions.setCurrentRow(0)  # switch back to v1

@@ -79,10 +79,13 @@ def test_engine_trains_with_the_teacher_and_records_it(volume, monkeypatch):
     assert max(seen) > 4 * 32 * 32 * 0.5  # the teacher's term covers most of each batch's pixels
 
 
-def test_teacher_is_off_by_default_and_in_3d(volume):
+def test_teacher_is_on_by_default_off_at_weight_0_and_in_3d(volume):
     image, labels, _ = volume
     base = {"model": {"depth": 4}, "patch_size": 32, "batch_size": 2, "steps": 1, "threads": 1}
     trainer = Trainer([TrainingData(image, labels)], TrainConfig(**base))
+    list(trainer.run())
+    assert trainer.teacher_active and trainer.metadata().provenance["teacher"]["weight"] == 1.0
+    trainer = Trainer([TrainingData(image, labels)], TrainConfig(**base, teacher_weight=0.0))
     list(trainer.run())
     assert not trainer.teacher_active and "teacher" not in trainer.metadata().provenance
     trainer = Trainer([TrainingData(image, labels)], TrainConfig(**{**base, "patch_size": 3}, teacher_weight=1.0,

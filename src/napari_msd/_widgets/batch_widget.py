@@ -56,14 +56,14 @@ SETTINGS_MIN_HEIGHT = 180  # px of the scrolling settings always shown: model, i
 
 
 def output_name(image_spec: str, ome_zarr: bool = False) -> str:
-    """``<stem>_prediction.zarr`` (``.ome.zarr``) for an input: ``x.tif`` and ``x.ome.zarr`` give ``x``,
+    """``<stem>_prediction.msd.zarr`` (``.msd.ome.zarr``) for an input: ``x.tif`` and ``x.ome.zarr`` give ``x``,
     ``a.zarr::raw/s0`` gives ``a_raw_s0`` (arrays of one store get distinct outputs)."""
     path, _, inner = str(image_spec).partition("::")
     name = Path(path.rstrip("/\\")).name
     stripped = next((name[: -len(s)] for s in _STRIPPED if name.lower().endswith(s)), None)
     stem = stripped if stripped is not None else (Path(name).stem if Path(name).suffix else name)
     stem = "_".join([p for p in (stem, *inner.replace("\\", "/").split("/")) if p]) or "input"
-    return f"{stem}_prediction{'.ome.zarr' if ome_zarr else '.zarr'}"
+    return f"{stem}_prediction{'.msd.ome.zarr' if ome_zarr else '.msd.zarr'}"  # *.msd.*: napari opens them with us
 
 
 @dataclass(frozen=True)
@@ -171,7 +171,7 @@ class BatchWidget(QWidget):
         self.remove_button = QPushButton("Remove")
         self.output_edit = QLineEdit()
         self.output_edit.setPlaceholderText("output folder")
-        self.output_edit.setToolTip("Each input is written to <input>_prediction.zarr in this folder; running again "
+        self.output_edit.setToolTip("Each input is written to <input>_prediction.msd.zarr in this folder; running again "
                                     "resumes an unfinished output")
         self.output_browse = QPushButton("Browse…")
         self.ome_zarr = QCheckBox("OME-Zarr (with a pyramid)")
@@ -489,7 +489,7 @@ class BatchWidget(QWidget):
 
     def _open(self, path: str) -> None:
         """Open an output lazily with the napari-msd reader, its layers named after the output."""
-        base = Path(path).name.removesuffix(".zarr").removesuffix(".ome")
+        base = Path(path).name.removesuffix(".zarr").removesuffix(".ome").removesuffix(".msd")
         try:
             layers = self.viewer.open(path, plugin="napari-msd")
         except Exception as err:  # noqa: BLE001 -- one notification, the output itself is fine

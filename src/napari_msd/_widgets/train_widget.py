@@ -9,6 +9,7 @@ becomes a model version (``v1``, ``v2``, ...) in the session, with snapshots of 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +17,7 @@ import numpy as np
 from napari.layers import Image, Labels
 from napari.utils import progress
 from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -38,11 +40,13 @@ from . import workers
 from .layer_checks import LayerError, check_model_input, image_array, labels_array
 from .layer_combo import LayerCombo
 from .plot import TrainingPlot
+from .pretraining import BackgroundPretraining
 from .session import Session, get_session, layer_classes
 
 if TYPE_CHECKING:
     import napari
 
+PRETRAIN_DELAY_MS = 1500  # after an image is chosen: a person flipping through layers starts nothing
 PREVIEW_LAYER = "live preview"
 PREVIEW_HALO = 64  # px of context for the preview: enough for a recognisable preview, fast on a CPU
 DEFAULT_CLASSES = "background, membrane"  # an example for a new labels layer
@@ -96,6 +100,7 @@ class TrainWidget(QWidget):
         self._last_preview = 0.0
         self._started_at = 0.0
         self.first_preview_after: float | None = None  # seconds from Start to the first live preview shown
+        self.forest_preview_after: float | None = None  # ... to the random forest's preview shown before it
         self._job: dict[str, Any] = {}
         self._closing = False
         self._preview_model: Any = None
@@ -115,6 +120,21 @@ class TrainWidget(QWidget):
         self.length_unit.addItems(["steps", "minutes"])
         self.preview_check = QCheckBox("Live preview of the view")
         self.preview_check.setChecked(True)
+        self.pretrain_check = QCheckBox("Learn the image while you paint")
+        self.pretrain_check.setChecked(False)  # off by default: it did not beat training from scratch on both
+        self.pretrain_check.setToolTip(        # benchmark volumes (README, stroke benchmark)
+            "Self-supervised pretraining: while you paint, the network learns what the image looks like by "
+            "predicting hidden pixels from their surroundings (no labels needed). A new training starts from "
+            "what it learned. It pauses while a training runs and is remembered per image and network. "
+            "Experimental: in our benchmarks it helped on one EM volume and not on another")
+        self.pretrain_status = QLabel("")
+        self.pretrain_status.setWordWrap(True)
+        self.pretraining = BackgroundPretraining(self.session, self.pretrain_status.setText)
+        self._pretrain_timer = QTimer(self)
+        self._pretrain_timer.setSingleShot(True)
+        self._pretrain_timer.setInterval(PRETRAIN_DELAY_MS)
+        self._pretrain_timer.timeout.connect(self._maybe_pretrain)
+        self._starts_from: Any = None  # the pretrained body the running training started from
         self.preview_check.setToolTip("Every second or two, predict the part of the image on screen with the "
                                       "network as it is now, into a 'live preview' layer")
 
@@ -149,10 +169,15 @@ class TrainWidget(QWidget):
         self.teacher_weight = _loss_weight(TrainConfig.teacher_weight, 10.0, "Forest teacher: a quick random-forest "
                                            "classifier is fitted on your strokes in a few seconds, and the network "
                                            "also learns from the pixels of the painted slices the forest is sure "
-                                           "about. Off by default")
+                                           "about. On by default (weight 1; 0 = off)")
         self.elastic = QCheckBox("Elastic deformation (4 px)")
         self.jitter = QCheckBox("Intensity jitter (±10%)")
         self.jitter.setChecked(True)
+        self.prior_check = QCheckBox("Prior correction")
+        self.prior_check.setChecked(True)
+        self.prior_check.setToolTip("Strokes show every class about equally often, real images do not: after "
+                                    "training, estimate each class's share of the image and shift the output to "
+                                    "match (undone when it costs the held-out strokes)")
 
         self.start_button = QPushButton("Train new model")
         self.retrain_button = QPushButton("Retrain")
@@ -175,6 +200,8 @@ class TrainWidget(QWidget):
         self.pause_button.clicked.connect(self.toggle_pause)
         self.stop_button.clicked.connect(self.stop)
         self.image_combo.currentIndexChanged.connect(self._remember_layers)
+        self.image_combo.currentIndexChanged.connect(lambda *_: self._pretrain_timer.start())
+        self.pretrain_check.toggled.connect(self._pretrain_toggled)
         self.labels_combo.currentIndexChanged.connect(self._remember_layers)
         self.labels_combo.currentIndexChanged.connect(self._show_layer_classes)
         self.class_edit.textEdited.connect(self._remember_typed_classes)
@@ -183,6 +210,7 @@ class TrainWidget(QWidget):
         self._remember_layers()
         self._show_layer_classes()
         self._set_idle()
+        self._pretrain_timer.start()
 
     def _build_layout(self) -> None:
         data = QGroupBox("Data")
@@ -198,6 +226,8 @@ class TrainWidget(QWidget):
         length.addWidget(self.length_unit)
         form.addRow("Train for", length)
         form.addRow(self.preview_check)
+        form.addRow(self.pretrain_check)
+        form.addRow(self.pretrain_status)
 
         self.advanced_toggle = QToolButton()
         self.advanced_toggle.setText("Advanced settings")
@@ -215,6 +245,7 @@ class TrainWidget(QWidget):
         adv.addRow("Preview every", self.preview_every)
         adv.addRow(self.jitter)
         adv.addRow(self.elastic)
+        adv.addRow(self.prior_check)
         self.advanced.setVisible(False)
         self.advanced_toggle.toggled.connect(self.advanced.setVisible)
 
@@ -228,6 +259,26 @@ class TrainWidget(QWidget):
         layout.addLayout(buttons)
         layout.addWidget(self.status)
         layout.addWidget(self.plot, 1)
+
+    # -- learning the image while a person paints ----------------------------------------------
+    def _maybe_pretrain(self) -> None:
+        """Start learning the chosen image in the background (see .pretraining), when that is switched on."""
+        layer = self.image_combo.layer()
+        if self._closing or not self.pretrain_check.isChecked() or layer is None:
+            return
+        try:
+            image = image_array(layer)
+        except LayerError:
+            return
+        self.pretraining.start(image, layer.name)
+
+    def _pretrain_toggled(self, on: bool) -> None:
+        if on:
+            self._pretrain_timer.start()
+        else:
+            self._pretrain_timer.stop()
+            self.pretraining.stop()
+            self.pretrain_status.setText("")
 
     def _not_training_labels(self, layer: Any) -> bool:
         return is_preview(layer) or bool(layer.metadata.get("napari_msd_output")) or layer in self.session.predictions
@@ -304,7 +355,8 @@ class TrainWidget(QWidget):
             validate_every=self.validate_every.value(), patience=self.patience.value(), seed=self.seed.value(),
             augmentation=Augmentation(elastic=4.0 if self.elastic.isChecked() else 0.0,
                                       intensity=0.1 if self.jitter.isChecked() else 0.0),
-            edge_weight=self.edge_weight.value(), teacher_weight=self.teacher_weight.value(), class_names=names, class_colors=colors, n_classes=n_classes)
+            edge_weight=self.edge_weight.value(), teacher_weight=self.teacher_weight.value(),
+            prior_correction=self.prior_check.isChecked(), class_names=names, class_colors=colors, n_classes=n_classes)
 
     def start(self) -> bool:
         """Train a new network (the Model dock's choice) on the chosen image and labels."""
@@ -334,10 +386,15 @@ class TrainWidget(QWidget):
             show_error(str(err))
             return False
         self._job = {"image_layer": image_layer, "labels_layer": labels_layer, "image": image, "labels": labels,
-                     "parent": parent if fine_tune else None, "config": config, "name": labels_layer.name}
+                     "parent": parent if fine_tune else None, "config": config, "name": labels_layer.name,
+                     "pretrained": not fine_tune and self.pretrain_check.isChecked()}
+        self.pretraining.pause()  # two thread teams on the same cores would slow both
         self._closing = False
         self._preview_model = None
         self._prepare_preview(image_layer, image)
+        self.forest_preview_after = None
+        if not fine_tune:
+            self._forest_preview(image_layer, image, labels)
         total = config.steps or 100
         self._pbar = progress(total=total, desc=f"napari-msd: {'fine-tuning' if fine_tune else 'training'}")
         self.plot.clear()
@@ -397,7 +454,15 @@ class TrainWidget(QWidget):
                 else:
                     replay.append(earlier)
         init = (parent.model, parent.metadata) if parent is not None else None
-        trainer = Trainer(data, job["config"], init=init, replay=replay)
+        config = job["config"]
+        if job["pretrained"]:  # a new network starts from the image's self-supervised body, when there is one
+            from napari_msd.models.registry import PRESETS
+
+            net = {**PRESETS.get(config.arch, {}), **config.model, "in_channels": config.input.in_channels,
+                   "ndim": config.input.model_ndim}
+            config = dataclasses.replace(config, pretrained=self.pretraining.weights_for(image, config.arch, net,
+                                                                                         config.input))
+        trainer = Trainer(data, config, init=init, replay=replay)
         if work.cancelled.is_set():
             return
         self.trainer = trainer  # read by the main thread only after the event below arrives
@@ -419,12 +484,15 @@ class TrainWidget(QWidget):
 
         if isinstance(event, tuple) and event[0] == "trainer":
             self.status.setText("Preparing…")
+            self._starts_from = event[1].pretrained
         elif isinstance(event, tuple) and event[0] == "result":
             self._add_version(*event[1:])
         elif isinstance(event, TrainingStarted):
             what = "Fine-tuning" if event.fine_tuning else "Training"
             px = ", ".join(f"{k}: {v:,}" for k, v in event.train_pixels.items())
-            self.status.setText(f"{what} on {event.device}; labeled px {px}")
+            body = self._starts_from
+            self.status.setText(f"{what} on {event.device}; labeled px {px}"
+                                + (f"; starting from {body.describe()}" if body is not None else ""))
         elif isinstance(event, TrainStep):
             self.plot.add_loss(event.step, event.loss)
             self._maybe_preview()
@@ -487,9 +555,12 @@ class TrainWidget(QWidget):
             self._pbar = None
         self.trainer = None
         self._finished = None
+        self._starts_from = None
         if work.error is not None:
             self.status.setText(f"Training failed: {work.error}")
         self._set_running(False)
+        self.pretraining.resume()
+        self._pretrain_timer.start()  # the Model dock may have chosen another network meanwhile: learn for it
 
     # -- control --------------------------------------------------------------------------------
     def toggle_pause(self) -> None:
@@ -511,8 +582,10 @@ class TrainWidget(QWidget):
             self.work.cancel()
 
     def close_workers(self, timeout: float = 10.0) -> None:
-        """End training and preview now, without keeping a result (the viewer is closing)."""
+        """End training, preview and pretraining now, without keeping a result (the viewer is closing)."""
         self._closing = True
+        self._pretrain_timer.stop()
+        self.pretraining.stop()
         for work in (self.work, self.preview_work):
             if work is not None and work.running:
                 work.cancel()
@@ -546,6 +619,42 @@ class TrainWidget(QWidget):
         if time.perf_counter() - self._last_preview < self.preview_every.value() and self.first_preview_after is not None:
             return
         self.request_preview()
+
+    def _forest_preview(self, source: Any, image: Any, labels: Any) -> None:
+        """An answer within seconds of pressing Train, as ilastik's live update gives: a random forest fitted on
+        the strokes (training.forest) predicts the view into the preview layer until the network's first
+        preview replaces it."""
+        from .viewport import visible_region
+
+        if not self.preview_check.isChecked():
+            return
+        region = visible_region(self.viewer, source, tuple(image.shape))
+        n_classes = len(self.session.class_names) or None
+
+        def predict(work: workers.Work):
+            from napari_msd.training.forest import PixelForest
+            from napari_msd.training.sampling import TrainingData
+
+            try:
+                forest = PixelForest.fit(TrainingData(image, labels, "strokes"), n_classes, n_estimators=50)
+                z = region[0].start if len(region) == 3 else None
+                probs = forest.predict_region(image, z, region[-2].start, region[-2].stop, region[-1].start,
+                                              region[-1].stop)
+            except (ValueError, MemoryError):  # e.g. one class painted: the network's preview will tell
+                return
+            out = (probs.argmax(0) + 1).astype(np.uint8)
+            yield region, out[None] if len(region) == 3 else out
+
+        def show(event: tuple[Any, np.ndarray]) -> None:
+            if self.first_preview_after is not None:  # the network was quicker: never show an older answer
+                return
+            self._show_preview(event)
+            self.first_preview_after = None  # the network's first preview is still to come
+            self.forest_preview_after = time.perf_counter() - self._started_at
+            self.status.setText(f"{self.status.text()} · first answer from a random forest; the network's preview "
+                                "replaces it")
+
+        self.preview_work = workers.start(predict, show, lambda work: None, "Forest preview")
 
     def request_preview(self) -> None:
         """Predict the region on screen with the current weights, in a worker; shown in the preview layer."""
