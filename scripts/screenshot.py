@@ -3,7 +3,8 @@ predicting the sample, the prediction shown over the EM on a slice nobody painte
 
 Run from the repository root with the package installed, on a display (or a virtual one)::
 
-    xvfb-run -a python scripts/screenshot.py                 # writes docs/screenshot.png, ~2 min on 2 cores
+    xvfb-run -a python scripts/screenshot.py                 # writes docs/screenshot.png; ~10 min on 2 cores
+                                                             # (300 steps in the dock, live preview on)
     xvfb-run -a python scripts/screenshot.py --steps 30 -o /tmp/shot.png
 """
 

@@ -12,6 +12,8 @@ import torch
 import zarr
 
 import napari_msd._widgets.batch_widget as module
+from dock_helpers import WAIT_MS
+
 from napari_msd._widgets.batch_widget import BatchWidget, output_name
 from napari_msd._widgets.session import get_session
 from napari_msd.cli import main
@@ -21,7 +23,7 @@ from napari_msd.io.outputs import open_output
 from napari_msd.models import MSDNet
 
 CLASSES = ["membrane", "interior"]
-TIMEOUT = 20_000  # ms
+TIMEOUT = WAIT_MS  # ms: a ceiling; waits end when the work does
 
 
 def make_volume(shape, seed=0) -> np.ndarray:

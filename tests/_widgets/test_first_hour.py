@@ -66,7 +66,7 @@ def test_classes_box_follows_the_chosen_labels_layer_and_names_the_model(make_na
         box.setValue(value)
     assert train.start()
     assert train._job["config"].class_names == SAMPLE_CLASSES
-    wait_idle(qtbot, train, timeout=120_000)
+    wait_idle(qtbot, train)
     assert errors == []
     assert session.versions.current is not None
     assert list(session.versions.current.metadata.class_names) == SAMPLE_CLASSES

@@ -7,7 +7,7 @@ import numpy as np
 
 from napari_msd._widgets.train_widget import PREVIEW_LAYER
 
-from dock_helpers import wait_idle
+from dock_helpers import WAIT_MS, wait_idle
 
 
 def test_the_forest_answers_first_and_the_network_replaces_it(docks, qtbot, errors, monkeypatch):
@@ -18,7 +18,7 @@ def test_the_forest_answers_first_and_the_network_replaces_it(docks, qtbot, erro
         "forest" if train.forest_preview_after is None and train.first_preview_after is None else "network"),
         original(event)))
     assert train.start()
-    qtbot.waitUntil(lambda: train.forest_preview_after is not None, timeout=60_000)
+    qtbot.waitUntil(lambda: train.forest_preview_after is not None, timeout=WAIT_MS)
     preview = viewer.layers[PREVIEW_LAYER].data
     assert set(np.unique(preview)) <= {1, 2} and len(np.unique(preview)) == 2  # both classes, as painted
     wait_idle(qtbot, train)

@@ -21,7 +21,7 @@ def test_paint_train_predict_correct_retrain(docks, qtbot, errors):
     train.length.setValue(100)
 
     assert train.start()
-    wait_idle(qtbot, train, timeout=120_000)
+    wait_idle(qtbot, train)
     assert session.versions.names() == ["v1"] and errors == []
 
     assert predict.predict()
@@ -42,7 +42,7 @@ def test_paint_train_predict_correct_retrain(docks, qtbot, errors):
     assert (strokes.data[GRAY][wrong] == 1).all()  # what the user changed (pixels v1 had right stay as they were)
 
     assert train.retrain()
-    wait_idle(qtbot, train, timeout=120_000)
+    wait_idle(qtbot, train)
     assert session.versions.names() == ["v1", "v2"] and errors == []
     v2_version = session.versions.current
     assert v2_version.parent == "v1" and "fine-tuned from v1" in model_dock.versions.item(1).text()

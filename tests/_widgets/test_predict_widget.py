@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from dock_helpers import SHAPE, wait_idle
+from dock_helpers import WAIT_MS, SHAPE, wait_idle
 
 from napari_msd._widgets.session import get_session
 from napari_msd._widgets.viewport import camera
@@ -84,7 +84,7 @@ def test_stop_keeps_what_was_predicted(docks, qtbot, errors):
     big = np.random.default_rng(1).random((60, 64, 64)).astype(np.float32)
     predict.image_combo.choose(viewer.add_image(big, name="stack"))
     predict.predict()
-    qtbot.waitUntil(lambda: predict._run["done"] >= 1, timeout=20_000)
+    qtbot.waitUntil(lambda: predict._run["done"] >= 1, timeout=WAIT_MS)
     predict.stop_button.click()
     wait_idle(qtbot, predict)
     done = predict._run["done"]

@@ -6,20 +6,20 @@ from __future__ import annotations
 from napari_msd._widgets.session import get_session
 from napari_msd.training.pretrain import cache_path, load_pretrained
 
-from dock_helpers import wait_idle
+from dock_helpers import WAIT_MS, wait_idle
 
 
 def _learning(train, qtbot, steps: int = 2) -> None:
     train.pretrain_check.setChecked(True)
     qtbot.waitUntil(lambda: train.pretraining.pretrainer is not None
-                    and train.pretraining.pretrainer.step >= steps, timeout=60_000)
+                    and train.pretraining.pretrainer.step >= steps, timeout=WAIT_MS)
 
 
 def test_the_image_is_learned_while_painting_and_a_new_training_starts_from_it(docks, qtbot, errors):
     viewer, train, _ = docks
     _learning(train, qtbot)
     assert train.pretraining.state == "running" or train.pretraining.pretrainer.step >= 2
-    qtbot.waitUntil(lambda: "Learning 'em'" in train.pretrain_status.text(), timeout=30_000)
+    qtbot.waitUntil(lambda: "Learning 'em'" in train.pretrain_status.text(), timeout=WAIT_MS)
     pretrainer = train.pretraining.pretrainer
     assert train.start()
     assert pretrainer.paused  # two thread teams would share the cores: it waits while the training runs
@@ -63,10 +63,10 @@ def test_a_spent_budget_is_remembered_per_image(docks, qtbot):
     viewer, train, _ = docks
     train.pretraining.budget = 1.0  # seconds
     train.pretrain_check.setChecked(True)
-    qtbot.waitUntil(lambda: train.pretraining.state == "done", timeout=60_000)
+    qtbot.waitUntil(lambda: train.pretraining.state == "done", timeout=WAIT_MS)
     assert "Learned 'em'" in train.pretrain_status.text()
     steps = load_pretrained(cache_path(train.pretraining.key)).steps
     train.pretraining.stop()
     train.pretraining.start(viewer.layers["em"].data, "em")  # again: read from the cache, nothing more to do
-    qtbot.waitUntil(lambda: train.pretraining.state == "done", timeout=30_000)
+    qtbot.waitUntil(lambda: train.pretraining.state == "done", timeout=WAIT_MS)
     assert load_pretrained(cache_path(train.pretraining.key)).steps == steps

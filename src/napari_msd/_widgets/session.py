@@ -127,4 +127,7 @@ def get_session(viewer: Any) -> Session:
     try:
         return _SESSIONS[viewer]
     except KeyError:
+        from napari_msd._reader import remember_reader_for_outputs
+
+        remember_reader_for_outputs()  # outputs the docks write (*.msd.zarr) then open without a reader choice
         return _SESSIONS.setdefault(viewer, Session())
