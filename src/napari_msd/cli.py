@@ -343,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--patch-size", type=int, help="patch side in pixels (default 64 in 2D, 48 in 3D)")
     train.add_argument("--prior-correction", action=argparse.BooleanOptionalAction, default=True,
                        help="after training, adapt the output to the class frequencies of the image (EM estimate; "
-                            "undone when it costs the held-out strokes; on by default)")
+                            "undone if it leaves one class nearly everywhere; on by default)")
     train.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     train.add_argument("--validate-every", type=int, default=50, metavar="STEPS")
     train.add_argument("--patience", type=int, default=10, help="validations without improvement before stopping")

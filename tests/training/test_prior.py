@@ -82,4 +82,7 @@ def test_engine_undoes_a_prior_that_costs_the_held_out_strokes(make_task, monkey
     monkeypatch.setattr(engine_module, "estimate_prior", lambda p, train: np.array([1e-4, 1 - 1e-4]))
     assert trainer.correct_prior(max_loss=0.02) is None and trainer.class_prior is None
     assert torch.allclose(output_bias(trainer.model), bias, atol=1e-6)
+    # without a bound on the class accuracy (the default), a collapsed result (class 1 never predicted) undoes it
+    assert trainer.correct_prior() is None and trainer.class_prior is None
+    assert torch.allclose(output_bias(trainer.model), bias, atol=1e-6)
     assert "class_prior" not in trainer.metadata().provenance

@@ -177,7 +177,7 @@ class TrainWidget(QWidget):
         self.prior_check.setChecked(True)
         self.prior_check.setToolTip("Strokes show every class about equally often, real images do not: after "
                                     "training, estimate each class's share of the image and shift the output to "
-                                    "match (undone when it costs the held-out strokes)")
+                                    "match (undone if the network then predicts one class nearly everywhere)")
 
         self.start_button = QPushButton("Train new model")
         self.retrain_button = QPushButton("Retrain")
