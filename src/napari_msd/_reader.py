@@ -43,15 +43,21 @@ SAMPLE_PIXELS = 1 << 20  # at most this many pixels per sampled slice (rows and 
 LayerData = tuple[Any, dict[str, Any], str]
 
 
-def get_reader(path: str | os.PathLike[str] | list[Any]) -> Callable[[Any], list[LayerData]] | None:
-    """The reader for ``path`` when it is a napari-msd prediction output directory, else ``None``."""
+def _single_path(path: Any) -> Path | None:
+    """The one path napari asks about (a list of one is unwrapped), or None for several or for non-paths."""
     if isinstance(path, list | tuple):
         if len(path) != 1:
             return None
         path = path[0]
     if not isinstance(path, str | os.PathLike):
         return None
-    if not _is_prediction_output(Path(os.path.expanduser(os.fspath(path)))):
+    return Path(os.path.expanduser(os.fspath(path)))
+
+
+def get_reader(path: str | os.PathLike[str] | list[Any]) -> Callable[[Any], list[LayerData]] | None:
+    """The reader for ``path`` when it is a napari-msd prediction output directory, else ``None``."""
+    folder = _single_path(path)
+    if folder is None or not _is_prediction_output(folder):
         return None
     remember_reader_for_outputs()
     return read_prediction
@@ -61,13 +67,9 @@ def get_mrc_reader(path: str | os.PathLike[str] | list[Any]) -> Callable[[Any], 
     """The reader for one MRC-family file (``.mrc .rec .st .map .ali .mrcs``), else ``None``."""
     from .io.images import MRC_SUFFIXES
 
-    if isinstance(path, list | tuple):
-        if len(path) != 1:
-            return None
-        path = path[0]
-    if not isinstance(path, str | os.PathLike):
+    file = _single_path(path)
+    if file is None:
         return None
-    file = Path(os.path.expanduser(os.fspath(path)))
     if file.suffix.lower() not in MRC_SUFFIXES or not file.is_file():
         return None
     remember_reader_for_outputs()
