@@ -122,17 +122,23 @@ def parse_variant(spec: str) -> tuple[str, dict[str, Any]]:
     return name.strip() or spec, overrides
 
 
-def _override(obj: Any, parts: list[str], value: Any) -> Any:
-    """A copy of ``obj`` (a dataclass or dict) with the dotted field ``parts`` set to ``value``."""
-    head = parts[0]
-    if isinstance(obj, dict):
-        new = value if len(parts) == 1 else _override(obj[head], parts[1:], value)
-        return {**obj, head: new}
-    names = {f.name for f in dataclasses.fields(obj)}
-    if head not in names:
-        raise SystemExit(f"{type(obj).__name__} has no field {head!r}; fields: {', '.join(sorted(names))}")
-    new = value if len(parts) == 1 else _override(getattr(obj, head), parts[1:], value)
-    return dataclasses.replace(obj, **{head: new})
+def apply_overrides(obj: Any, overrides: dict[str, Any]) -> Any:
+    """A copy of ``obj`` (a dataclass or dict) with the dotted fields of ``overrides`` set; the fields of one nested
+    dataclass change together (``input.mode=2.5d,input.slices=3`` passes its checks only that way)."""
+    groups: dict[str, dict[str, Any]] = {}
+    for key, value in overrides.items():
+        head, _, rest = key.partition(".")
+        groups.setdefault(head, {})[rest] = value
+    names = None if isinstance(obj, dict) else {f.name for f in dataclasses.fields(obj)}  # a dict takes any key
+    changes = {}
+    for head, sub in groups.items():
+        if names is not None and head not in names:
+            raise SystemExit(f"{type(obj).__name__} has no field {head!r}; fields: {', '.join(sorted(names))}")
+        if "" in sub and len(sub) > 1:
+            raise SystemExit(f"{head!r} is set both whole and by its fields")
+        current = obj.get(head, {}) if isinstance(obj, dict) else getattr(obj, head)
+        changes[head] = sub[""] if "" in sub else apply_overrides(current, sub)
+    return {**obj, **changes} if isinstance(obj, dict) else dataclasses.replace(obj, **changes)
 
 
 def variant_config(ds: Dataset, arch: str, overrides: dict[str, Any], seconds: float, seed: int,
@@ -142,8 +148,7 @@ def variant_config(ds: Dataset, arch: str, overrides: dict[str, Any], seconds: f
                          **({"prior_correction": False} if prior_rows else {}))  # the "+ prior" row applies it
     if model_depth:
         config = dataclasses.replace(config, model={**config.model, "depth": model_depth})
-    for key, value in overrides.items():
-        config = _override(config, key.split("."), value)
+    config = apply_overrides(config, overrides)
     config.check()
     return config
 

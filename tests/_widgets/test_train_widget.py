@@ -40,6 +40,28 @@ def test_training_adds_a_version_and_shows_a_live_preview(docks, qtbot, errors):
     assert train.retrain_button.text() == "Retrain v1"
 
 
+def test_the_live_preview_runs_on_the_training_thread_between_steps(docks, qtbot, errors, monkeypatch):
+    """No second team of compute threads beside the training's: the preview's forward pass is queued to the
+    training thread (training.between_steps) and its interval grows with its cost (a tenth of the time at most)."""
+    import threading
+
+    from napari_msd.inference.predictor import Predictor
+    from napari_msd.training.engine import Trainer
+
+    viewer, train, _ = docks
+    previewed, trained = set(), set()
+    predict_region, train_step = Predictor.predict_region, Trainer._train_step
+    monkeypatch.setattr(Predictor, "predict_region",
+                        lambda self, *a, **k: (previewed.add(threading.get_ident()), predict_region(self, *a, **k))[1])
+    monkeypatch.setattr(Trainer, "_train_step",
+                        lambda self, *a: (trained.add(threading.get_ident()), train_step(self, *a))[1])
+    assert train.start()
+    wait_idle(qtbot, train)
+    assert errors == [] and train.first_preview_after is not None
+    assert previewed and previewed <= trained and threading.get_ident() not in previewed
+    assert train._preview_cost > 0
+
+
 def test_pause_resume_and_stop(docks, qtbot, errors):
     viewer, train, _ = docks
     train.length.setValue(100_000)

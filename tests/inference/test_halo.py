@@ -55,3 +55,17 @@ def test_no_candidate_below_the_reference_returns_the_reference_halo():
     assert measure_effective_halo((net, metadata(net)), img, candidates=[4, 8], reference_halo=4) == 4
     with pytest.raises(ValueError, match="agreement"):
         measure_effective_halo((net, metadata(net)), img, agreement=0)
+
+
+def test_a_passed_deadline_stops_the_measurement_before_a_block_is_predicted(monkeypatch):
+    import time
+
+    net = msd(depth=6, dilations=range(1, 5))
+    predictor = Predictor(net, metadata(net))
+    blocks = []
+    real = predictor.predict_block
+    monkeypatch.setattr(predictor, "predict_block", lambda *a: blocks.append(1) or real(*a))
+    img = image((64, 64))
+    assert measure_effective_halo(predictor, img, deadline=time.perf_counter() - 1) is None
+    assert not blocks
+    assert measure_effective_halo(predictor, img, deadline=time.perf_counter() + 600) is not None and blocks

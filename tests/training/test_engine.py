@@ -841,3 +841,66 @@ def test_fine_tuning_that_forgets_the_replayed_labels_keeps_the_parent(base_mode
     trainer = Trainer([TrainingData(image2, labels2, "two")], _config(steps=20), init=(model, meta),
                       replay=[TrainingData(image1, labels1, "one")])
     assert not list(trainer.run())[-1].kept_parent
+
+
+# -- work between steps, the weight average ------------------------------------------------------------------
+
+
+def test_work_between_steps_runs_on_the_training_thread_and_counts_as_training_time(data):
+    trainer = Trainer(data, _config(steps=500, validate_every=1000))
+    thread, events, errors = _run_in_thread(trainer)
+    try:
+        _wait_for(lambda: trainer.step >= 2)
+        future = trainer.between_steps(lambda: (time.sleep(0.5), threading.get_ident(), trainer.step)[1:])
+        ident, step = future.result(timeout=30)
+        assert ident == thread.ident  # not the caller's thread, nor a new one
+        _wait_for(lambda: trainer.step >= step + 2)
+        steps = {e.step: e for e in _of(events, TrainStep)}
+        assert steps[step + 1].elapsed - steps[step].elapsed >= 0.5
+        trainer.pause()
+        _wait_for(lambda: any(isinstance(e, Paused) and e.paused for e in events))
+        frozen = trainer.step
+        assert trainer.between_steps(lambda: trainer.step).result(timeout=30) == frozen  # served while paused
+    finally:
+        trainer.stop()
+        thread.join(timeout=30)
+    assert not errors and events[-1].reason == "stopped"
+    assert trainer.between_steps(lambda: "after").result(timeout=1) == "after"
+
+
+def test_the_weight_average_is_what_is_validated_and_kept(tmp_path, data, monkeypatch, accept_any_network):
+    seen = []
+    original = engine_module.Trainer._evaluate_tiles
+
+    def evaluate(self):
+        if self.average is not None:
+            seen.append((self._judged is self.average.model, _same_state(_state(self._judged), _state(self.model))))
+        return original(self)
+
+    monkeypatch.setattr(engine_module.Trainer, "_evaluate_tiles", evaluate)
+    trainer = Trainer(data, _config(steps=20, validate_every=10, weight_average=0.9), output=tmp_path / "m.msd")
+    during = trainer.snapshot()
+    list(trainer.run())
+    assert len(seen) >= 2 and all(is_average for is_average, _ in seen)
+    assert not any(same for _, same in seen[1:])  # after some steps the average lags the raw weights
+    assert trainer.average is None  # after the run the result is one network: the best average
+    assert _same_state(_state(trainer.model), trainer.best_state)
+    saved, _ = load_model(tmp_path / "m.msd")
+    assert _same_state(_state(saved), _state(trainer.model))
+    assert not _same_state(_state(during), _state(trainer.model))
+
+
+def test_a_weight_average_outside_0_1_is_refused(data):
+    with pytest.raises(ValueError, match="weight_average"):
+        Trainer(data, _config(weight_average=1.0))
+
+
+def test_fine_tuning_scales_the_learning_rate_and_starts_the_average_at_the_parent(base_model, data):
+    config = _config(learning_rate=1e-2, fine_tune_lr_factor=0.25, weight_average=0.9)
+    fresh = Trainer(data, config)
+    tuned = Trainer(data, config, init=base_model)
+    assert fresh.optimizer.param_groups[0]["lr"] == pytest.approx(1e-2)
+    assert tuned.optimizer.param_groups[0]["lr"] == pytest.approx(2.5e-3)
+    assert fresh.average.current_decay() < 0.5 and tuned.average.current_decay() == 0.9
+    parent, _ = load_model(base_model)
+    assert _same_state(_state(tuned._judged), _state(parent))

@@ -331,3 +331,12 @@ def test_labels_beyond_max_classes_are_refused_at_the_first_slab_holding_them(co
     labels = np.zeros((64, 64), np.uint8)
     labels[5, 5:20], labels[40, 5:20] = 1, MAX_CLASSES  # the highest class allowed
     assert sorted(scan_labels(labels)) == [1, MAX_CLASSES]
+
+
+def test_negative_labels_are_refused_in_one_line():
+    labels = np.zeros((64, 64), np.int16)
+    labels[5, 5:20], labels[40, 5:20] = 1, -2
+    with pytest.raises(TrainingDataError) as err:
+        split(TrainingData(np.zeros((64, 64), np.float32), labels, name="signed"), InputSpec())
+    text = str(err.value)
+    assert "\n" not in text and "labels of signed contain the negative value -2" in text

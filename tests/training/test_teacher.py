@@ -11,7 +11,7 @@ from napari_msd.training.engine import TrainConfig, Trainer
 from napari_msd.training.inputs import InputSpec
 from napari_msd.training.normalization import estimate_normalization
 from napari_msd.training.sampling import IGNORE, PatchSampler, TrainingData, split
-from napari_msd.training.teacher import _TrainingStrokes, forest_pseudo_labels
+from napari_msd.training.teacher import _TrainingStrokes, forest_pseudo_labels, unpainted_planes
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +31,35 @@ def test_pseudo_labels_cover_painted_planes_and_agree_with_the_truth(volume):
         assert taught.shape == (96, 96) and taught.dtype == np.uint8
         assert (taught > 0).mean() > 0.5  # dense: most pixels confident on this easy task
         assert (taught[taught > 0] == truth[z][taught > 0]).mean() > 0.95
+
+
+def test_extra_planes_are_unpainted_and_evenly_spread():
+    assert unpainted_planes(30, [0, 14, 29], 3) == [5, 15, 24]
+    assert unpainted_planes(5, [0, 1, 2, 3, 4], 3) == []
+    assert unpainted_planes(4, [1], 10) == [0, 2, 3]
+    assert unpainted_planes(10, [], 0) == []
+
+
+def test_the_teacher_also_labels_unpainted_planes_when_asked(volume):
+    image, labels, truth = volume
+    ix = split(TrainingData(image, labels), InputSpec(), 0.15, 0)
+    planes = forest_pseudo_labels([ix], 2, confidence=0.8, threads=1, extra_planes=1)[id(ix)]
+    assert sorted(planes) == [0, 1, 2]  # plane 0 carries no stroke
+    taught = planes[0]
+    assert (taught > 0).mean() > 0.5 and (taught[taught > 0] == truth[0][taught > 0]).mean() > 0.95
+
+
+def test_a_share_of_patches_comes_from_planes_only_the_teacher_labeled(volume):
+    image, labels, _ = volume
+    ix = split(TrainingData(image, labels), InputSpec(), 0.15, 0)
+    norm = estimate_normalization([image])
+    pseudo = {id(ix): {z: np.full((96, 96), 1, np.uint8) for z in (1, 2)} | {0: np.full((96, 96), 2, np.uint8)}}
+    sampler = PatchSampler([ix], InputSpec(), (32, 32), 2, norm, seed=1, pseudo=pseudo, unpainted_fraction=0.5)
+    assert [z for _, z in sampler.unpainted] == [0]
+    _, y = sampler.sample(64)
+    from_plane_0 = [(t == 2 + 1).all() for t in y]  # nothing but the teacher's class 2: plane 0
+    assert 16 <= sum(from_plane_0) <= 48
+    assert not PatchSampler([ix], InputSpec(), (32, 32), 2, norm, pseudo=pseudo, unpainted_fraction=0).unpainted_fraction
 
 
 def test_the_forest_never_sees_held_out_strokes(volume):
@@ -75,7 +104,8 @@ def test_engine_trains_with_the_teacher_and_records_it(volume, monkeypatch):
     monkeypatch.setattr(torch.nn.functional, "cross_entropy", spy)
     events = list(trainer.run())
     assert trainer.teacher_active and events[-1].steps == 4
-    assert trainer.metadata().provenance["teacher"] == {"kind": "random forest", "weight": 0.5, "confidence": 0.8}
+    assert trainer.metadata().provenance["teacher"] == {"kind": "random forest", "weight": 0.5, "confidence": 0.8,
+                                                        "unpainted_planes": 0}
     assert max(seen) > 4 * 32 * 32 * 0.5  # the teacher's term covers most of each batch's pixels
 
 

@@ -2,8 +2,10 @@
 watching the loss, validation metrics and a live preview of the view while it learns.
 
 The core :class:`~napari_msd.training.engine.Trainer` runs in a thread worker; this dock renders its events.
-The live preview predicts the region on screen with a snapshot of the current weights in a second worker,
-never more than one at a time, so neither training nor the interface waits for it. Each finished training
+The live preview predicts the region on screen with a snapshot of the current weights on the training thread,
+between two steps (a forward pass in a thread of its own would compete with the training's compute threads),
+never more than one at a time and at most :data:`PREVIEW_SHARE` of the training's time; the interface never
+waits for it. Each finished training
 becomes a model version (``v1``, ``v2``, ...) in the session, with snapshots of the labels it learned from.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from concurrent.futures import CancelledError
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -49,6 +52,7 @@ if TYPE_CHECKING:
 PRETRAIN_DELAY_MS = 1500  # after an image is chosen: a person flipping through layers starts nothing
 PREVIEW_LAYER = "live preview"
 PREVIEW_HALO = 64  # px of context for the preview: enough for a recognisable preview, fast on a CPU
+PREVIEW_SHARE = 0.1  # at most this share of the training's time goes to live previews (their interval grows)
 DEFAULT_CLASSES = "background, membrane"  # an example for a new labels layer
 
 
@@ -104,6 +108,7 @@ class TrainWidget(QWidget):
         self._job: dict[str, Any] = {}
         self._closing = False
         self._preview_model: Any = None
+        self._preview_cost = 0.0  # seconds the last live preview took on the training thread
 
         self.image_combo = LayerCombo(napari_viewer, Image)
         self.labels_combo = LayerCombo(napari_viewer, Labels, skip=self._not_training_labels)
@@ -135,8 +140,9 @@ class TrainWidget(QWidget):
         self._pretrain_timer.setInterval(PRETRAIN_DELAY_MS)
         self._pretrain_timer.timeout.connect(self._maybe_pretrain)
         self._starts_from: Any = None  # the pretrained body the running training started from
-        self.preview_check.setToolTip("Every second or two, predict the part of the image on screen with the "
-                                      "network as it is now, into a 'live preview' layer")
+        self.preview_check.setToolTip("Every few seconds, predict the part of the image on screen with the "
+                                      "network as it is now, into a 'live preview' layer (between training "
+                                      "steps, taking at most a tenth of the training's time)")
 
         self.batch_size, self.patch_size, self.validate_every, self.patience, self.seed = (QSpinBox() for _ in range(5))
         for box, (lo, hi, value) in zip((self.batch_size, self.patch_size, self.validate_every, self.patience, self.seed),
@@ -616,7 +622,8 @@ class TrainWidget(QWidget):
             return
         if self.preview_work is not None and self.preview_work.running:
             return
-        if time.perf_counter() - self._last_preview < self.preview_every.value() and self.first_preview_after is not None:
+        interval = max(self.preview_every.value(), self._preview_cost / PREVIEW_SHARE)  # a share of the training's time
+        if time.perf_counter() - self._last_preview < interval and self.first_preview_after is not None:
             return
         self.request_preview()
 
@@ -667,13 +674,21 @@ class TrainWidget(QWidget):
         region = visible_region(self.viewer, job["image_layer"], tuple(image.shape))
         self._last_preview = time.perf_counter()
 
-        def predict(work: workers.Work):
+        def forward() -> tuple[Any, np.ndarray]:  # on the training thread, between two steps
             from napari_msd.inference.predictor import Predictor
 
+            start = time.perf_counter()
             model = self._preview_model = trainer.snapshot(into=self._preview_model)  # one network per run
             predictor = Predictor(model, trainer.metadata(), device=trainer.device)
             probs = predictor.predict_region(image, region, halo=min(PREVIEW_HALO, predictor.halo_radius))
-            yield region, (probs.argmax(0) + 1).astype(np.uint8)
+            self._preview_cost = time.perf_counter() - start
+            return region, (probs.argmax(0) + 1).astype(np.uint8)
+
+        def predict(work: workers.Work):
+            try:  # this worker only waits: the forward runs with the training's threads, not beside them
+                yield trainer.between_steps(forward).result()
+            except CancelledError:  # training ended first
+                return
 
         self.preview_work = workers.start(predict, self._show_preview, lambda work: None, "Live preview")
 

@@ -20,6 +20,7 @@ result with the model (``save_model(..., effective_halo=h)``) and :class:`.Predi
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -81,10 +82,17 @@ def _sub_blocks(predictor: Predictor, shape: Sequence[int], region: Region, bloc
     return [predictor.region_block(shape, out, halo) for out in outs]
 
 
-def _labels(predictor: Predictor, image: Any, blocks: list[Block], region: Region) -> np.ndarray:
-    """Argmax labels (0..K-1) of ``region`` stitched from ``blocks``."""
+class _OutOfTime(Exception):
+    """The measurement's deadline passed."""
+
+
+def _labels(predictor: Predictor, image: Any, blocks: list[Block], region: Region,
+            deadline: float | None = None) -> np.ndarray:
+    """Argmax labels (0..K-1) of ``region`` stitched from ``blocks``; :class:`_OutOfTime` once ``deadline`` passed."""
     out = np.empty([r.stop - r.start for r in region], np.int32)
     for block in blocks:
+        if deadline is not None and time.perf_counter() >= deadline:
+            raise _OutOfTime
         local = tuple(slice(o.start - r.start, o.stop - r.start) for o, r in zip(block.out, region))
         out[local] = predictor.predict_block(image, block).argmax(0)
     return out
@@ -99,9 +107,11 @@ def measure_effective_halo(
     *,
     block_shape: int | Sequence[int] | None = None,
     reference_halo: int | None = None,
-) -> int:
+    deadline: float | None = None,
+) -> int | None:
     """The smallest candidate halo (pixels) whose tiled labels agree with a large-halo reference on at least
-    ``agreement`` of ``region``'s pixels; see the module docstring.
+    ``agreement`` of ``region``'s pixels; see the module docstring. None when ``deadline`` (a
+    ``time.perf_counter()`` value, checked before each predicted block) passes first.
 
     ``predictor``: a :class:`.Predictor` or ``(model, metadata)``. ``region``: slices in image coordinates
     (default :func:`default_region`). ``block_shape``: the blocks the region is cut into for the candidates.
@@ -119,11 +129,14 @@ def measure_effective_halo(
     ref_halo = predictor.receptive_field if reference_halo is None else int(reference_halo)
     reference_block = predictor.region_block(shape, region, ref_halo)
     window = _Window(image, predictor.read_box(shape, reference_block))
-    reference = _labels(predictor, window, [reference_block], region)
-    for halo in sorted({int(c) for c in (DEFAULT_CANDIDATES if candidates is None else candidates)}):
-        if halo >= ref_halo:
-            break
-        labels = _labels(predictor, window, _sub_blocks(predictor, shape, region, block_shape, halo), region)
-        if np.mean(labels == reference) >= agreement:
-            return halo
+    try:
+        reference = _labels(predictor, window, [reference_block], region, deadline)
+        for halo in sorted({int(c) for c in (DEFAULT_CANDIDATES if candidates is None else candidates)}):
+            if halo >= ref_halo:
+                break
+            blocks = _sub_blocks(predictor, shape, region, block_shape, halo)
+            if np.mean(_labels(predictor, window, blocks, region, deadline) == reference) >= agreement:
+                return halo
+    except _OutOfTime:
+        return None
     return ref_halo

@@ -16,10 +16,11 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -30,6 +31,7 @@ from ..models.registry import PRESETS, build_model
 from . import health as net_health
 from . import metrics as seg_metrics
 from .augment import Augmentation
+from .between_steps import BetweenSteps
 from .device import cpu_threads, describe_device, select_device
 from .events import Paused, Saved, TrainingFinished, TrainingStarted, TrainStep, Validated
 from .inputs import InputSpec, plane_axes, read_input
@@ -41,9 +43,12 @@ from .pretrain import apply_pretrained, check_compatible, load_pretrained
 from .prior import estimate_prior, output_bias, shift_output_bias
 from .sampling import IGNORE, PatchSampler, TrainingData, TrainingDataError, split, validation_tiles
 from .teacher import forest_pseudo_labels
+from .weight_average import WeightAverage
 
 METRICS = ("global_accuracy", "class_accuracy", "mean_iou")
 FORGET_TOLERANCE = 0.02  # class accuracy on held-out earlier labels a fine-tuned version may lose
+T = TypeVar("T")
+
 # Class accuracy on the (class-balanced) held-out strokes the prior correction may cost before it is undone; None:
 # no bound, only a collapsed result (training.health) undoes it. Some loss is right: held-out strokes are
 # class-balanced, the image is not. At 0.02, and still at 0.15, the correction was undone on the four-class VNC
@@ -75,6 +80,7 @@ class TrainConfig:
     edge_weight: float = 2.0  # edge-aware Potts term on all patch pixels (training.potts); 0 = off
     teacher_weight: float = 1.0  # loss weight of a random forest's confident labels (training.teacher); 0 = off
     teacher_confidence: float = 0.8  # the forest's probability a pixel needs to be taught
+    teacher_planes: int = 0  # unpainted planes of a volume the forest also labels (a quarter of the patches)
     device: str = "auto"
     threads: int | None = None
     amp: bool = True
@@ -86,6 +92,8 @@ class TrainConfig:
     measure_halo: bool = True  # measure the effective halo after training and store it with the model
     prior_correction: bool = True  # adapt the output bias to the image's class prior (training.prior)
     pretrained: str | None = None  # a new network starts from this self-supervised body (training.pretrain)
+    weight_average: float = 0.0  # decay of the weights' running average, the network judged and kept; 0 = off
+    fine_tune_lr_factor: float = 1.0  # the learning rate is multiplied by this when training starts from a model
 
     def check(self) -> None:
         if self.steps is None and self.time_limit is None:
@@ -100,11 +108,17 @@ class TrainConfig:
             raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {self.metric!r}")
         if self.n_classes is not None and self.n_classes < 2:
             raise ValueError(f"a model needs at least 2 classes, got n_classes={self.n_classes}")
+        if self.teacher_planes < 0:
+            raise ValueError(f"teacher_planes is a number of planes (0 = only the painted ones), got {self.teacher_planes}")
         if self.teacher_weight < 0 or not 0 < self.teacher_confidence <= 1:
             raise ValueError(f"the teacher needs a weight >= 0 (0 = off) and a confidence in (0, 1], got "
                              f"{self.teacher_weight} and {self.teacher_confidence}")
         if self.edge_weight < 0:
             raise ValueError(f"the edge-aware loss weight must be >= 0 (0 = off), got {self.edge_weight}")
+        if self.fine_tune_lr_factor <= 0:
+            raise ValueError(f"fine_tune_lr_factor must be positive, got {self.fine_tune_lr_factor}")
+        if not 0 <= self.weight_average < 1:
+            raise ValueError(f"weight_average is a decay in [0, 1) (0 = off), got {self.weight_average}")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
 
@@ -240,7 +254,11 @@ class Trainer:
             weights = auto_class_weights(counts, n_classes)
         self.loss_fn = SparseLoss(n_classes, weights, config.dice_weight).to(self.device)
         self.edge_loss = EdgePotts(config.edge_weight) if config.edge_weight > 0 else None
-        self.optimizer = Adam(self.model.parameters(), lr=config.learning_rate)  # not torch.optim: see .optim
+        lr = config.learning_rate * (config.fine_tune_lr_factor if init is not None else 1.0)
+        self.optimizer = Adam(self.model.parameters(), lr=lr)  # not torch.optim: see .optim
+        # fine-tuning: the average starts at the parent and moves at its full decay from the first step
+        self.average = (WeightAverage(self.model, config.weight_average, ramp=init is None)
+                        if config.weight_average > 0 else None)
         self.use_amp = bool(config.amp and self.device.type == "cuda")
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
 
@@ -248,6 +266,7 @@ class Trainer:
         self._stop = threading.Event()
         self._running = threading.Event()
         self._running.set()
+        self._between = BetweenSteps()
         self.step = 0
         self.best_state: dict[str, torch.Tensor] | None = None
         self.best_step: int | None = None
@@ -279,11 +298,17 @@ class Trainer:
     def paused(self) -> bool:
         return not self._running.is_set()
 
+    def between_steps(self, fn: Callable[[], T]) -> Future[T]:
+        """Run ``fn`` on the training thread between two steps (or while paused) and return its future: work such
+        as a live preview then shares the training's compute threads instead of competing with them (see
+        :mod:`.between_steps`); its seconds count as training time. Outside :meth:`run`, ``fn`` runs at once."""
+        return self._between.submit(fn)
+
     def snapshot(self, into: torch.nn.Module | None = None) -> torch.nn.Module:
         """An independent copy of the network as it is now, in eval mode on the CPU; ``into``: an earlier
         snapshot to refresh in place (cheaper than building a new network, e.g. for a live preview)."""
         with self._lock:
-            state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+            state = {k: v.detach().to("cpu", copy=True) for k, v in self._judged.state_dict().items()}
         twin = build_model(self.model.arch, self.model.config()) if into is None else into
         twin.load_state_dict(state)
         return twin.eval()
@@ -319,19 +344,23 @@ class Trainer:
         if cfg.teacher_weight > 0 and cfg.input.mode != "3d" and len(painted) >= 2:  # a forest needs two classes
             t0 = time.perf_counter()  # the forest's seconds count against the time limit
             pseudo = forest_pseudo_labels(self.indices + self.replay_indices, self.n_classes,
-                                          cfg.teacher_confidence, cfg.seed, cfg.threads)
+                                          cfg.teacher_confidence, cfg.seed, cfg.threads, cfg.teacher_planes)
             elapsed += time.perf_counter() - t0
         self.teacher_active = pseudo is not None
         batches = _Prefetcher(self._make_sampler(pseudo), cfg.batch_size, cfg.augmentation, cfg.seed)
+        self._between.open()
         try:
             while True:
+                t0 = time.perf_counter()
+                if self._between.serve():
+                    elapsed += time.perf_counter() - t0
                 if self._stop.is_set():
                     reason = "stopped"
                     break
                 if not self._running.is_set():
                     yield Paused(True)
                     while not self._running.wait(0.05):
-                        pass
+                        self._between.serve()
                     yield Paused(False)
                     continue
                 t0 = time.perf_counter()
@@ -361,6 +390,7 @@ class Trainer:
                     reason = "steps" if cfg.steps is not None and self.step >= cfg.steps else "time"
                     break
         finally:
+            self._between.close()
             batches.close()
         if self.val_tiles and validated_at != self.step and self.step > 0 and not (
                 validated_at > 0 and self._over_time(elapsed, TIME_GRACE)):
@@ -371,6 +401,10 @@ class Trainer:
         # the halo measurement (and prior correction) get what is left of the time limit plus the grace
         deadline = (None if cfg.time_limit is None else
                     time.perf_counter() + max(0.0, cfg.time_limit * (1 + TIME_GRACE) - elapsed))
+        if self.average is not None:  # from here on the result is one network: the average, or the best below
+            with self._lock:
+                self.model.load_state_dict(self.average.model.state_dict())
+                self.average = None
         if self.best_state is not None:
             with self._lock:
                 self.model.load_state_dict(self.best_state)
@@ -403,6 +437,11 @@ class Trainer:
                                self.health.warning if self.health is not None else None, kept_parent)
 
     @property
+    def _judged(self) -> torch.nn.Module:
+        """The network that is validated, previewed and saved: the weight average while it runs, else the model."""
+        return self.average.model if self.average is not None else self.model
+
+    @property
     def collapsed(self) -> str | None:
         """After :meth:`run`: why no usable network came out (nothing saved), or None."""
         return self.health.collapsed if self.health is not None and self.step > 0 else None
@@ -410,7 +449,7 @@ class Trainer:
     def save(self, path: str | Path, overwrite: bool = False) -> Path:
         """Write the current (after :meth:`run`: the best) model with its metadata, atomically."""
         with self._lock:
-            return save_model(path, self.model, self.metadata(), overwrite=overwrite)
+            return save_model(path, self._judged, self.metadata(), overwrite=overwrite)
 
     # -- internals -------------------------------------------------------------------------------
     def _pixels(self, which: str) -> dict[int, int]:
@@ -458,6 +497,8 @@ class Trainer:
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            if self.average is not None:
+                self.average.update()
         return float(loss.detach())
 
     @torch.no_grad()
@@ -469,14 +510,15 @@ class Trainer:
         predicted = np.zeros(self.n_classes, np.int64)
         loss_sum, loss_pixels = 0.0, 0
         with self._lock:
-            self.model.eval()
+            model, was_training = self._judged, self._judged.training
+            model.eval()
             try:
                 for start in range(0, len(self.val_tiles), self.config.batch_size):
                     chunk = self.val_tiles[start : start + self.config.batch_size]
                     x = torch.from_numpy(np.stack([t[0] for t in chunk])).to(self.device)
                     y = torch.from_numpy(np.stack([t[1] for t in chunk])).to(self.device)
                     with torch.autocast(device_type=self.device.type, enabled=self.use_amp):
-                        logits = self.model(x).float()
+                        logits = model(x).float()
                     loss_sum += float(torch.nn.functional.cross_entropy(logits, y, ignore_index=IGNORE,
                                                                         reduction="sum"))
                     loss_pixels += int((y != IGNORE).sum())
@@ -488,7 +530,7 @@ class Trainer:
                         if k >= self.replay_from:
                             replay_cm += tile_cm
             finally:
-                self.model.train()
+                model.train(was_training)
         return cm, loss_sum / max(loss_pixels, 1), predicted, replay_cm
 
     def _validate(self) -> Validated:
@@ -515,7 +557,7 @@ class Trainer:
             self.best_score, self.best_loss, self.best_step, self.best_metrics = score, metrics["loss"], self.step, metrics
             self.best_health = health
             with self._lock:
-                self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+                self.best_state = {k: v.detach().clone() for k, v in self._judged.state_dict().items()}
         return Validated(self.step, metrics, score, improved, int(self.best_step or 0),
                          float(self.best_score) if self.best_step is not None else float("nan"), health.collapsed)
 
@@ -534,7 +576,7 @@ class Trainer:
         prior = estimate_prior(np.concatenate(probs, axis=1), uniform)
         before = seg_metrics.class_accuracy(self._evaluate_tiles()[0]) if self.val_tiles else None
         with self._lock:
-            shift = shift_output_bias(self.model, prior, uniform)
+            shift = shift_output_bias(self._judged, prior, uniform)
         worse = False
         if before is not None:
             cm, _, predicted, _ = self._evaluate_tiles()
@@ -543,7 +585,7 @@ class Trainer:
             worse = collapsed is not None or (max_loss is not None and seg_metrics.class_accuracy(cm) < before - max_loss)
         if worse:
             with self._lock, torch.no_grad():  # the network is not calibrated: the shift does more harm than good
-                bias = output_bias(self.model)
+                bias = output_bias(self._judged)
                 bias -= torch.as_tensor(shift, dtype=bias.dtype, device=bias.device)
             self.class_prior = None
             return None
@@ -557,7 +599,8 @@ class Trainer:
         spec = self.config.input
         probs = []
         with self._lock:
-            self.model.eval()
+            model, was_training = self._judged, self._judged.training
+            model.eval()
             try:
                 for k in range(windows):
                     image = self.data[k % len(self.data)].image
@@ -568,10 +611,10 @@ class Trainer:
                         (a, b), _ = plane_axes(len(image.shape), "xy")
                         size = (min(side, image.shape[a]), min(side, image.shape[b]))
                     x, _ = read_input(image, spec, center, size, "xy")
-                    logits = self.model(torch.from_numpy(self.normalization(x))[None].to(self.device)).float()
+                    logits = model(torch.from_numpy(self.normalization(x))[None].to(self.device)).float()
                     probs.append(torch.softmax(logits, 1)[0].reshape(self.n_classes, -1).cpu().numpy())
             finally:
-                self.model.train()
+                model.train(was_training)
         return probs
 
     def _window_health(self) -> net_health.Health:
@@ -588,19 +631,7 @@ class Trainer:
 
         model = self.snapshot().to(self.device)
         predictor = Predictor(model, self.metadata(), self.device, self.config.batch_size)
-        if deadline is not None:
-            predict_block = predictor.predict_block
-
-            def bounded(*args: Any, **kwargs: Any) -> np.ndarray:
-                if time.perf_counter() >= deadline:
-                    raise _OutOfTime
-                return predict_block(*args, **kwargs)
-
-            predictor.predict_block = bounded  # type: ignore[method-assign]
-        try:
-            return measure_effective_halo(predictor, self.data[0].image)
-        except _OutOfTime:
-            return None
+        return measure_effective_halo(predictor, self.data[0].image, deadline=deadline)
 
     def _save(self) -> Saved:
         self.save(self.output, overwrite=True)  # our own output: checked not to pre-exist in __init__
@@ -627,7 +658,8 @@ class Trainer:
                                   "file": Path(str(self.config.pretrained)).name}
         if self.teacher_active:
             prov["teacher"] = {"kind": "random forest", "weight": self.config.teacher_weight,
-                               "confidence": self.config.teacher_confidence}
+                               "confidence": self.config.teacher_confidence,
+                               "unpainted_planes": self.config.teacher_planes}
         if self.class_prior is not None:
             prov["class_prior"] = dict(zip(self.class_names, self.class_prior))
         if self.base_metadata is not None:
@@ -636,10 +668,6 @@ class Trainer:
                                        "steps": self.base_metadata.provenance.get("steps")}
             prov["replayed_images"] = len(self.replay)
         return prov
-
-
-class _OutOfTime(Exception):
-    """Raised inside the halo measurement when its deadline has passed."""
 
 
 def _metrics_from(cm: np.ndarray, class_names: list[str]) -> dict[str, Any]:

@@ -21,7 +21,7 @@ class TrainStep:
     step: int
     loss: float
     samples_per_s: float
-    elapsed: float  # seconds of training, pauses excluded
+    elapsed: float  # seconds of the run: steps, validations and work between steps (previews); pauses excluded
     eta: float | None  # seconds left, when steps or a time limit bound the run
     progress: float | None  # 0..1, likewise
 

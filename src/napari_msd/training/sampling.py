@@ -86,6 +86,9 @@ def scan_labels(labels: Any, max_per_class: int = 2_000_000, seed: int = 0, name
         if not nz[0].size:
             continue
         values = block[nz]
+        if int(values.min()) < 0:
+            raise TrainingDataError(f"labels of {name} contain the negative value {int(values.min())}; labels are "
+                                    f"0 = unlabeled, 1..K = classes: repaint those pixels or choose another layer")
         top = int(values.max())
         if top > MAX_CLASSES:
             raise TrainingDataError(f"labels of {name} contain the value {top}: is this the image? labels are "
@@ -238,12 +241,16 @@ class PatchSampler:
 
     def __init__(self, indices: list[LabelIndex], spec: InputSpec, size: tuple[int, ...], n_classes: int,
                  normalization: Normalization, seed: int = 0, replay: list[LabelIndex] | None = None,
-                 replay_fraction: float = 0.5, pseudo: dict | None = None):
+                 replay_fraction: float = 0.5, pseudo: dict | None = None, unpainted_fraction: float = 0.25):
         self.spec, self.size, self.n_classes, self.normalization = spec, tuple(size), n_classes, normalization
         self.pseudo = pseudo or {}  # teacher labels of xy planes (training.teacher): targets K..2K-1 where unpainted
         self.rng = np.random.default_rng(seed)
         self.groups = [g for g in (indices, replay or []) if any(ix.train for ix in g)]
         self.fractions = [1.0] if len(self.groups) == 1 else [1 - replay_fraction, replay_fraction]
+        # planes only the teacher labeled (no stroke on them): a share of the patches comes from there
+        self.unpainted = [(ix, z) for ix in indices + (replay or []) if len(ix.data.image.shape) == 3
+                          for z in self.pseudo.get(id(ix), {}) if z is not None and not _painted(ix, z)]
+        self.unpainted_fraction = unpainted_fraction if self.unpainted and spec.mode != "3d" else 0.0
 
     def _pick(self, group: list[LabelIndex]) -> tuple[LabelIndex, np.ndarray]:
         classes = sorted({c for ix in group for c, xy in ix.train.items() if len(xy)})
@@ -258,9 +265,14 @@ class PatchSampler:
         teacher's labels (only with ``pseudo``), IGNORE elsewhere."""
         xs, ys = [], []
         for _ in range(batch_size):
-            group = self.groups[self.rng.choice(len(self.groups), p=self.fractions)]
-            ix, center = self._pick(group)
-            orientation = self.spec.orientations[self.rng.integers(len(self.spec.orientations))]
+            if self.unpainted_fraction and self.rng.random() < self.unpainted_fraction:
+                ix, z = self.unpainted[self.rng.integers(len(self.unpainted))]
+                center = np.array([z, *(self.rng.integers(n) for n in ix.data.image.shape[1:])])
+                orientation = "xy"  # the teacher labels xy planes
+            else:
+                group = self.groups[self.rng.choice(len(self.groups), p=self.fractions)]
+                ix, center = self._pick(group)
+                orientation = self.spec.orientations[self.rng.integers(len(self.spec.orientations))]
             center = center.astype(int).copy()
             if self.spec.mode == "3d":
                 jitter_axes: tuple[int, ...] = tuple(range(len(center)))
@@ -284,6 +296,11 @@ class PatchSampler:
             xs.append(self.normalization(x))
             ys.append(target)
         return np.stack(xs), np.stack(ys)
+
+
+def _painted(ix: LabelIndex, z: int) -> bool:
+    """Whether plane ``z`` of a volume holds labeled pixels (training or held out)."""
+    return any(len(xy) and bool((xy[:, 0] == z).any()) for group in (ix.train, ix.val) for xy in group.values())
 
 
 def validation_tiles(indices: list[LabelIndex], spec: InputSpec, size: tuple[int, ...], n_classes: int,

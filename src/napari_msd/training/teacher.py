@@ -4,7 +4,9 @@ Matskevych et al. 2022). The strokes stay the primary target; the forest's label
 weight, only where no stroke is and the forest is confident.
 
 Only the training part of the strokes is shown to the forest (held-out strokes stay unseen), and only xy planes
-are labeled (2D and 2.5D inputs); 3D training has no teacher.
+are labeled (2D and 2.5D inputs); 3D training has no teacher. With ``extra_planes``, the forest also labels that
+many unpainted planes of each volume, evenly spread, so the network sees the rest of the volume too (with the
+teacher's labels only).
 """
 
 from __future__ import annotations
@@ -51,10 +53,18 @@ class _TrainingStrokes:
         raise IndexError(f"training strokes are read one plane at a time, not with {key!r}")
 
 
+def unpainted_planes(n_planes: int, painted: Sequence[int], count: int) -> list[int]:
+    """Up to ``count`` of the planes ``0..n_planes-1`` that are not ``painted``, evenly spread."""
+    free = [z for z in range(n_planes) if z not in set(painted)]
+    count = min(max(0, count), len(free))
+    return [free[int((k + 0.5) * len(free) / count)] for k in range(count)]
+
+
 def forest_pseudo_labels(indices: Sequence[LabelIndex], n_classes: int, confidence: float = 0.8, seed: int = 0,
-                         threads: int | None = None) -> PseudoLabels:
-    """Fit a forest on the training strokes of ``indices`` and label the pixels of their painted planes where its
-    probability of the winning class is at least ``confidence`` (1..K; 0 elsewhere)."""
+                         threads: int | None = None, extra_planes: int = 0) -> PseudoLabels:
+    """Fit a forest on the training strokes of ``indices`` and label the pixels of their painted planes (and of
+    ``extra_planes`` unpainted planes per volume) where its probability of the winning class is at least
+    ``confidence`` (1..K; 0 elsewhere)."""
     if not 0 < confidence <= 1:
         raise ValueError(f"the teacher's confidence threshold must be in (0, 1], got {confidence}")
     strokes = {id(ix): _TrainingStrokes(ix) for ix in indices if ix.train}
@@ -65,7 +75,10 @@ def forest_pseudo_labels(indices: Sequence[LabelIndex], n_classes: int, confiden
         if id(ix) not in strokes:
             continue
         planes = {}
-        for z in strokes[id(ix)].planes():
+        painted = strokes[id(ix)].planes()
+        if ix.data.image.ndim == 3:
+            painted = painted + unpainted_planes(ix.data.image.shape[0], painted, extra_planes)
+        for z in painted:
             image = ix.data.image
             plane = np.asarray(image[...] if z is None else image[z], dtype=np.float32)
             proba = forest.predict_proba(plane)
@@ -76,4 +89,4 @@ def forest_pseudo_labels(indices: Sequence[LabelIndex], n_classes: int, confiden
     return out
 
 
-__all__ = ["PseudoLabels", "forest_pseudo_labels"]
+__all__ = ["PseudoLabels", "forest_pseudo_labels", "unpainted_planes"]
