@@ -80,7 +80,7 @@ from napari_msd.io import load_model  # noqa: E402
 from napari_msd.training import metrics  # noqa: E402
 from napari_msd.training.corrections import split_since  # noqa: E402
 from napari_msd.training.engine import TrainConfig, Trainer  # noqa: E402
-from napari_msd.training.events import TrainingFinished  # noqa: E402
+from napari_msd.training.events import TrainingFinished, Validated  # noqa: E402
 from napari_msd.training.inputs import InputSpec  # noqa: E402
 from napari_msd.training.normalization import Normalization  # noqa: E402
 from napari_msd.training.sampling import TrainingData  # noqa: E402
@@ -207,16 +207,19 @@ def train(data: list[TrainingData], config: TrainConfig, output: Path, init: Pat
     trainer = Trainer(data, config, init=init, replay=replay, output=output)
     if keep is not None:
         keep.append(trainer)
-    finished = None
+    finished, validations = None, []
     start = time.perf_counter()
     for event in trainer.run():
         if isinstance(event, TrainingFinished):
             finished = event
+        elif isinstance(event, Validated):  # step 0 of a fine-tuning is the parent's score: the bar to beat
+            validations.append({"step": event.step, "score": event.score, "collapsed": event.collapsed,
+                                "replay_class_accuracy": event.metrics.get("replay_class_accuracy")})
     collapsed = getattr(finished, "collapsed", None)
     kept_parent = bool(getattr(finished, "kept_parent", False))
     figures = {"train_s": time.perf_counter() - start, "steps": finished.steps, "best_step": finished.best_step,
                "effective_halo": finished.effective_halo, "collapsed": collapsed, "kept_parent": kept_parent,
-               "version": collapsed is None and not kept_parent and output.is_file()}
+               "version": collapsed is None and not kept_parent and output.is_file(), "validations": validations}
     return figures, trainer.snapshot(), trainer.metadata()
 
 

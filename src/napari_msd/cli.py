@@ -97,7 +97,7 @@ def _train_config(args: argparse.Namespace):
 def _cmd_train(args: argparse.Namespace) -> None:
     from .io import ImageReadError, ModelFileError
     from .training.engine import Trainer
-    from .training.events import Paused, Saved, TrainingFinished, TrainingStarted, TrainStep, Validated
+    from .training.events import CpuThreads, Paused, Saved, TrainingFinished, TrainingStarted, TrainStep, Validated
     from .training.sampling import TrainingDataError
 
     from pathlib import Path
@@ -128,6 +128,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
                 bar.write(f"training {config.arch} ({event.n_parameters:,} parameters) on {event.device}; "
                           f"patches {'x'.join(map(str, event.patch_size))}; labeled pixels {event.train_pixels}, "
                           f"held out for validation {event.val_pixels or 'none (too few strokes)'}")
+            elif isinstance(event, CpuThreads):
+                bar.write(f"CPU: {event.text}")
             elif isinstance(event, TrainStep):
                 bar.n = event.step if config.steps is not None else min(event.elapsed, total)
                 postfix["loss"] = f"{event.loss:.3f}"

@@ -19,6 +19,10 @@ def test_paint_train_predict_correct_retrain(docks, qtbot, errors):
     strokes = viewer.layers["strokes"]
     strokes.data_setitem(tuple(np.array([[3, 3, 3], [60, 60, 60], [5, 6, 7]])), 1)  # a few more painted pixels
     train.length.setValue(100)
+    # the loop's mechanics, not the class-prior estimate: after 100 steps on this toy image the network is too unsure
+    # of the bright class for the EM estimate, which would move a fifth of the bright strokes' pixels to the dark
+    # class covering most of the image (tests/training/test_prior.py covers the correction and its undoing)
+    train.prior_check.setChecked(False)
 
     assert train.start()
     wait_idle(qtbot, train)
@@ -56,9 +60,7 @@ def test_paint_train_predict_correct_retrain(docks, qtbot, errors):
     assert (second[GRAY] == 1).mean() > 0.9, "v2 learned the correction"
     bright = strokes.data == 2
     assert (second[bright] == 2).mean() > 0.95, "and did not forget the earlier strokes"
-    # the bright square's core; its rim, 1-2 px at the corners, may go to the dark class, which covers most of the
-    # image: the prior correction moves pixels the network is unsure about to the more frequent class
-    assert (second[:, 13:22, 13:22] == 2).mean() > 0.9
+    assert (second[:, 13:22, 13:22] == 2).mean() > 0.9  # the bright square's core
     assert (v1.data[GRAY] == 1).all()  # the user's edits of v1's prediction are kept
 
     model_dock.versions.setCurrentRow(0)  # switch back to v1

@@ -13,6 +13,7 @@ import torch
 
 from napari_msd.io.model_file import load_model, read_metadata, save_model
 from napari_msd.models import MSDNet
+from napari_msd.inference import halo as halo_module
 from napari_msd.training import engine as engine_module
 from napari_msd.training.engine import TrainConfig, Trainer
 from napari_msd.training.events import Paused, Saved, TrainingFinished, TrainingStarted, TrainStep, Validated
@@ -540,6 +541,7 @@ def clock(monkeypatch):
     fake = _FakeClock()
     fake.costs, fake.validation = {}, 0.0
     monkeypatch.setattr(engine_module, "time", fake)
+    monkeypatch.setattr(halo_module, "time", fake)  # the halo measurement's deadline is on the engine's clock
     train_step, evaluate = Trainer._train_step, Trainer._evaluate_tiles
 
     def step(self, x, y):

@@ -86,3 +86,49 @@ def test_engine_undoes_a_prior_that_costs_the_held_out_strokes(make_task, monkey
     assert trainer.correct_prior() is None and trainer.class_prior is None
     assert torch.allclose(output_bias(trainer.model), bias, atol=1e-6)
     assert "class_prior" not in trainer.metadata().provenance
+
+
+def test_undo_prior_shift_takes_back_the_recorded_correction():
+    from napari_msd.training.prior import undo_prior_shift
+
+    model = MSDNet(1, 2, depth=3)
+    before = output_bias(model).detach().clone()
+    prior = np.array([0.2, 0.8])
+    shift_output_bias(model, prior, np.array([0.5, 0.5]))
+    removed = undo_prior_shift(model, {"class_prior": {"a": 0.2, "b": 0.8}}, ["a", "b"])
+    np.testing.assert_allclose(removed, np.log(prior / 0.5))
+    torch.testing.assert_close(output_bias(model).detach(), before)
+    assert undo_prior_shift(model, {}, ["a", "b"]) is None  # a model saved without the correction
+    assert undo_prior_shift(model, {"class_prior": {"x": 1.0}}, ["a", "b"]) is None  # other class names
+
+
+def test_fine_tuning_starts_without_the_parents_prior_and_a_kept_parent_keeps_it(make_task, tmp_path, monkeypatch,
+                                                                                accept_any_network):
+    """A retrained model is corrected once, not twice; a retraining that keeps the parent saves it unchanged."""
+    from napari_msd.io.model_file import load_model
+    from napari_msd.training import engine
+    from napari_msd.training.engine import TrainConfig, Trainer
+    from napari_msd.training.prior import output_bias
+    from napari_msd.training.sampling import TrainingData
+
+    image, strokes, _ = make_task()
+    data = [TrainingData(image, strokes, "checkerboard")]
+    config = TrainConfig(model={"depth": 5}, steps=10, patch_size=32, batch_size=4, measure_halo=False, threads=1,
+                         validate_every=5, teacher_weight=0)
+    parent_path = tmp_path / "parent.msd"
+    list(Trainer(data, config, output=parent_path).run())
+    parent, meta = load_model(parent_path)
+    recorded = meta.provenance["class_prior"]
+    shift = np.log(np.maximum([recorded[n] for n in meta.class_names], 1e-3) * 2)
+    child = Trainer(data, config, init=parent_path)
+    np.testing.assert_allclose(child.parent_prior_undone, shift)
+    torch.testing.assert_close(output_bias(child.model).detach(),
+                               output_bias(parent).detach() - torch.as_tensor(shift, dtype=torch.float32))
+    # a retraining that never beats the parent: the parent's weights, its prior shift back on, are the result
+    monkeypatch.setattr(engine, "FORGET_TOLERANCE", -1.0)  # every fine-tuned validation counts as forgetting
+    kept = Trainer(data, config, init=parent_path, replay=data, output=tmp_path / "kept.msd")
+    finished = list(kept.run())[-1]
+    assert finished.kept_parent
+    saved, saved_meta = load_model(tmp_path / "kept.msd")
+    torch.testing.assert_close(output_bias(saved).detach(), output_bias(parent).detach())
+    assert saved_meta.provenance["class_prior"] == pytest.approx(recorded)

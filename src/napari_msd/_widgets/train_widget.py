@@ -486,7 +486,8 @@ class TrainWidget(QWidget):
 
     # -- events (main thread) ---------------------------------------------------------------------
     def _on_event(self, event: Any) -> None:
-        from napari_msd.training.events import Paused, TrainingFinished, TrainingStarted, TrainStep, Validated
+        from napari_msd.training.events import (
+            CpuThreads, Paused, TrainingFinished, TrainingStarted, TrainStep, Validated)
 
         if isinstance(event, tuple) and event[0] == "trainer":
             self.status.setText("Preparing…")
@@ -509,6 +510,8 @@ class TrainWidget(QWidget):
             self.plot.set_best(event.best_step)
         elif isinstance(event, Paused):
             self.pause_button.setText("Resume" if event.paused else "Pause")
+        elif isinstance(event, CpuThreads):
+            self.status.setText(f"{self.status.text().split(' · CPU: ')[0]} · CPU: {event.text}")
         elif isinstance(event, TrainingFinished):
             self._finished = event
             parent = self._job["parent"]

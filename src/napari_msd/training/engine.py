@@ -33,14 +33,15 @@ from . import metrics as seg_metrics
 from .augment import Augmentation
 from .between_steps import BetweenSteps
 from .device import cpu_threads, describe_device, select_device
-from .events import Paused, Saved, TrainingFinished, TrainingStarted, TrainStep, Validated
+from .cpu_share import CpuShare
+from .events import CpuThreads, Paused, Saved, TrainingFinished, TrainingStarted, TrainStep, Validated
 from .inputs import InputSpec, plane_axes, read_input
 from .losses import SparseLoss, auto_class_weights
 from .normalization import Normalization, estimate_normalization
 from .optim import Adam
 from .potts import EdgePotts
 from .pretrain import apply_pretrained, check_compatible, load_pretrained
-from .prior import estimate_prior, output_bias, shift_output_bias
+from .prior import estimate_prior, output_bias, shift_output_bias, undo_prior_shift
 from .sampling import IGNORE, PatchSampler, TrainingData, TrainingDataError, split, validation_tiles
 from .teacher import forest_pseudo_labels
 from .weight_average import WeightAverage
@@ -82,7 +83,7 @@ class TrainConfig:
     teacher_confidence: float = 0.8  # the forest's probability a pixel needs to be taught
     teacher_planes: int = 0  # unpainted planes of a volume the forest also labels (a quarter of the patches)
     device: str = "auto"
-    threads: int | None = None
+    threads: int | None = None  # CPU compute threads; None: the cores other processes leave free (cpu_share)
     amp: bool = True
     seed: int = 0
     class_names: list[str] | None = None
@@ -223,8 +224,11 @@ class Trainer:
         self.class_colors = config.class_colors or (self.base_metadata.class_colors if self.base_metadata else None)
 
         self.device = select_device(config.device)
+        self.cpu_share: CpuShare | None = None  # sizes the thread team to the free cores (training.cpu_share)
         if self.device.type == "cpu":
             torch.set_num_threads(config.threads or cpu_threads())
+            if config.threads is None:
+                self.cpu_share = CpuShare(cpu_threads())
         torch.manual_seed(config.seed)
         self.pretrained = None
         if init is None:
@@ -238,6 +242,10 @@ class Trainer:
                 apply_pretrained(model, body)
                 self.normalization = Normalization.from_dict(body.normalization)  # what the body learned on
         self.model = model.to(self.device).train()
+        self.parent_prior_undone = None  # fine-tuning starts from the parent as trained, its prior correction undone
+        if self.base_metadata is not None:
+            self.parent_prior_undone = undo_prior_shift(self.model, self.base_metadata.provenance,
+                                                        self.base_metadata.class_names)
         self.patch_size = _patch_size(self.data + self.replay, config.input, config.patch_size)
         if init is not None and self.replay_indices:
             # fine-tuning: the earlier labels' held-out tiles come last and are also scored apart (see _validate)
@@ -347,6 +355,8 @@ class Trainer:
                                           cfg.teacher_confidence, cfg.seed, cfg.threads, cfg.teacher_planes)
             elapsed += time.perf_counter() - t0
         self.teacher_active = pseudo is not None
+        if self.cpu_share is not None:
+            yield self._share_cpu()
         batches = _Prefetcher(self._make_sampler(pseudo), cfg.batch_size, cfg.augmentation, cfg.seed)
         self._between.open()
         try:
@@ -380,6 +390,8 @@ class Trainer:
                     elapsed += time.perf_counter() - t0
                     validated_at = self.step
                     yield event
+                    if self.cpu_share is not None and self.cpu_share.threads != self.cpu_share.update():
+                        yield self._share_cpu(measured=True)
                     if event.improved and self.output is not None and self.step > 0:
                         yield self._save()
                     if cfg.patience and self.step - self.last_gain_step >= cfg.patience * cfg.validate_every:
@@ -425,6 +437,12 @@ class Trainer:
                 self.halo_skipped = self.effective_halo is None
         elif kept_parent:
             self.effective_halo = self.base_metadata.effective_halo
+            if self.parent_prior_undone is not None:  # the parent's weights exactly as the parent was saved
+                with self._lock, torch.no_grad():
+                    bias = output_bias(self.model)
+                    bias += torch.as_tensor(self.parent_prior_undone, dtype=bias.dtype, device=bias.device)
+                recorded = self.base_metadata.provenance["class_prior"]
+                self.class_prior = [float(recorded[name]) for name in self.base_metadata.class_names]
         if self.health is not None:
             self.best_metrics["health"] = self.health.to_dict(names)
         path = None
@@ -463,6 +481,14 @@ class Trainer:
         return PatchSampler(self.indices, self.config.input, self.patch_size, self.n_classes, self.normalization,
                             seed=self.config.seed, replay=self.replay_indices,
                             replay_fraction=self.config.replay_fraction, pseudo=pseudo)
+
+    def _share_cpu(self, measured: bool = False) -> CpuThreads:
+        """Size the compute team of this (the training) thread to the cores other processes leave free."""
+        share = self.cpu_share
+        if not measured:
+            share.update()
+        torch.set_num_threads(share.threads)
+        return CpuThreads(share.threads, share.cores, share.busy, share.describe())
 
     def _over_time(self, elapsed: float, grace: float = 0.0) -> bool:
         """Whether ``elapsed`` seconds reach the time limit plus ``grace`` (a share of it); False without a limit."""

@@ -17,6 +17,16 @@ class TrainingStarted:
 
 
 @dataclass(frozen=True)
+class CpuThreads:
+    """The compute threads training uses on the CPU, at the start and whenever other processes' load changes it."""
+
+    threads: int
+    cores: int
+    busy: float  # cores kept busy by other processes
+    text: str  # for people, e.g. "1 thread: other processes keep 1.0 of 2 cores busy"
+
+
+@dataclass(frozen=True)
 class TrainStep:
     step: int
     loss: float

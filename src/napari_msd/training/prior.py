@@ -4,7 +4,8 @@ People paint every class about equally, so a network trained on strokes learns a
 prior, while in the image one class may cover 20% of the pixels and another 80%. On unlabeled pixels
 the EM algorithm of Saerens et al. estimates the image's class prior from the network's own
 posteriors; the correction ``log(prior / training prior)`` is then added to the output layer's bias,
-so the saved model predicts with the image's prior and no prediction code changes.
+so the saved model predicts with the image's prior and no prediction code changes. Fine-tuning such a model
+first takes the correction back (:func:`undo_prior_shift`), or the retrained model would carry it twice.
 """
 
 from __future__ import annotations
@@ -49,3 +50,21 @@ def shift_output_bias(model: torch.nn.Module, prior: np.ndarray, train_prior: np
         bias = output_bias(model)
         bias += torch.as_tensor(shift, dtype=bias.dtype, device=bias.device)
     return shift
+
+
+def undo_prior_shift(model: torch.nn.Module, provenance: dict, class_names: list[str], floor: float = 1e-3
+                     ) -> np.ndarray | None:
+    """Take back the correction recorded in a model's ``provenance["class_prior"]`` (see :func:`shift_output_bias`,
+    from a uniform training prior), so fine-tuning starts from the network as trained: fine-tuned on
+    class-balanced strokes and corrected again afterwards, the shift would otherwise count twice. Returns the
+    shift removed, or None when the model carries none."""
+    recorded = (provenance or {}).get("class_prior")
+    if not recorded or any(name not in recorded for name in class_names):
+        return None
+    prior = np.maximum(np.array([float(recorded[name]) for name in class_names]), floor)
+    shift = np.log(prior * len(class_names))  # log(prior / uniform)
+    with torch.no_grad():
+        bias = output_bias(model)
+        bias -= torch.as_tensor(shift, dtype=bias.dtype, device=bias.device)
+    return shift
+
