@@ -60,6 +60,7 @@ def run(args) -> list[dict]:
     from napari_msd.training.device import cpu_threads
 
     cores = cpu_threads()
+    args.machine = describe()  # before any training changes torch's thread count
     rows = []
     alone, said = train_speed(args.seconds, None)
     rows.append({"competitor": "none", "threads": "free cores (default)", "steps_per_s": alone, "said": said})
@@ -79,8 +80,8 @@ def run(args) -> list[dict]:
     return rows
 
 
-def table(rows: list[dict]) -> str:
-    lines = [f"Machine: {describe()}", "", "| competitor | training threads | steps/s | share of alone | engine said |",
+def table(rows: list[dict], machine: str) -> str:
+    lines = [f"Machine: {machine}", "", "| competitor | training threads | steps/s | share of alone | engine said |",
              "|---|---|---|---|---|"]
     lines += [f"| {r['competitor']} | {r['threads']} | {r['steps_per_s']:.2f} | {r['share']:.0%} | {r['said']} |"
               for r in rows]
@@ -91,7 +92,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=45.0, help="training time per row (default 45)")
     parser.add_argument("--competitors", nargs="+", default=list(COMPETITORS), choices=list(COMPETITORS))
-    print(table(run(parser.parse_args())))
+    args = parser.parse_args()
+    rows = run(args)
+    print(table(rows, args.machine))
 
 
 if __name__ == "__main__":

@@ -137,9 +137,10 @@ def run(args) -> dict:
     # 1. training
     train.length.setValue(args.steps)
     steps_seen: list[float] = []
+    threads_said: list[str] = []
     on_event = train._on_event
     train._on_event = lambda e: (type(e).__name__ == "TrainStep" and steps_seen.append(time.perf_counter()),
-                                 on_event(e))
+                                 type(e).__name__ == "CpuThreads" and threads_said.append(e.text), on_event(e))
     previews: list[float] = []
     show_preview = train._show_preview
     train._show_preview = lambda e: (show_preview(e), previews.append(time.perf_counter()))
@@ -154,6 +155,7 @@ def run(args) -> dict:
         "first_step_s": steps_seen[0] - t0 if steps_seen else None,
         "first_preview_s": train.first_preview_after,
         "forest_preview_s": train.forest_preview_after,
+        "threads": " -> ".join(threads_said) or "-",
         "previews": len(previews),
         "steps_per_s": (len(steps_seen) - 1) / (steps_seen[-1] - steps_seen[0]) if len(steps_seen) > 1 else None,
         "version": viewer and train.session.versions.current.describe(),
@@ -235,6 +237,7 @@ def table(r: dict) -> str:
         ("Start → first live preview of the network shown", f"{t['first_preview_s']:.1f} s", "< 10 s"),
         ("Start → first training step", f"{t['first_step_s']:.1f} s", ""),
         ("Live previews shown / training speed in the dock", f"{t['previews']} / {t['steps_per_s']:.2f} steps/s", ""),
+        ("Threads the dock's training chose (start -> changes at validations)", t["threads"], ""),
         ("The same training without the viewer (the CLI's path)", f"{c['steps_per_s']:.2f} steps/s", ""),
         ("Dock training speed with the live preview, share of the CLI's",
          f"{t['steps_per_s'] / c['steps_per_s']:.0%}", ">= 85%"),
