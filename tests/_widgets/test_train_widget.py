@@ -40,6 +40,25 @@ def test_training_adds_a_version_and_shows_a_live_preview(docks, qtbot, errors):
     assert train.retrain_button.text() == "Retrain v1"
 
 
+def test_progress_shows_in_the_dock_not_in_napari_activity(docks, qtbot, errors):
+    """A napari progress bar animates the status bar's busy indicator, which with software OpenGL recomposes the
+    whole window ~30 times a second: the dock shows its own bar instead."""
+    from napari.utils import progress
+
+    _, train, _ = docks
+    opened: list = []
+    progress._all_instances.events.changed.connect(lambda event: opened.extend(event.added))
+    assert train.progress_bar.isHidden()
+    assert train.start()
+    assert not train.progress_bar.isHidden() and train.progress_bar.maximum() == 40
+    values: list[int] = []
+    train.progress_bar.valueChanged.connect(values.append)
+    wait_idle(qtbot, train)
+    assert errors == [] and opened == []
+    assert values and values[-1] == 40 and values == sorted(values)
+    assert train.progress_bar.isHidden()
+
+
 def test_the_live_preview_runs_on_the_training_thread_between_steps(docks, qtbot, errors, monkeypatch):
     """No second team of compute threads beside the training's: the preview's forward pass is queued to the
     training thread (training.between_steps) and its interval grows with its cost (a tenth of the time at most)."""

@@ -1,8 +1,8 @@
 """The "Batch" dock: apply a saved model to several volumes, each into a resumable zarr / OME-Zarr output.
 
 It drives the same core as ``napari-msd predict`` (:mod:`napari_msd.inference.batch`) in a napari thread
-worker that only yields plain records (:class:`Prepared`, then ``(input index, core event)``); widgets, the
-activity-dock progress bar and layers are touched in main-thread slots only. Stop ends the run between blocks
+worker that only yields plain records (:class:`Prepared`, then ``(input index, core event)``); widgets and
+layers are touched in main-thread slots only. Stop ends the run between blocks
 and keeps every finished block: running the same job again resumes it.
 """
 
@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from napari.qt.threading import create_worker
-from napari.utils import progress
 from napari.utils.notifications import show_error
 from qtpy.QtCore import QEvent, QEventLoop, QObject, Qt, QTimer, Signal
 from qtpy.QtWidgets import (
@@ -152,9 +151,7 @@ class BatchWidget(QWidget):
         self.last_outputs: list[str] = []
         self._stop_event = threading.Event()
         self._run: _Run | None = None
-        self._progress: progress | None = None
         self._closing = False
-        self._syncing, self._synced_at = False, 0.0
 
         self._auto_model = str(self.session.model_path or "")  # the session's model file, followed until edited
         self.model_edit = QLineEdit(self._auto_model)
@@ -394,8 +391,6 @@ class BatchWidget(QWidget):
         self.run_button.setEnabled(not running)
         self.stop_button.setEnabled(running)
 
-    # napari's progress widgets call processEvents, so slots can run nested inside _sync_progress: every slot
-    # updates its state first and touches the napari progress bar last, through _sync_progress only.
     def _on_yielded(self, item: Any) -> None:
         run = self._run
         if run is None:
@@ -407,7 +402,6 @@ class BatchWidget(QWidget):
             run.blocks = list(item.blocks)
             self.progress_bar.setRange(0, max(1, sum(n for n, _ in run.blocks)))
             self.progress_bar.setValue(sum(d for _, d in run.blocks))
-            self._sync_progress()
             return
         index, event = item
         run.current = index
@@ -427,27 +421,6 @@ class BatchWidget(QWidget):
             eta = _eta(remaining * (time.monotonic() - run.started) / run.computed)
         self.status_label.setText(f"input {index + 1}/{len(run.blocks)}: block {event.n_done}/{event.n_blocks}, "
                                   f"ETA {eta}")
-        if time.monotonic() - self._synced_at > 0.25:  # throttled: each update repaints the activity dock
-            self._sync_progress()
-
-    def _sync_progress(self) -> None:
-        """Create the activity-dock progress bar or bring it to the current block count (not re-entrant)."""
-        run = self._run
-        if self._syncing or run is None or not run.blocks:
-            return
-        self._syncing = True
-        try:
-            description = f"napari-msd batch: input {run.current + 1}/{len(run.blocks)}"
-            if self._progress is None:
-                self._progress = progress(total=sum(n for n, _ in run.blocks), desc=description)
-            if self._progress.desc.rstrip(": ") != description:
-                self._progress.set_description(description)
-            delta = sum(d for _, d in run.blocks) - self._progress.n
-            if delta > 0:
-                self._progress.update(delta)
-            self._synced_at = time.monotonic()
-        finally:
-            self._syncing = False
 
     def _on_errored(self, err: BaseException) -> None:
         self._fail(error_message(err))
@@ -458,9 +431,6 @@ class BatchWidget(QWidget):
         show_error(message)
 
     def _on_finished(self) -> None:
-        if self._syncing:  # reached from inside the progress bar's processEvents: finish once it returns
-            QTimer.singleShot(0, self._on_finished)
-            return
         run, worker, self._run, self.worker = self._run, self.worker, None, None
         generator = getattr(worker, "_gen", None)
         if generator is not None:  # left suspended by worker.quit(): the thread has ended, run its cleanup now
@@ -479,9 +449,6 @@ class BatchWidget(QWidget):
         self.progress_bar.setRange(0, max(1, sum(n for n, _ in run.blocks)))
         self.progress_bar.setValue(done)
         self.last_outputs = list(run.completed)
-        bar, self._progress = self._progress, None
-        if bar is not None:
-            bar.close()
         if complete and run.error is None and self.open_results.isChecked() and not self._closing:
             for path in run.completed:
                 self._open(path)

@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from napari.layers import Image, Labels
-from napari.utils import progress
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
+    QProgressBar,
     QCheckBox,
     QComboBox,
     QDoubleSpinBox,
@@ -100,7 +100,6 @@ class TrainWidget(QWidget):
         self.trainer: Any = None
         self.work: workers.Work | None = None
         self.preview_work: workers.Work | None = None
-        self._pbar: Any = None
         self._last_preview = 0.0
         self._started_at = 0.0
         self.first_preview_after: float | None = None  # seconds from Start to the first live preview shown
@@ -195,6 +194,11 @@ class TrainWidget(QWidget):
         self.stop_button = QPushButton("Stop")
         self.status = QLabel("Paint a few strokes of each class, then train.")
         self.status.setWordWrap(True)
+        # the dock's own bar, not napari's activity dock: while a napari progress bar is open, the activity
+        # indicator's animation repaints the whole window ~30 times a second, and with software OpenGL (a VM, a
+        # remote desktop) each repaint recomposes the window on the CPU: half a core taken from training
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setVisible(False)
         self.plot = TrainingPlot()
         self.plot.setToolTip("Loss (falls as the network learns) and accuracy / IoU on held-out strokes: strokes "
                              "kept out of training to check the network on pixels it has not learned from")
@@ -263,6 +267,7 @@ class TrainWidget(QWidget):
         layout.addWidget(self.advanced_toggle)
         layout.addWidget(self.advanced)
         layout.addLayout(buttons)
+        layout.addWidget(self.progress_bar)
         layout.addWidget(self.status)
         layout.addWidget(self.plot, 1)
 
@@ -401,8 +406,10 @@ class TrainWidget(QWidget):
         self.forest_preview_after = None
         if not fine_tune:
             self._forest_preview(image_layer, image, labels)
-        total = config.steps or 100
-        self._pbar = progress(total=total, desc=f"napari-msd: {'fine-tuning' if fine_tune else 'training'}")
+        self.progress_bar.setRange(0, config.steps or 100)  # steps, or percent of the time limit
+        self.progress_bar.setValue(0)
+        self.progress_bar.setFormat(f"{'Fine-tuning' if fine_tune else 'Training'}: %p%")
+        self.progress_bar.setVisible(True)
         self.plot.clear()
         if fine_tune:
             self.plot.mark(0, f"fine-tuning {parent.name}")
@@ -503,7 +510,7 @@ class TrainWidget(QWidget):
         elif isinstance(event, TrainStep):
             self.plot.add_loss(event.step, event.loss)
             self._maybe_preview()
-            self._update_progress(event)  # last: napari's progress bar processes events
+            self._update_progress(event)
         elif isinstance(event, Validated):
             metrics = self._plot_metrics(event.metrics)
             self.plot.add_validation(event.step, metrics)
@@ -532,9 +539,8 @@ class TrainWidget(QWidget):
         text = (f"step {event.step} · loss {event.loss:.3f} · {event.samples_per_s:.1f} patches/s · "
                 f"ETA {_fmt_time(event.eta)}")
         self.status.setText(text)
-        if self._pbar is not None:
-            target = event.step if self._job["config"].steps else int(100 * (event.progress or 0))
-            self._pbar.update(max(0, min(self._pbar.total, target) - self._pbar.n))
+        target = event.step if self._job["config"].steps else int(100 * (event.progress or 0))
+        self.progress_bar.setValue(min(self.progress_bar.maximum(), target))
 
     @staticmethod
     def _plot_metrics(metrics: dict[str, Any]) -> dict[str, float]:
@@ -559,9 +565,7 @@ class TrainWidget(QWidget):
         self.session.versions_changed.emit()
 
     def _on_done(self, work: workers.Work) -> None:
-        if self._pbar is not None:
-            self._pbar.close()
-            self._pbar = None
+        self.progress_bar.setVisible(False)
         self.trainer = None
         self._finished = None
         self._starts_from = None
