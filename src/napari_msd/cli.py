@@ -12,12 +12,13 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from napari_msd.errors import NapariMsdError
 
 FEW_STEPS = 50  # a run of fewer steps than this, ended by time or Ctrl-C, gets a warning that it barely learned
 SAMPLE_FILES = ("image.tif", "strokes.tif", "ground_truth.tif")  # what `napari-msd sample` writes
 
 
-class CLIError(Exception):
+class CLIError(NapariMsdError):
     """A problem with the user's input: printed as one line, exit status 2."""
 
 

@@ -906,3 +906,17 @@ def test_fine_tuning_scales_the_learning_rate_and_starts_the_average_at_the_pare
     assert fresh.average.current_decay() < 0.5 and tuned.average.current_decay() == 0.9
     parent, _ = load_model(base_model)
     assert _same_state(_state(tuned._judged), _state(parent))
+
+
+def test_fine_tuning_warms_the_learning_rate_up_over_the_first_steps(base_model, data):
+    config = _config(learning_rate=1e-2, fine_tune_warmup=4, steps=3, validate_every=100)
+    tuned = Trainer(data, config, init=base_model)
+    seen = []
+    step = tuned.optimizer.step
+    tuned.optimizer.step = lambda: (seen.append(tuned.optimizer.param_groups[0]["lr"]), step())
+    list(tuned.run())
+    assert seen == pytest.approx([2.5e-3, 5e-3, 7.5e-3])
+    fresh = Trainer(data, config)  # a new network starts at its full rate
+    assert fresh.warmup == 0
+    with pytest.raises(ValueError, match="fine_tune_warmup"):
+        Trainer(data, _config(fine_tune_warmup=-1))

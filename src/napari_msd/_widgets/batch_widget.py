@@ -40,6 +40,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_msd.errors import one_line
 from napari_msd.inference import batch
 from napari_msd.training.device import available_devices
 
@@ -81,12 +82,11 @@ class Failed:
 
 
 def error_message(err: BaseException) -> str:
-    """One line for a notification: a :class:`~napari_msd.inference.batch.BatchError` as it is, other errors
-    prefixed with their type (``RuntimeError: CUDA out of memory...``); never a traceback."""
-    text = " ".join(str(err).split())
-    if isinstance(err, batch.BatchError):
-        return text or "the batch job cannot run"
-    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+    """One line for a notification: napari-msd's own errors as they are, others prefixed with their type
+    (``RuntimeError: CUDA out of memory...``); never a traceback."""
+    if isinstance(err, batch.BatchError) and not str(err).strip():
+        return "the batch job cannot run"
+    return one_line(err, typed=True)
 
 
 def batch_events(model_path: str, inputs: list[str], outputs: list[str], options: dict[str, Any],

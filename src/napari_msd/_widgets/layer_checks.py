@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from napari_msd.errors import NapariMsdError
 from napari_msd.training.inputs import InputSpec
 
 
-class LayerError(ValueError):
+class LayerError(NapariMsdError):
     """A layer the docks cannot use; the message is one line for a notification."""
 
 

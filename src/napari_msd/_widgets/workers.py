@@ -21,7 +21,7 @@ from napari.utils.notifications import show_error
 from qtpy.QtCore import QCoreApplication, QEvent, QObject, QTimer
 from qtpy.QtWidgets import QWidget
 
-from napari_msd.io.model_file import _one_line
+from napari_msd.errors import one_line
 
 
 class Work:
@@ -118,7 +118,7 @@ def start(generator: Callable[[Work], Iterator[Any]], on_event: Callable[[Any], 
         work.done.set()
         try:
             if work.error is not None:
-                show_error(f"{name} failed: {_one_line(work.error)}")
+                show_error(f"{name} failed: {one_line(work.error, typed=True)}")
             on_done(work)
         finally:
             work.finished = True

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from napari_msd.errors import NapariMsdError
 from ..io.images import ImageReadError, open_image
 from ..io.model_file import ModelFileError
 from ..io.outputs import JobSpec, OutputError, PredictionOutput, create_or_resume, open_output
@@ -29,7 +30,7 @@ from .tiling import make_block
 PROBABILITY_KINDS = ("none", "uint8", "float16")
 
 
-class BatchError(ValueError):
+class BatchError(NapariMsdError):
     """A batch job that cannot run as asked; one line saying what to do."""
 
 

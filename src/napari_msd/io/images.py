@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from napari_msd.errors import NapariMsdError, one_line
 
 ZARR_SEPARATOR = "::"
 MAX_EAGER_TIFF_BYTES = 2 * 1024**3
@@ -47,7 +48,7 @@ _log = logging.getLogger(__name__)
 _TIFF_CORRUPT_LOGS = ("invalid page offset", "failed to reshape", "truncated", "corrupt")
 
 
-class ImageReadError(ValueError):
+class ImageReadError(NapariMsdError):
     """An image cannot be opened; the message is one line naming the spec and what to do."""
 
 
@@ -213,11 +214,6 @@ def image_info(spec: str | os.PathLike) -> dict[str, Any]:
 # -- helpers -----------------------------------------------------------------------------------------------------------
 
 
-def _one_line(exc: BaseException) -> str:
-    """``Type: first line of message`` of an exception, for one-line errors."""
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
-
 
 def _is_zarr(path: Path) -> bool:
     return path.is_dir() and any((path / marker).exists() for marker in _ZARR_MARKERS)
@@ -319,7 +315,7 @@ def _open_tiff(path: Path, spec: str) -> LazyArray:
             except ImageReadError:
                 raise
             except Exception as exc:
-                raise ImageReadError(f"{spec}: cannot read TIFF ({_one_line(exc)}); check the file is a complete TIFF")
+                raise ImageReadError(f"{spec}: cannot read TIFF ({one_line(exc, typed=True)}); check the file is a complete TIFF")
         damage = [m for m in log.messages if any(s in m.lower() for s in _TIFF_CORRUPT_LOGS)]
         contiguous_end = series.dataoffset + series.nbytes if series.dataoffset is not None else 0
         if damage or missing or max(compressed_end, contiguous_end) > file_size:
@@ -346,14 +342,14 @@ def _open_tiff(path: Path, spec: str) -> LazyArray:
         except Exception as exc:
             if series.nbytes > MAX_EAGER_TIFF_BYTES:
                 raise ImageReadError(
-                    f"{spec}: cannot read this TIFF lazily ({_one_line(exc)}) and at {series.nbytes / 1024**3:.1f} GiB "
+                    f"{spec}: cannot read this TIFF lazily ({one_line(exc, typed=True)}) and at {series.nbytes / 1024**3:.1f} GiB "
                     f"it is too large to load whole; convert it to a zarr array"
                 ) from None
             try:
                 with _tifffile_log():
                     data = series.asarray()
             except Exception as exc2:
-                raise ImageReadError(f"{spec}: cannot read TIFF pixels ({_one_line(exc2)}); re-export it") from None
+                raise ImageReadError(f"{spec}: cannot read TIFF pixels ({one_line(exc2, typed=True)}); re-export it") from None
             tif.close()
             return LazyArray(data, format="tiff", spec=spec, drop_axes=drop)
         return LazyArray(data, format="tiff", spec=spec, drop_axes=drop, chunks=tuple(data.chunks), keepalive=tif)
@@ -402,7 +398,7 @@ def _open_zarr(path: Path, name: str, spec: str) -> LazyArray:
     try:
         node = zarr.open(store=str(path), mode="r")
     except Exception as exc:
-        raise ImageReadError(f"{spec}: cannot open zarr store ({_one_line(exc)}); check its metadata") from None
+        raise ImageReadError(f"{spec}: cannot open zarr store ({one_line(exc, typed=True)}); check its metadata") from None
     root = path
     if name:
         if not isinstance(node, zarr.Group):
@@ -430,7 +426,7 @@ def _open_zarr(path: Path, name: str, spec: str) -> LazyArray:
             node = node[dataset]
         except Exception as exc:
             raise ImageReadError(
-                f"{spec}: OME-Zarr multiscales metadata names no readable dataset ({_one_line(exc)}); "
+                f"{spec}: OME-Zarr multiscales metadata names no readable dataset ({one_line(exc, typed=True)}); "
                 f"name an array with {ZARR_SEPARATOR}"
             ) from None
         if not isinstance(node, zarr.Array):
@@ -454,7 +450,7 @@ def _open_mrc(path: Path, spec: str) -> LazyArray:
             mrc = mrcfile.mmap(path, mode="r", permissive=True)
         except Exception as exc:
             raise ImageReadError(
-                f"{spec}: cannot read MRC ({_one_line(exc)}); check the file is a complete MRC"
+                f"{spec}: cannot read MRC ({one_line(exc, typed=True)}); check the file is a complete MRC"
             ) from None
     try:
         data = mrc.data
@@ -475,9 +471,9 @@ def _open_npy(path: Path, spec: str) -> LazyArray:
             raise ImageReadError(
                 f"{spec}: .npy holds Python objects (object dtype), not pixels; save a numeric array"
             ) from None
-        raise ImageReadError(f"{spec}: cannot read .npy ({_one_line(exc)}); check the file is complete") from None
+        raise ImageReadError(f"{spec}: cannot read .npy ({one_line(exc, typed=True)}); check the file is complete") from None
     except Exception as exc:
-        raise ImageReadError(f"{spec}: cannot read .npy ({_one_line(exc)}); check the file is complete") from None
+        raise ImageReadError(f"{spec}: cannot read .npy ({one_line(exc, typed=True)}); check the file is complete") from None
     if not isinstance(data, np.ndarray):
         raise ImageReadError(f"{spec}: is not a single .npy array; save one array with numpy.save")
     drop = _check_image(spec, tuple(data.shape), data.dtype)

@@ -32,6 +32,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
+from napari_msd.errors import NapariMsdError, one_line
 from .. import __version__
 from ..models.registry import ARCHITECTURES, build_model
 
@@ -47,7 +48,7 @@ PALETTE = (
 _HEX_COLOR = re.compile(r"^#[0-9a-fA-F]{6}$")
 
 
-class ModelFileError(ValueError):
+class ModelFileError(NapariMsdError):
     """A model file cannot be read; the message is one line naming the file and what to do."""
 
 
@@ -207,7 +208,7 @@ def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu")
     try:
         model = build_model(meta.arch, meta.config)
     except ValueError as err:
-        raise ModelFileError(f"cannot load model file {path}: {_one_line(err)}; upgrade napari-msd or re-export "
+        raise ModelFileError(f"cannot load model file {path}: {one_line(err)}; upgrade napari-msd or re-export "
                              "the model") from None
     expected = model.state_dict()
     problem = _state_mismatch(expected, tensors)
@@ -233,7 +234,7 @@ def _read(path: Path) -> tuple[ModelMetadata, dict[str, torch.Tensor]]:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as err:  # SafetensorError, OSError: not safetensors, truncated or unreadable
         hint = _sniff(path)
-        raise ModelFileError(f"{path} is not a valid napari-msd model file ({hint or _one_line(err)}); "
+        raise ModelFileError(f"{path} is not a valid napari-msd model file ({hint or one_line(err)}); "
                              "choose a model file saved by napari-msd, or re-save it if it was truncated") from None
     if METADATA_KEY not in header or DIGEST_KEY not in header:
         raise ModelFileError(f"{path} is not a napari-msd model file (a safetensors file without napari-msd "
@@ -252,7 +253,7 @@ def _read(path: Path) -> tuple[ModelMetadata, dict[str, torch.Tensor]]:
     try:
         return ModelMetadata.from_dict(data), tensors
     except (ValueError, TypeError) as err:
-        raise ModelFileError(f"model file {path} has invalid metadata ({_one_line(err)}); re-save or re-export "
+        raise ModelFileError(f"model file {path} has invalid metadata ({one_line(err)}); re-save or re-export "
                              "the model") from None
 
 
@@ -313,9 +314,6 @@ def _sniff(path: Path) -> str:
         return "a PNG image"
     return ""
 
-
-def _one_line(err: BaseException | str) -> str:
-    return " ".join(str(err).split())
 
 
 def _fsync_dir(directory: Path) -> None:

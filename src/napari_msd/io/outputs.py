@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from napari_msd.errors import NapariMsdError, one_line
 
 LAYOUT_VERSION = 1
 ATTRS_KEY = "napari_msd"
@@ -64,7 +65,7 @@ _HEX_COLOR = re.compile(r"^#[0-9a-fA-F]{6}$")
 _OVERWRITE_HINT = "pass --overwrite to replace it or choose another output"
 
 
-class OutputError(ValueError):
+class OutputError(NapariMsdError):
     """A prediction output cannot be created, reopened or finalized; one line naming the path and what to do."""
 
 
@@ -251,7 +252,7 @@ class PredictionOutput:
                 self.probabilities[(slice(None), *region)] = probabilities
             self._done[index] = 1  # one chunk per block, written atomically by zarr, only after the data
         except OSError as err:
-            raise OutputError(f"cannot write block {index} to {self.path} ({_one_line(err)}); free disk space or "
+            raise OutputError(f"cannot write block {index} to {self.path} ({one_line(err)}); free disk space or "
                               "fix permissions, then resume the prediction") from None
 
     def _check_arrays(self) -> None:
@@ -329,7 +330,7 @@ class PredictionOutput:
             self._root.attrs[ATTRS_KEY] = record
             self._record = record
         except OSError as err:
-            raise OutputError(f"cannot finalize {self.path} ({_one_line(err)}); check the disk and permissions") \
+            raise OutputError(f"cannot finalize {self.path} ({one_line(err)}); check the disk and permissions") \
                 from None
 
     def _build_pyramid(self, downsample_z: bool, max_levels: int) -> int:
@@ -453,7 +454,7 @@ def create_or_resume(path: str | os.PathLike[str], job: JobSpec, *, overwrite: b
         try:
             shutil.rmtree(path)
         except OSError as err:
-            raise OutputError(f"cannot remove the old prediction at {path} ({_one_line(err)}); remove it yourself "
+            raise OutputError(f"cannot remove the old prediction at {path} ({one_line(err)}); remove it yourself "
                               "or choose another output") from None
     return _create(path, job)
 
@@ -479,12 +480,12 @@ def _open_existing(path: Path, mode: str, stored: dict[str, Any]) -> PredictionO
     try:
         job = JobSpec.from_dict(stored)
     except (TypeError, ValueError) as err:
-        raise OutputError(f"{path} has an unreadable job record ({_one_line(err)}); {_OVERWRITE_HINT}") from None
+        raise OutputError(f"{path} has an unreadable job record ({one_line(err)}); {_OVERWRITE_HINT}") from None
     try:
         root = _open_root(path, mode)
         return PredictionOutput(path, root, job, _read_record(path))
     except (KeyError, OSError, ValueError) as err:
-        raise OutputError(f"{path} is a damaged prediction output ({_one_line(err)}); {_OVERWRITE_HINT}") from None
+        raise OutputError(f"{path} is a damaged prediction output ({one_line(err)}); {_OVERWRITE_HINT}") from None
 
 
 def _open_root(path: Path, mode: str) -> Any:
@@ -506,7 +507,7 @@ def _create(path: Path, job: JobSpec) -> PredictionOutput:
     except PermissionError:
         raise OutputError(f"cannot create {path}: permission denied; choose a writable location") from None
     except OSError as err:
-        raise OutputError(f"cannot create {path} ({_one_line(err)}); choose another output") from None
+        raise OutputError(f"cannot create {path} ({one_line(err)}); choose another output") from None
     _check_writable(path)
     try:
         root = zarr.open_group(str(path), mode="w-", zarr_format=3,
@@ -525,7 +526,7 @@ def _create(path: Path, job: JobSpec) -> PredictionOutput:
     except PermissionError:
         raise OutputError(f"cannot write to {path}: permission denied; choose a writable location") from None
     except OSError as err:
-        raise OutputError(f"cannot create {path} ({_one_line(err)}); check the disk or choose another output") \
+        raise OutputError(f"cannot create {path} ({one_line(err)}); check the disk or choose another output") \
             from None
     return PredictionOutput(path, root, job, record)
 
@@ -595,7 +596,7 @@ def _inspect(path: Path) -> tuple[str, str]:
     try:
         entries = os.listdir(path)
     except OSError as err:
-        raise OutputError(f"cannot read {path} ({_one_line(err)}); check its permissions or choose another output") \
+        raise OutputError(f"cannot read {path} ({one_line(err)}); check its permissions or choose another output") \
             from None
     if not entries:
         return "empty", ""
@@ -761,6 +762,3 @@ def _fmt_slices(slices: Any) -> str:
     except (AttributeError, TypeError):
         return repr(slices)
 
-
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split()) or type(err).__name__

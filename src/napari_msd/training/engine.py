@@ -95,6 +95,7 @@ class TrainConfig:
     pretrained: str | None = None  # a new network starts from this self-supervised body (training.pretrain)
     weight_average: float = 0.0  # decay of the weights' running average, the network judged and kept; 0 = off
     fine_tune_lr_factor: float = 1.0  # the learning rate is multiplied by this when training starts from a model
+    fine_tune_warmup: int = 0  # steps over which a fine-tuning's learning rate rises linearly to its value; 0 = off
 
     def check(self) -> None:
         if self.steps is None and self.time_limit is None:
@@ -116,6 +117,8 @@ class TrainConfig:
                              f"{self.teacher_weight} and {self.teacher_confidence}")
         if self.edge_weight < 0:
             raise ValueError(f"the edge-aware loss weight must be >= 0 (0 = off), got {self.edge_weight}")
+        if self.fine_tune_warmup < 0:
+            raise ValueError(f"fine_tune_warmup is a number of steps (0 = off), got {self.fine_tune_warmup}")
         if self.fine_tune_lr_factor <= 0:
             raise ValueError(f"fine_tune_lr_factor must be positive, got {self.fine_tune_lr_factor}")
         if not 0 <= self.weight_average < 1:
@@ -264,6 +267,10 @@ class Trainer:
         self.edge_loss = EdgePotts(config.edge_weight) if config.edge_weight > 0 else None
         lr = config.learning_rate * (config.fine_tune_lr_factor if init is not None else 1.0)
         self.optimizer = Adam(self.model.parameters(), lr=lr)  # not torch.optim: see .optim
+        self.lr = lr
+        # a fresh Adam moves every weight by about the learning rate on its first steps (its moments are not yet
+        # estimated): a warm-up keeps those first steps from throwing a fine-tuned parent far from where it was
+        self.warmup = config.fine_tune_warmup if init is not None else 0
         # fine-tuning: the average starts at the parent and moves at its full decay from the first step
         self.average = (WeightAverage(self.model, config.weight_average, ramp=init is None)
                         if config.weight_average > 0 else None)
@@ -521,6 +528,8 @@ class Trainer:
                 if self.edge_loss is not None:
                     loss = loss + self.edge_loss(logits, x)
             self.scaler.scale(loss).backward()
+            if self.warmup:
+                self.optimizer.param_groups[0]["lr"] = self.lr * min(1.0, (self.step + 1) / self.warmup)
             self.scaler.step(self.optimizer)
             self.scaler.update()
             if self.average is not None:

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from napari_msd.errors import NapariMsdError
 from ..models.registry import PRESETS, build_model
 from .device import cpu_threads, select_device
 from .inputs import InputSpec, mirror, read_input
@@ -40,7 +41,7 @@ HEAD_PARAMETERS = ("head_weight", "head_bias", "head.weight", "head.bias")  # MS
 NEIGHBOURHOOD = 2  # a hidden pixel takes the value of a random pixel at most this far away (not itself)
 
 
-class PretrainError(ValueError):
+class PretrainError(NapariMsdError):
     """Pretrained weights that cannot be made or used; the message says what to do."""
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from napari_msd.errors import NapariMsdError
 from .inputs import InputSpec, plane_axes, read_input, read_target
 from .normalization import Normalization
 
@@ -29,7 +30,7 @@ IGNORE = -1  # target value of pixels that do not count in the loss
 MAX_CLASSES = 63  # highest class label trained on; a higher value almost always means an image was given as labels
 
 
-class TrainingDataError(ValueError):
+class TrainingDataError(NapariMsdError):
     """Training data the engine cannot use; the message is one line saying what to do."""
 
 
