@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from napari_msd.errors import NapariMsdError
+from ..errors import NapariMsdError
 from ..io.images import ImageReadError, open_image
 from ..io.model_file import ModelFileError
 from ..io.outputs import JobSpec, OutputError, PredictionOutput, create_or_resume, open_output

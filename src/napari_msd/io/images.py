@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from napari_msd.errors import NapariMsdError, one_line
+from ..errors import NapariMsdError, one_line
 
 ZARR_SEPARATOR = "::"
 MAX_EAGER_TIFF_BYTES = 2 * 1024**3

@@ -32,7 +32,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from napari_msd.errors import NapariMsdError, one_line
+from ..errors import NapariMsdError, one_line
 from .. import __version__
 from ..models.registry import ARCHITECTURES, build_model
 

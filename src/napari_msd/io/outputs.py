@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from napari_msd.errors import NapariMsdError, one_line
+from ..errors import NapariMsdError, one_line
 
 LAYOUT_VERSION = 1
 ATTRS_KEY = "napari_msd"

@@ -528,7 +528,7 @@ class Trainer:
                 if self.edge_loss is not None:
                     loss = loss + self.edge_loss(logits, x)
             self.scaler.scale(loss).backward()
-            if self.warmup:
+            if self.step < self.warmup:
                 self.optimizer.param_groups[0]["lr"] = self.lr * min(1.0, (self.step + 1) / self.warmup)
             self.scaler.step(self.optimizer)
             self.scaler.update()

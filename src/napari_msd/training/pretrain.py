@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from napari_msd.errors import NapariMsdError
+from ..errors import NapariMsdError
 from ..models.registry import PRESETS, build_model
 from .device import cpu_threads, select_device
 from .inputs import InputSpec, mirror, read_input

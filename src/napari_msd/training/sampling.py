@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from napari_msd.errors import NapariMsdError
+from ..errors import NapariMsdError
 from .inputs import InputSpec, plane_axes, read_input, read_target
 from .normalization import Normalization
 
