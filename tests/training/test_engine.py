@@ -920,3 +920,17 @@ def test_fine_tuning_warms_the_learning_rate_up_over_the_first_steps(base_model,
     assert fresh.warmup == 0
     with pytest.raises(ValueError, match="fine_tune_warmup"):
         Trainer(data, _config(fine_tune_warmup=-1))
+
+
+def test_a_fine_tuning_can_be_taught_by_its_parent_instead_of_the_forest(base_model, data):
+    config = _config(distill_weight=1.0, teacher_weight=1.0, steps=2, validate_every=100)
+    tuned = Trainer(data, config, init=base_model)
+    parent_state = _state(tuned.distill.parent)
+    finished = _of(list(tuned.run()), TrainingFinished)[-1]
+    assert not tuned.teacher_active  # the parent replaced the forest
+    assert _same_state(_state(tuned.distill.parent), parent_state)  # the teacher stays frozen
+    assert tuned.metadata().provenance["teacher"] == {"kind": "parent network", "weight": 1.0}
+    assert finished.steps == 2
+    assert Trainer(data, config).distill is None  # a new network has no parent
+    with pytest.raises(ValueError, match="distill_weight"):
+        Trainer(data, _config(distill_weight=-1))

@@ -34,6 +34,7 @@ from .augment import Augmentation
 from .between_steps import BetweenSteps
 from .device import cpu_threads, describe_device, select_device
 from .cpu_share import CpuShare
+from .distill import ParentTeacher
 from .events import CpuThreads, Paused, Saved, TrainingFinished, TrainingStarted, TrainStep, Validated
 from .inputs import InputSpec, plane_axes, read_input
 from .losses import SparseLoss, auto_class_weights
@@ -96,6 +97,8 @@ class TrainConfig:
     weight_average: float = 0.0  # decay of the weights' running average, the network judged and kept; 0 = off
     fine_tune_lr_factor: float = 1.0  # the learning rate is multiplied by this when training starts from a model
     fine_tune_warmup: int = 0  # steps over which a fine-tuning's learning rate rises linearly to its value; 0 = off
+    distill_weight: float = 0.0  # fine-tuning: weight of the parent's predictions on unlabeled pixels (training.distill),
+    #                              which then replace the forest teacher; 0 = off
 
     def check(self) -> None:
         if self.steps is None and self.time_limit is None:
@@ -117,6 +120,8 @@ class TrainConfig:
                              f"{self.teacher_weight} and {self.teacher_confidence}")
         if self.edge_weight < 0:
             raise ValueError(f"the edge-aware loss weight must be >= 0 (0 = off), got {self.edge_weight}")
+        if self.distill_weight < 0:
+            raise ValueError(f"distill_weight must be >= 0 (0 = off), got {self.distill_weight}")
         if self.fine_tune_warmup < 0:
             raise ValueError(f"fine_tune_warmup is a number of steps (0 = off), got {self.fine_tune_warmup}")
         if self.fine_tune_lr_factor <= 0:
@@ -249,6 +254,8 @@ class Trainer:
         if self.base_metadata is not None:
             self.parent_prior_undone = undo_prior_shift(self.model, self.base_metadata.provenance,
                                                         self.base_metadata.class_names)
+        self.distill = (ParentTeacher(self.model, config.distill_weight)
+                        if self.base_metadata is not None and config.distill_weight > 0 else None)
         self.patch_size = _patch_size(self.data + self.replay, config.input, config.patch_size)
         if init is not None and self.replay_indices:
             # fine-tuning: the earlier labels' held-out tiles come last and are also scored apart (see _validate)
@@ -356,7 +363,8 @@ class Trainer:
             yield event
         pseudo = None
         painted = {c for ix in self.indices + self.replay_indices for c, xy in ix.train.items() if len(xy)}
-        if cfg.teacher_weight > 0 and cfg.input.mode != "3d" and len(painted) >= 2:  # a forest needs two classes
+        if (cfg.teacher_weight > 0 and self.distill is None and cfg.input.mode != "3d"
+                and len(painted) >= 2):  # a forest needs two classes; a parent teaching a fine-tuning replaces it
             t0 = time.perf_counter()  # the forest's seconds count against the time limit
             pseudo = forest_pseudo_labels(self.indices + self.replay_indices, self.n_classes,
                                           cfg.teacher_confidence, cfg.seed, cfg.threads, cfg.teacher_planes)
@@ -525,6 +533,8 @@ class Trainer:
                             logits.float(), torch.where(taught, y - self.n_classes, IGNORE), ignore_index=IGNORE)
                 else:
                     loss = self.loss_fn(logits, y)
+                if self.distill is not None:
+                    loss = loss + self.distill.loss(logits, x, y)
                 if self.edge_loss is not None:
                     loss = loss + self.edge_loss(logits, x)
             self.scaler.scale(loss).backward()
@@ -695,6 +705,8 @@ class Trainer:
             prov["teacher"] = {"kind": "random forest", "weight": self.config.teacher_weight,
                                "confidence": self.config.teacher_confidence,
                                "unpainted_planes": self.config.teacher_planes}
+        if self.distill is not None:
+            prov["teacher"] = {"kind": "parent network", "weight": self.distill.weight}
         if self.class_prior is not None:
             prov["class_prior"] = dict(zip(self.class_names, self.class_prior))
         if self.base_metadata is not None:

@@ -71,7 +71,8 @@ def forest_pseudo_labels(indices: Sequence[LabelIndex], n_classes: int, confiden
     data = [TrainingData(ix.data.image, strokes[id(ix)], ix.data.name) for ix in indices if id(ix) in strokes]
     forest = PixelForest.fit(data, n_classes, seed=seed, threads=threads)
     out: PseudoLabels = {}
-    for ix in indices:
+    done: dict[tuple[int, int | None], np.ndarray] = {}  # (image, plane): a retraining's new and replayed labels
+    for ix in indices:                                     # share one image and often its planes: label each once
         if id(ix) not in strokes:
             continue
         planes = {}
@@ -80,11 +81,13 @@ def forest_pseudo_labels(indices: Sequence[LabelIndex], n_classes: int, confiden
             painted = painted + unpainted_planes(ix.data.image.shape[0], painted, extra_planes)
         for z in painted:
             image = ix.data.image
-            plane = np.asarray(image[...] if z is None else image[z], dtype=np.float32)
-            proba = forest.predict_proba(plane)
-            labels = (proba.argmax(0) + 1).astype(np.uint8)
-            labels[proba.max(0) < confidence] = 0
-            planes[z] = labels
+            if (id(image), z) not in done:
+                plane = np.asarray(image[...] if z is None else image[z], dtype=np.float32)
+                proba = forest.predict_proba(plane)
+                labels = (proba.argmax(0) + 1).astype(np.uint8)
+                labels[proba.max(0) < confidence] = 0
+                done[id(image), z] = labels
+            planes[z] = done[id(image), z]
         out[id(ix)] = planes
     return out
 
