@@ -57,7 +57,7 @@ def train_speed(seconds: float, threads: int | None) -> tuple[float, str]:
 
 
 def run(args) -> list[dict]:
-    from napari_msd.training.device import cpu_threads
+    from napari_msd.base.device import cpu_threads
 
     cores = cpu_threads()
     args.machine = describe()  # before any training changes torch's thread count

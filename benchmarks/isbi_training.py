@@ -33,12 +33,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from isbi_strokes import DEFAULT_DATA_DIR, load_isbi, make_strokes  # noqa: E402
 from rf_baseline import predict_rf, train_rf  # noqa: E402
 
+from napari_msd.base.inputs import InputSpec, read_input  # noqa: E402
+from napari_msd.base.normalization import Normalization  # noqa: E402
 from napari_msd.io import load_model  # noqa: E402
 from napari_msd.training import metrics  # noqa: E402
 from napari_msd.training.engine import TrainConfig, Trainer  # noqa: E402
 from napari_msd.training.events import TrainingFinished  # noqa: E402
-from napari_msd.training.inputs import InputSpec, read_input  # noqa: E402
-from napari_msd.training.normalization import Normalization  # noqa: E402
 from napari_msd.training.sampling import TrainingData  # noqa: E402
 
 

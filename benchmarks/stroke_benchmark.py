@@ -76,13 +76,13 @@ from isbi_training import predict_slices  # noqa: E402
 from rf_baseline import predict_rf, train_rf  # noqa: E402
 from strokes import DATA_ROOT, DATASETS, Dataset, correction_strokes, dataset_strokes  # noqa: E402
 
+from napari_msd.base.inputs import InputSpec  # noqa: E402
+from napari_msd.base.normalization import Normalization  # noqa: E402
 from napari_msd.io import load_model  # noqa: E402
 from napari_msd.training import metrics  # noqa: E402
 from napari_msd.training.corrections import split_since  # noqa: E402
 from napari_msd.training.engine import TrainConfig, Trainer  # noqa: E402
 from napari_msd.training.events import TrainingFinished, Validated  # noqa: E402
-from napari_msd.training.inputs import InputSpec  # noqa: E402
-from napari_msd.training.normalization import Normalization  # noqa: E402
 from napari_msd.training.sampling import TrainingData  # noqa: E402
 
 ARCH_NAMES = {"msd": "MS-D", "unet": "U-Net"}

@@ -1,4 +1,4 @@
-"""The core (models, training, inference, io) and the CLI's headless commands never load napari or Qt."""
+"""The core (models, base, io, inference, training) and the CLI's headless commands never load napari or Qt."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-CORE = [f"napari_msd.{name}" for name in ("models", "training", "inference", "io")]
+CORE = [f"napari_msd.{name}" for name in ("models", "base", "io", "inference", "training")]
 
 GUI_MODULES = ["napari", "qtpy", "magicgui", "PyQt5", "PyQt6", "PySide2", "PySide6", "vispy"]
 

@@ -55,7 +55,7 @@ def _training_data(image: str, labels: str, name: str | None = None):
 
 def _network(args: argparse.Namespace):
     """``(model overrides, InputSpec)`` from the network options shared by train and pretrain."""
-    from .training.inputs import InputSpec
+    from .base.inputs import InputSpec
 
     if args.ndim == 3 and args.slices > 1:
         raise CLIError("--ndim 3 trains on 3D patches; --slices (2.5D) applies to 2D models only")

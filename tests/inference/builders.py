@@ -7,10 +7,10 @@ import threading
 import numpy as np
 import torch
 
+from napari_msd.base.inputs import InputSpec
+from napari_msd.base.normalization import Normalization
 from napari_msd.io.model_file import ModelMetadata
 from napari_msd.models import MSDNet, UNet
-from napari_msd.training.inputs import InputSpec
-from napari_msd.training.normalization import Normalization
 
 NORM = Normalization(20.0, 230.0)
 

@@ -7,11 +7,11 @@ import pytest
 import zarr
 
 from builders import NORM, image, metadata, msd
+from napari_msd.base.inputs import InputSpec
 from napari_msd.inference.averaging import OrientationAverage
 from napari_msd.inference.batch import BatchError, prepare, run
 from napari_msd.inference.predictor import Predictor
 from napari_msd.io import save_model
-from napari_msd.training.inputs import InputSpec
 
 
 @pytest.mark.parametrize("spec", [InputSpec(), InputSpec(mode="2.5d", slices=3)])

@@ -9,10 +9,10 @@ import pytest
 import zarr
 
 from builders import CountingArray, image, metadata, msd, unet
+from napari_msd.base.inputs import InputSpec
 from napari_msd.inference import BlockDone, Predictor
 from napari_msd.io.model_file import save_model
 from napari_msd.models import MSDNet
-from napari_msd.training.inputs import InputSpec
 
 CASES = {  # name: (network, input spec, image shape, block shape), blocks not dividing the image
     "msd-2d": (lambda: msd(), InputSpec(), (100, 90), (32, 25)),

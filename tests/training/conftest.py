@@ -7,35 +7,6 @@ import pytest
 import torch
 
 
-class CountingArray:
-    """A lazy array stand-in (like a zarr array): records every read made through ``__getitem__``.
-
-    It has no ``__array__``, so code that tries to read it whole with ``np.asarray`` gets an
-    object array and fails loudly instead of silently reading everything.
-    """
-
-    def __init__(self, data: np.ndarray, chunks: tuple[int, ...] | None = None):
-        self._data = data
-        self.shape = data.shape
-        self.dtype = data.dtype
-        self.ndim = data.ndim
-        if chunks is not None:
-            self.chunks = chunks
-        self.reads: list[int] = []  # elements returned by each read
-
-    def __getitem__(self, key):
-        out = self._data[key]
-        self.reads.append(int(np.size(out)))
-        return np.array(out, copy=True)
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    @property
-    def elements_read(self) -> int:
-        return sum(self.reads)
-
-
 def _make_task(shape=(192, 192), square=24, seed=0, levels=(60, 180), noise=20.0, classes=(1, 2), stroke=12):
     """A checkerboard of dark (class 1) and bright (class 2) squares with Gaussian noise.
 
@@ -78,9 +49,3 @@ def make_task():
 def predict():
     """:func:`_predict`, whole-image prediction of a 2D image."""
     return _predict
-
-
-@pytest.fixture(scope="session")
-def counting_array():
-    """The :class:`CountingArray` class."""
-    return CountingArray

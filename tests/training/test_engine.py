@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 
+from napari_msd.base.inputs import InputSpec
+from napari_msd.inference import halo as halo_module
 from napari_msd.io.model_file import load_model, read_metadata, save_model
 from napari_msd.models import MSDNet
-from napari_msd.inference import halo as halo_module
 from napari_msd.training import engine as engine_module
 from napari_msd.training.engine import TrainConfig, Trainer
 from napari_msd.training.events import Paused, Saved, TrainingFinished, TrainingStarted, TrainStep, Validated
-from napari_msd.training.inputs import InputSpec
 from napari_msd.training.sampling import TrainingData, TrainingDataError
 
 MSD = {"model": {"depth": 8}}

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from napari_msd.base.inputs import InputSpec
 from napari_msd.models.registry import build_model
-from napari_msd.training.inputs import InputSpec
 from napari_msd.training.pretrain import (
     NEIGHBOURHOOD,
     PretrainConfig,

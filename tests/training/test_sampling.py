@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from napari_msd.training.inputs import InputSpec
-from napari_msd.training.normalization import Normalization
+from napari_msd.base.inputs import InputSpec
+from napari_msd.base.normalization import Normalization
 from napari_msd.training.sampling import (
     CELL,
     IGNORE,

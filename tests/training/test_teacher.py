@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from napari_msd.base.inputs import InputSpec
+from napari_msd.base.normalization import estimate_normalization
 from napari_msd.training.engine import TrainConfig, Trainer
-from napari_msd.training.inputs import InputSpec
-from napari_msd.training.normalization import estimate_normalization
 from napari_msd.training.sampling import IGNORE, PatchSampler, TrainingData, split
 from napari_msd.training.teacher import _TrainingStrokes, forest_pseudo_labels, unpainted_planes
 

@@ -40,9 +40,9 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_msd.base.device import available_devices
 from napari_msd.errors import one_line
 from napari_msd.inference import batch
-from napari_msd.training.device import available_devices
 
 from .model_widget import MODEL_FILE_FILTER
 from .session import get_session

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from napari_msd.base.inputs import InputSpec
 from napari_msd.errors import NapariMsdError
-from napari_msd.training.inputs import InputSpec
 
 
 class LayerError(NapariMsdError):

@@ -56,7 +56,7 @@ PRESETS = (
 
 def describe_device() -> str:
     """Where training and prediction would run, in words (the same words as the CLI)."""
-    from napari_msd.training.device import describe_device as describe, select_device
+    from napari_msd.base.device import describe_device as describe, select_device
 
     return describe(select_device("auto"))
 
@@ -173,7 +173,7 @@ class ModelWidget(QWidget):
 
     # --- network from the controls -----------------------------------------------------------------------
     def input_spec(self) -> Any:
-        from napari_msd.training.inputs import InputSpec
+        from napari_msd.base.inputs import InputSpec
 
         mode = self.input_mode.currentText().lower()
         slices = self.slices.value() | 1 if mode == "2.5d" else 1

@@ -29,7 +29,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_msd.training.device import available_devices
+from napari_msd.base.device import available_devices
 
 from . import workers
 from .layer_checks import LayerError, check_model_input, image_array

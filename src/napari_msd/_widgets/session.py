@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from psygnal import Signal
 
-from napari_msd.training.inputs import InputSpec
+from napari_msd.base.inputs import InputSpec
 from napari_msd.training.versions import ModelVersions
 
 _SESSIONS: weakref.WeakKeyDictionary[Any, Session] = weakref.WeakKeyDictionary()

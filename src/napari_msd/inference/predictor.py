@@ -3,7 +3,7 @@
 :class:`Predictor` wraps a trained network and its :class:`~napari_msd.io.model_file.ModelMetadata`.
 Prediction is crop-and-stitch (:mod:`.tiling`): each block's input region (its output region plus
 a halo, clipped to the image) is read, normalised and cut into network inputs exactly as in
-training (:mod:`napari_msd.training.inputs`), and only the output region of the result is kept.
+training (:mod:`napari_msd.base.inputs`), and only the output region of the result is kept.
 With a halo at least the receptive field, tiles equal whole-image prediction up to rounding; the
 default halo is the model's *measured* effective halo (:func:`.halo.measure_effective_halo`) when
 stored, else the theoretical receptive field.
@@ -43,10 +43,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..base.device import select_device
+from ..base.inputs import ORIENTATIONS, InputSpec, mirror, plane_axes, read_input
+from ..base.normalization import Normalization
 from ..io.model_file import ModelMetadata, load_model
-from ..training.device import select_device
-from ..training.inputs import ORIENTATIONS, InputSpec, mirror, plane_axes, read_input
-from ..training.normalization import Normalization
 from .tiling import Block, Region, make_block, normalize_region, order_blocks, per_axis, plan_blocks
 
 DEFAULT_MEMORY_BUDGET = 600 * 2**20
@@ -314,7 +314,7 @@ class Predictor:
 
     def predict(self, image: Any) -> np.ndarray:
         """Probabilities ``(K, *image.shape)`` of a whole (small) image in one pass, the untiled reference;
-        2D models on volumes go plane by plane over whole planes, cut by the training code."""
+        2D models on volumes go plane by plane over whole planes, cut as in training (:mod:`napari_msd.base.inputs`)."""
         shape = tuple(image.shape)
         self._check(shape)
         normal = self.normal_axis(len(shape))

@@ -66,7 +66,7 @@ class ModelMetadata:
     model came from (library versions, ``created``, and e.g. ``data_shape``, ``steps``, ``metrics``).
     ``receptive_field`` is the theoretical radius in pixels, ``effective_halo`` a measured one.
     ``input`` says how network inputs are cut from an image (``{"mode": "2.5d", "slices": 5,
-    "orientations": ["xy"]}``, see :class:`napari_msd.training.inputs.InputSpec`; ``{}``: 2D slices).
+    "orientations": ["xy"]}``, see :class:`napari_msd.base.inputs.InputSpec`; ``{}``: 2D slices).
     """
 
     arch: str

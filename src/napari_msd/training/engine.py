@@ -26,19 +26,21 @@ import numpy as np
 import torch
 
 from .. import __version__
+from ..base.device import cpu_threads, describe_device, select_device
+from ..base.inputs import InputSpec, plane_axes, read_input
+from ..base.normalization import Normalization, estimate_normalization
+from ..inference import halo as inference_halo
+from ..inference.predictor import Predictor
 from ..io.model_file import ModelMetadata, load_model, save_model
 from ..models.registry import PRESETS, build_model
 from . import health as net_health
 from . import metrics as seg_metrics
 from .augment import Augmentation
 from .between_steps import BetweenSteps
-from .device import cpu_threads, describe_device, select_device
 from .cpu_share import CpuShare
 from .distill import ParentTeacher
 from .events import CpuThreads, Paused, Saved, TrainingFinished, TrainingStarted, TrainStep, Validated
-from .inputs import InputSpec, plane_axes, read_input
 from .losses import SparseLoss, auto_class_weights
-from .normalization import Normalization, estimate_normalization
 from .optim import Adam
 from .potts import EdgePotts
 from .pretrain import apply_pretrained, check_compatible, load_pretrained
@@ -671,12 +673,9 @@ class Trainer:
     def _measure_halo(self, deadline: float | None = None) -> int | None:
         """The context the trained network really needs at tile borders (see inference.halo); None when the
         measurement reaches ``deadline`` (a ``time.perf_counter()`` value), checked before each predicted block."""
-        from ..inference.halo import measure_effective_halo
-        from ..inference.predictor import Predictor
-
         model = self.snapshot().to(self.device)
         predictor = Predictor(model, self.metadata(), self.device, self.config.batch_size)
-        return measure_effective_halo(predictor, self.data[0].image, deadline=deadline)
+        return inference_halo.measure_effective_halo(predictor, self.data[0].image, deadline=deadline)
 
     def _save(self) -> Saved:
         self.save(self.output, overwrite=True)  # our own output: checked not to pre-exist in __init__

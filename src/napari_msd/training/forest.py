@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
-from .device import cpu_threads
+from ..base.device import cpu_threads
 from .sampling import TrainingData, TrainingDataError
 
 SIGMAS = (0.7, 1.0, 1.6, 3.5, 5.0, 10.0)

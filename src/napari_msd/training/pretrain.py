@@ -28,11 +28,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..base.device import cpu_threads, select_device
+from ..base.inputs import InputSpec, mirror, read_input
+from ..base.normalization import Normalization, estimate_normalization
 from ..errors import NapariMsdError
 from ..models.registry import PRESETS, build_model
-from .device import cpu_threads, select_device
-from .inputs import InputSpec, mirror, read_input
-from .normalization import Normalization, estimate_normalization
 from .optim import Adam
 
 FORMAT = "napari-msd pretrained body"

@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from ..base.inputs import InputSpec, plane_axes, read_input, read_target
+from ..base.normalization import Normalization
 from ..errors import NapariMsdError
-from .inputs import InputSpec, plane_axes, read_input, read_target
-from .normalization import Normalization
 
 CELL = 32
 IGNORE = -1  # target value of pixels that do not count in the loss

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_msd.training.inputs import InputSpec, box_start, mirror, read_input, read_target
+from napari_msd.base.inputs import InputSpec, box_start, mirror, read_input, read_target
 
 VOL = np.arange(12 * 40 * 50, dtype=np.int32).reshape(12, 40, 50)  # every voxel value is unique
 IMG = VOL[5]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_msd.training.normalization import Normalization, estimate_normalization
+from napari_msd.base.normalization import Normalization, estimate_normalization
 
 RNG = np.random.default_rng(0)
 

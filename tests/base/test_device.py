@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from napari_msd.training.device import cpu_threads, describe_device, select_device
+from napari_msd.base.device import cpu_threads, describe_device, select_device
 
 HAS_CUDA = torch.cuda.is_available()
 HAS_MPS = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
@@ -81,7 +81,7 @@ def test_cpu_threads_and_description():
 
 
 def test_available_devices_lists_what_torch_reports(monkeypatch):
-    from napari_msd.training.device import available_devices
+    from napari_msd.base.device import available_devices
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert available_devices()[:2] == ["auto", "cpu"] and "cuda" not in available_devices()
