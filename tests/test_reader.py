@@ -22,7 +22,8 @@ from napari.settings import NapariSettings
 from napari_msd._reader import contrast_limits, get_mrc_reader, get_reader, read_mrc, read_prediction
 from napari_msd.io import images
 from napari_msd.io.images import ImageReadError
-from napari_msd.io.outputs import OUTPUT_SUFFIXES, JobSpec, create_or_resume, open_output
+from napari_msd.io.job import JobSpec
+from napari_msd.io.outputs import OUTPUT_SUFFIXES, create_or_resume, open_output
 
 NAMES = ["membrane", "mitochondrion", "cytoplasm"]
 COLORS = ["#ff40ff", "#40ff40", "#3070ff"]

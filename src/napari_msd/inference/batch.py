@@ -21,8 +21,9 @@ from typing import Any
 
 from ..errors import NapariMsdError
 from ..io.images import ImageReadError, open_image
+from ..io.job import JobSpec
 from ..io.model_file import ModelFileError
-from ..io.outputs import JobSpec, OutputError, PredictionOutput, create_or_resume, open_output
+from ..io.outputs import OutputError, PredictionOutput, create_or_resume, open_output
 from .averaging import OrientationAverage
 from .predictor import Predictor
 from .tiling import make_block

@@ -33,153 +33,36 @@ data and only then sets that block's element of ``blocks_done``; zarr writes eve
 temporary file and a rename, so a killed job leaves each block either recorded with all its data or not
 recorded (a half-written block is simply written again). This protects against killed processes, not
 power loss (nothing is fsynced).
+
+The job itself is defined in :mod:`.job`, the OME-NGFF metadata written in :mod:`.ome` and the pyramid
+built in :mod:`.pyramid`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import json
-import math
-import operator
 import os
-import re
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from ..errors import NapariMsdError, one_line
+from .job import JobSpec, job_difference, spatial_names
+from .ome import LABELS_NAME, create_ome
+from .pyramid import build_pyramid
 
 LAYOUT_VERSION = 1
 ATTRS_KEY = "napari_msd"
-LABELS_NAME = "prediction"
 DONE_ARRAY = "blocks_done"
-PROBABILITY_KINDS = ("none", "uint8", "float16")
-OUTPUT_FORMATS = ("zarr", "ome-zarr")
 # Recommended output names: napari opens folders named so with napari-msd's reader without asking which reader
 # to use (napari_msd._reader adds the reader preference); any other name is still a valid output.
 OUTPUT_SUFFIXES = (".msd.zarr", ".msd.ome.zarr")
-_HEX_COLOR = re.compile(r"^#[0-9a-fA-F]{6}$")
 _OVERWRITE_HINT = "pass --overwrite to replace it or choose another output"
 
 
 class OutputError(NapariMsdError):
     """A prediction output cannot be created, reopened or finalized; one line naming the path and what to do."""
-
-
-@dataclass
-class JobSpec:
-    """Everything that identifies a prediction job; a store is resumed only by an equal job.
-
-    ``model_sha256`` is the model file's SHA-256 (or the checksum stored in it), ``input`` the input spec
-    string, ``halo`` an int or one int per axis, ``probabilities`` ``"none"``, ``"uint8"`` or ``"float16"``,
-    ``labels`` whether the argmax labels are written, ``options`` any other setting that changes the
-    prediction (e.g. test-time augmentation), compared like the rest.
-    """
-
-    model_sha256: str
-    input: str
-    input_shape: tuple[int, ...]
-    block_shape: tuple[int, ...]
-    n_classes: int
-    halo: tuple[int, ...] | int = 0
-    class_names: list[str] = field(default_factory=list)
-    class_colors: list[str] = field(default_factory=list)
-    probabilities: str = "none"
-    labels: bool = True
-    output_format: str = "zarr"
-    options: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.model_sha256, str) or not self.model_sha256:
-            raise ValueError(f"model_sha256 must be a non-empty string, got {self.model_sha256!r}")
-        if not isinstance(self.input, str):
-            raise ValueError(f"input must be the input spec string, got {type(self.input).__name__}")
-        self.input_shape = _int_tuple(self.input_shape, "input_shape", minimum=1)
-        ndim = len(self.input_shape)
-        if ndim not in (2, 3):
-            raise ValueError(f"input_shape must be YX or ZYX, got {self.input_shape}")
-        self.block_shape = _int_tuple(self.block_shape, "block_shape", minimum=1)
-        halo = (self.halo,) * ndim if isinstance(self.halo, int) and not isinstance(self.halo, bool) else self.halo
-        self.halo = _int_tuple(halo, "halo", minimum=0)
-        for name in ("block_shape", "halo"):
-            if len(getattr(self, name)) != ndim:
-                raise ValueError(f"{name} {getattr(self, name)} must have one entry per axis of {self.input_shape}")
-        if isinstance(self.n_classes, bool) or not isinstance(self.n_classes, int) or not 1 <= self.n_classes < 65536:
-            raise ValueError(f"n_classes must be an integer from 1 to 65535, got {self.n_classes!r}")
-        self.class_names = list(self.class_names) or [f"class {i + 1}" for i in range(self.n_classes)]
-        if len(self.class_names) != self.n_classes or not all(isinstance(n, str) for n in self.class_names):
-            raise ValueError(f"class_names must be {self.n_classes} strings, got {self.class_names!r}")
-        if not self.class_colors:
-            from .model_file import default_class_colors  # lazily: model_file imports torch
-
-            self.class_colors = default_class_colors(self.n_classes)
-        self.class_colors = [c.lower() if isinstance(c, str) else c for c in self.class_colors]
-        if len(self.class_colors) != self.n_classes or not all(
-            isinstance(c, str) and _HEX_COLOR.match(c) for c in self.class_colors
-        ):
-            raise ValueError(
-                f"class_colors must be {self.n_classes} hex strings like '#ff0000', got {self.class_colors!r}"
-            )
-        if self.probabilities not in PROBABILITY_KINDS:
-            raise ValueError(f"probabilities must be one of {PROBABILITY_KINDS}, got {self.probabilities!r}")
-        if self.output_format not in OUTPUT_FORMATS:
-            raise ValueError(f"output_format must be one of {OUTPUT_FORMATS}, got {self.output_format!r}")
-        self.labels = bool(self.labels)
-        if not self.labels and self.probabilities == "none":
-            raise ValueError("a job must write labels, probabilities or both")
-        if not isinstance(self.options, dict):
-            raise ValueError(f"options must be a dict, got {type(self.options).__name__}")
-        json.dumps(self.options)  # must be JSON-ready (TypeError otherwise)
-
-    @property
-    def ndim(self) -> int:
-        return len(self.input_shape)
-
-    @property
-    def grid(self) -> tuple[int, ...]:
-        """Number of blocks along each axis."""
-        return tuple(-(-s // b) for s, b in zip(self.input_shape, self.block_shape))
-
-    @property
-    def n_blocks(self) -> int:
-        return math.prod(self.grid)
-
-    @property
-    def labels_dtype(self) -> np.dtype:
-        return np.dtype(np.uint8 if self.n_classes < 256 else np.uint16)
-
-    @property
-    def probabilities_dtype(self) -> np.dtype | None:
-        return None if self.probabilities == "none" else np.dtype(self.probabilities)
-
-    def block_slices(self, block_index: tuple[int, ...]) -> tuple[slice, ...]:
-        """The output region of one block (the last block along an axis may be shorter)."""
-        index = tuple(int(i) for i in block_index)
-        if len(index) != self.ndim or any(not 0 <= i < n for i, n in zip(index, self.grid)):
-            raise ValueError(f"block index {tuple(block_index)} is outside the block grid {self.grid}")
-        return tuple(
-            slice(i * b, min((i + 1) * b, s)) for i, b, s in zip(index, self.block_shape, self.input_shape)
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain, JSON-ready copy (tuples become lists)."""
-        return json.loads(json.dumps(dataclasses.asdict(self)))
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> JobSpec:
-        """Inverse of :meth:`to_dict`; unknown keys are ignored, missing required ones raise ValueError."""
-        if not isinstance(data, dict):
-            raise ValueError(f"a job must be a JSON object, got {type(data).__name__}")
-        fields = dataclasses.fields(cls)
-        missing = [f.name for f in fields if f.name not in data and f.default is dataclasses.MISSING
-                   and f.default_factory is dataclasses.MISSING]
-        if missing:
-            raise ValueError(f"job lacks {', '.join(missing)}")
-        names = {f.name for f in fields}
-        return cls(**{k: v for k, v in data.items() if k in names})
 
 
 class PredictionOutput:
@@ -324,7 +207,8 @@ class PredictionOutput:
         levels = 1
         try:
             if self.job.output_format == "ome-zarr":
-                levels = self._build_pyramid(downsample_z, max(1, int(max_levels)))
+                levels = build_pyramid(self._root, self.job, self._labels_group, self._probabilities_group,
+                                       downsample_z=downsample_z, max_levels=max(1, int(max_levels)))
             self._root = _open_root(self.path, "r+")
             record = {**dict(self._root.attrs).get(ATTRS_KEY, {}), "finalized": True, "levels": levels}
             self._root.attrs[ATTRS_KEY] = record
@@ -332,56 +216,6 @@ class PredictionOutput:
         except OSError as err:
             raise OutputError(f"cannot finalize {self.path} ({one_line(err)}); check the disk and permissions") \
                 from None
-
-    def _build_pyramid(self, downsample_z: bool, max_levels: int) -> int:
-        import dask.array as da
-        from ome_zarr.format import FormatV05
-
-        (write_multiscales_metadata,) = _ome_writer("write_multiscales_metadata")
-
-        job, fmt = self.job, FormatV05()
-        steps = _level_steps(job.input_shape, job.block_shape, downsample_z, max_levels)
-        shapes, factors = [job.input_shape], [(1,) * job.ndim]
-        for step in steps:
-            shapes.append(tuple(-(-s // f) for s, f in zip(shapes[-1], step)))
-            factors.append(tuple(a * f for a, f in zip(factors[-1], step)))
-        targets = []
-        if job.probabilities != "none":
-            targets.append((self._probabilities_group, True, "mean"))
-        if job.labels:
-            targets.append((self._labels_group, False, "stride"))
-        for group_path, channels, method in targets:
-            group = self._root[group_path.rstrip("/")] if group_path else self._root
-            lead = (job.n_classes,) if channels else ()
-            for level, step in enumerate(steps, start=1):
-                source = group[f"s{level - 1}"]
-                chunks = (1,) * len(lead) + tuple(min(b, s) for b, s in zip(job.block_shape, shapes[level]))
-                target = group.create_array(
-                    f"s{level}", shape=lead + shapes[level], chunks=chunks, dtype=source.dtype, fill_value=0,
-                    dimension_names=source.metadata.dimension_names, overwrite=True,
-                )
-                full_step = (1,) * len(lead) + step
-                src = da.from_zarr(source, chunks=tuple(c * f for c, f in zip(chunks, full_step)))
-                out_chunks = tuple(tuple(-(-c // f) for c in axis) for axis, f in zip(src.chunks, full_step))
-                fn = functools.partial(_mean_downsample if method == "mean" else _stride_downsample,
-                                       factors=full_step)
-                out = src.map_blocks(fn, chunks=out_chunks, dtype=source.dtype,
-                                     meta=np.empty((0,) * src.ndim, source.dtype))
-                da.store(out, target, lock=False)
-            stale = len(steps) + 1
-            while f"s{stale}" in group:
-                del group[f"s{stale}"]
-                stale += 1
-            datasets = [
-                {"path": f"s{level}", "coordinateTransformations": _transforms(factor, channels, method)}
-                for level, factor in enumerate(factors)
-            ]
-            description = ("mean of each 2^n cell, edges replicated" if method == "mean"
-                           else "every 2^n-th pixel (nearest, no mode)")
-            write_multiscales_metadata(group, datasets=datasets, fmt=fmt, axes=_axes(job, channels),
-                                       name=LABELS_NAME if not channels else "probabilities",
-                                       metadata={"method": f"napari_msd: {description}"})
-        return len(shapes)
 
     # -- reading ---------------------------------------------------------------------------------------------------
 
@@ -447,7 +281,7 @@ def create_or_resume(path: str | os.PathLike[str], job: JobSpec, *, overwrite: b
         if damaged is not None and not overwrite:
             raise damaged
         if not started_only and not overwrite:
-            why = _job_difference(stored, job.to_dict())
+            why = job_difference(stored, job.to_dict())
             raise OutputError(f"{path} exists and holds a different prediction ({why}); {_OVERWRITE_HINT}")
         if path.is_symlink():
             raise OutputError(f"{path} is a symbolic link; remove it yourself or choose another output")
@@ -515,10 +349,10 @@ def _create(path: Path, job: JobSpec) -> PredictionOutput:
         if job.output_format == "zarr":
             _create_plain(root, job)
         else:
-            _create_ome(root, job)
+            create_ome(root, job)
         root.create_array(
             DONE_ARRAY, shape=job.grid, chunks=(1,) * job.ndim, dtype="uint8", fill_value=0, compressors=None,
-            chunk_key_encoding={"name": "default", "separator": "."}, dimension_names=_spatial_names(job),
+            chunk_key_encoding={"name": "default", "separator": "."}, dimension_names=spatial_names(job),
             attributes={"description": "napari-msd: 1 where the block's data is fully written"},
         )
         record = {"layout": LAYOUT_VERSION, "job": job.to_dict(), "finalized": False, "levels": 1}
@@ -532,7 +366,7 @@ def _create(path: Path, job: JobSpec) -> PredictionOutput:
 
 
 def _create_plain(root: Any, job: JobSpec) -> None:
-    names = _spatial_names(job)
+    names = spatial_names(job)
     if job.labels:
         root.create_array("labels", shape=job.input_shape, chunks=job.block_shape, dtype=job.labels_dtype,
                           fill_value=0, dimension_names=names,
@@ -541,47 +375,6 @@ def _create_plain(root: Any, job: JobSpec) -> None:
         root.create_array("probabilities", shape=(job.n_classes, *job.input_shape), chunks=(1, *job.block_shape),
                           dtype=job.probabilities_dtype, fill_value=0, dimension_names=("c", *names),
                           attributes={"class_names": job.class_names, "scale": _prob_scale(job)})
-
-
-def _create_ome(root: Any, job: JobSpec) -> None:
-    from ome_zarr.format import FormatV05
-
-    add_metadata, write_label_metadata, write_multiscales_metadata = _ome_writer(
-        "add_metadata", "write_label_metadata", "write_multiscales_metadata")
-    fmt = FormatV05()
-    names = _spatial_names(job)
-    level0 = [{"path": "s0", "coordinateTransformations": _transforms((1,) * job.ndim, False, "")}]
-    colors = [{"label-value": i + 1, "rgba": _rgba(c)} for i, c in enumerate(job.class_colors)]
-    properties = [{"label-value": i + 1, "class": n} for i, n in enumerate(job.class_names)]
-    if job.probabilities != "none":
-        root.create_array("s0", shape=(job.n_classes, *job.input_shape), chunks=(1, *job.block_shape),
-                          dtype=job.probabilities_dtype, fill_value=0, dimension_names=("c", *names))
-        top = 255 if job.probabilities == "uint8" else 1.0
-        omero = {
-            "channels": [
-                {"label": n, "color": c.lstrip("#"), "active": True,
-                 "window": {"min": 0, "max": top, "start": 0, "end": top}}
-                for n, c in zip(job.class_names, job.class_colors)
-            ],
-            "rdefs": {"model": "color"},
-        }
-        datasets = [{**level0[0], "coordinateTransformations": _transforms((1,) * job.ndim, True, "")}]
-        write_multiscales_metadata(root, datasets=datasets, fmt=fmt, axes=_axes(job, True), name="probabilities",
-                                   metadata={"omero": omero})
-        if job.labels:
-            group = root.require_group("labels").require_group(LABELS_NAME)
-            group.create_array("s0", shape=job.input_shape, chunks=job.block_shape, dtype=job.labels_dtype,
-                               fill_value=0, dimension_names=names)
-            write_multiscales_metadata(group, datasets=level0, fmt=fmt, axes=_axes(job, False), name=LABELS_NAME)
-            write_label_metadata(root["labels"], LABELS_NAME, colors=colors, properties=properties, fmt=fmt,
-                                 source={"image": "../../"})
-            add_metadata(root["labels"], {"version": fmt.version}, fmt=fmt)  # ome-zarr-py 0.18 leaves it out
-    else:  # labels only: the root is the label image
-        root.create_array("s0", shape=job.input_shape, chunks=job.block_shape, dtype=job.labels_dtype,
-                          fill_value=0, dimension_names=names)
-        write_multiscales_metadata(root, datasets=level0, fmt=fmt, axes=_axes(job, False), name=LABELS_NAME)
-        add_metadata(root, {"image-label": {"colors": colors, "properties": properties, "version": fmt.version}},
-                     fmt=fmt)
 
 
 # -- helpers -----------------------------------------------------------------------------------------------------------
@@ -609,26 +402,6 @@ def _inspect(path: Path) -> tuple[str, str]:
         ome = isinstance(meta, dict) and isinstance(meta.get("attributes"), dict) and "ome" in meta["attributes"]
         return "foreign", "an OME-Zarr image" if ome else "a zarr store"
     return "foreign", f"a directory with {len(entries)} entr{'y' if len(entries) == 1 else 'ies'}"
-
-
-def _ome_writer(*names: str) -> tuple[Any, ...]:
-    """Functions of ``ome_zarr.writer``, imported without its import-time DeprecationWarning (``Scaler``)."""
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        from ome_zarr import writer
-    return tuple(getattr(writer, n) for n in names)
-
-
-def _int_tuple(value: Any, name: str, *, minimum: int) -> tuple[int, ...]:
-    try:
-        out = tuple(operator.index(v) for v in value)
-    except TypeError:
-        raise ValueError(f"{name} must be a sequence of integers, got {value!r}") from None
-    if any(v < minimum for v in out):
-        raise ValueError(f"{name} entries must be at least {minimum}, got {out}")
-    return out
 
 
 def _normalise_slices(slices: Any, shape: tuple[int, ...]) -> tuple[slice, ...] | None:
@@ -668,69 +441,11 @@ def _check_writable(path: Path) -> None:
         raise OutputError(f"cannot write to {path}: permission denied; choose a writable location")
 
 
-def _job_difference(stored: Any, wanted: dict[str, Any]) -> str:
-    if not isinstance(stored, dict):
-        return "an unfinished or unreadable job record"
-    keys = [k for k in wanted if stored.get(k) != wanted[k]] + [k for k in stored if k not in wanted]
-    labels = {"model_sha256": "another model", "input": "another input", "input_shape": "another input shape"}
-    parts = [labels.get(k, f"different {k}") for k in keys]
-    return ", ".join(parts[:4]) + (", ..." if len(parts) > 4 else "") if parts else "another job"
-
-
 def _group_paths(job: JobSpec) -> tuple[str, str]:
     """Group prefixes (``""`` = root, else ending in ``/``) of the labels and probabilities pyramids."""
     if job.output_format == "zarr":
         return "", ""
     return (f"labels/{LABELS_NAME}/" if job.probabilities != "none" else ""), ""
-
-
-def _spatial_names(job: JobSpec) -> tuple[str, ...]:
-    return ("z", "y", "x")[-job.ndim:]
-
-
-def _axes(job: JobSpec, channels: bool) -> list[dict[str, str]]:
-    spatial = [{"name": n, "type": "space"} for n in _spatial_names(job)]
-    return ([{"name": "c", "type": "channel"}] if channels else []) + spatial
-
-
-def _transforms(factor: tuple[int, ...], channels: bool, method: str) -> list[dict[str, Any]]:
-    """Scale (and, for means, the half-cell shift of the cell centre) of one pyramid level."""
-    scale = [float(f) for f in factor]
-    shift = [(f - 1) / 2 if method == "mean" else 0.0 for f in factor]
-    if channels:
-        scale, shift = [1.0, *scale], [0.0, *shift]
-    out: list[dict[str, Any]] = [{"type": "scale", "scale": scale}]
-    if any(shift):
-        out.append({"type": "translation", "translation": shift})
-    return out
-
-
-def _level_steps(shape: tuple[int, ...], block: tuple[int, ...], downsample_z: bool,
-                 max_levels: int) -> list[tuple[int, ...]]:
-    """Per-axis factors (1 or 2) from each pyramid level to the next."""
-    steps: list[tuple[int, ...]] = []
-    current = shape
-    free = [not (len(shape) == 3 and a == 0 and not downsample_z) for a in range(len(shape))]
-    while len(steps) + 1 < max_levels and any(c > b for c, b, f in zip(current, block, free) if f):
-        step = tuple(2 if f and c > 1 else 1 for c, f in zip(current, free))
-        current = tuple(-(-c // s) for c, s in zip(current, step))
-        steps.append(step)
-    return steps
-
-
-def _stride_downsample(x: np.ndarray, factors: tuple[int, ...]) -> np.ndarray:
-    return np.ascontiguousarray(x[tuple(slice(None, None, f) for f in factors)])
-
-
-def _mean_downsample(x: np.ndarray, factors: tuple[int, ...]) -> np.ndarray:
-    pad = [(0, -n % f) for n, f in zip(x.shape, factors)]
-    if any(p for _, p in pad):
-        x = np.pad(x, pad, mode="edge")
-    cells = x.reshape([v for n, f in zip(x.shape, factors) for v in (n // f, f)])
-    mean = cells.mean(axis=tuple(range(1, cells.ndim, 2)), dtype=np.float32)
-    if np.dtype(x.dtype).kind in "iu":
-        mean = np.rint(mean)
-    return mean.astype(x.dtype)
 
 
 def _to_stored_probabilities(p: np.ndarray, job: JobSpec, index: tuple[int, ...],
@@ -752,13 +467,8 @@ def _prob_scale(job: JobSpec) -> str:
     return "probability = value / 255" if job.probabilities == "uint8" else "probability = value"
 
 
-def _rgba(color: str) -> list[int]:
-    return [int(color[i:i + 2], 16) for i in (1, 3, 5)] + [255]
-
-
 def _fmt_slices(slices: Any) -> str:
     try:
         return "[" + ", ".join(f"{s.start}:{s.stop}" for s in slices) + "]"
     except (AttributeError, TypeError):
         return repr(slices)
-
