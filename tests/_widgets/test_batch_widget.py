@@ -11,10 +11,9 @@ import pytest
 import torch
 import zarr
 
-import napari_msd._widgets.batch_widget as module
 from dock_helpers import WAIT_MS
 
-from napari_msd._widgets.batch_widget import BatchWidget, output_name
+from napari_msd._widgets.batch_widget import BatchWidget
 from napari_msd._widgets.session import get_session
 from napari_msd.cli import main
 from napari_msd.inference import batch
@@ -82,13 +81,6 @@ def _snapshot(path: Path) -> dict[str, str]:
 
 
 @pytest.fixture
-def errors(monkeypatch) -> list[str]:
-    found: list[str] = []
-    monkeypatch.setattr(module, "show_error", found.append)
-    return found
-
-
-@pytest.fixture
 def dock(make_napari_viewer_proxy, qtbot):
     viewer = make_napari_viewer_proxy()
     widget = BatchWidget(viewer)
@@ -97,25 +89,15 @@ def dock(make_napari_viewer_proxy, qtbot):
 
 
 def _idle(w: BatchWidget) -> bool:
-    return w.worker is None and w.run_button.isEnabled() and not w.stop_button.isEnabled() and w.settings.isEnabled()
+    return not w.running and w.run_button.isEnabled() and not w.stop_button.isEnabled() and w.settings.isEnabled()
 
 
 def _run(w: BatchWidget, qtbot) -> list[str]:
     with qtbot.waitSignal(w.batch_finished, timeout=TIMEOUT) as blocker:
         assert w.start()
-        assert not w.run_button.isEnabled() and w.stop_button.isEnabled() and w.worker is not None
+        assert not w.run_button.isEnabled() and w.stop_button.isEnabled() and w.running
     assert _idle(w)
     return blocker.args[0]
-
-
-def test_output_names():
-    assert output_name("/d/x.tif") == "x_prediction.msd.zarr"
-    assert output_name("/d/x.ome.tiff", ome_zarr=True) == "x_prediction.msd.ome.zarr"
-    assert output_name("/d/vol.ome.zarr/") == "vol_prediction.msd.zarr"
-    assert output_name("/d/a.zarr::raw") == "a_raw_prediction.msd.zarr"
-    assert output_name("/d/a.zarr::/em/s0/") == "a_em_s0_prediction.msd.zarr"
-    assert output_name("rel/stack.v2.mrc") == "stack.v2_prediction.msd.zarr"
-    assert output_name("/d/plain_zarr_dir") == "plain_zarr_dir_prediction.msd.zarr"
 
 
 def test_defaults_and_input_list(make_napari_viewer_proxy, files):
@@ -200,7 +182,7 @@ def test_stop_mid_run_keeps_a_resumable_output(dock, files, tmp_path, qtbot, err
     statuses: list[str] = []
 
     def stop_at_first_block(value: int) -> None:
-        if value > 0 and w.worker is not None and not statuses:
+        if value > 0 and w.running and not statuses:
             statuses.append(w.status_label.text())
             w.stop_button.click()
 
@@ -321,20 +303,17 @@ def test_closing_the_viewer_stops_and_waits_for_the_worker(make_napari_viewer_pr
     assert w.start()
     qtbot.waitUntil(lambda: w.progress_bar.value() > 0, timeout=TIMEOUT)
     viewer.__wrapped__.close()
-    assert w.worker is None and w.last_outputs == [] and errors == []
+    assert not w.running and w.last_outputs == [] and errors == []
     partial = open_output(tmp_path / "big_prediction.msd.zarr", writable=False)
     assert 1 <= len(partial.done()) < partial.job.n_blocks
 
 
 def test_close_workers_without_a_worker_returns_at_once(dock):
     _, w = dock
-    assert w.close_workers(timeout_ms=10) is True and _idle(w)
+    assert w.close_workers(timeout=0.01) is True and _idle(w)
 
 
 def test_dock_through_the_plugin_manager(make_napari_viewer_proxy):
-    manifest = Path(module.__file__).parents[1] / "napari.yaml"
-    if "napari-msd.batch_widget" not in manifest.read_text():
-        pytest.skip("the Batch dock is not in napari.yaml yet")
     viewer = make_napari_viewer_proxy()
     _, widget = viewer.window.add_plugin_dock_widget("napari-msd", "Batch")
     assert isinstance(widget, BatchWidget)

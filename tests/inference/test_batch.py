@@ -1,5 +1,6 @@
 """Batch apply (``prepare`` / ``run``): tiled output equals whole-image prediction, the event stream, stopping
-and resuming in this process, and finalized OME-Zarr outputs with a pyramid and class names."""
+and resuming in this process, and finalized OME-Zarr outputs with a pyramid and class names; several inputs
+(``batch_events``) and their output names."""
 
 from __future__ import annotations
 
@@ -13,7 +14,18 @@ import torch
 import zarr
 
 from napari_msd.inference import Predictor
-from napari_msd.inference.batch import BatchFinished, BatchStarted, BlockWritten, prepare, run
+from napari_msd.inference.batch import (
+    BatchError,
+    BatchFinished,
+    BatchStarted,
+    BlockWritten,
+    InputEvent,
+    Prepared,
+    batch_events,
+    output_name,
+    prepare,
+    run,
+)
 from napari_msd.io import save_model
 from napari_msd.io.outputs import open_output
 from napari_msd.models import MSDNet
@@ -195,3 +207,34 @@ def test_probabilities_only(data, tmp_path):
     out = open_output(tmp_path / "p.zarr", writable=False)
     assert out.labels is None and not (tmp_path / "p.zarr" / "labels").exists()
     assert np.abs(out.open_probabilities()[...] - data["whole"] * 255.0).max() <= 0.5 + 1e-3
+
+
+def test_output_names():
+    assert output_name("/d/x.tif") == "x_prediction.msd.zarr"
+    assert output_name("/d/x.ome.tiff", ome_zarr=True) == "x_prediction.msd.ome.zarr"
+    assert output_name("/d/vol.ome.zarr/") == "vol_prediction.msd.zarr"
+    assert output_name("/d/a.zarr::raw") == "a_raw_prediction.msd.zarr"
+    assert output_name("/d/a.zarr::/em/s0/") == "a_em_s0_prediction.msd.zarr"
+    assert output_name("rel/stack.v2.mrc") == "stack.v2_prediction.msd.zarr"
+    assert output_name("/d/plain_zarr_dir") == "plain_zarr_dir_prediction.msd.zarr"
+
+
+def test_batch_events_prepare_every_input_then_run_them_in_turn(data, tmp_path):
+    outputs = [tmp_path / "a.zarr", tmp_path / "b.zarr"]
+    events = list(batch_events(data["model"], [str(data["npy"]), str(data["zarr"])], outputs, {"tile_size": 48}))
+    assert events[0] == Prepared(((20, 0), (20, 0)), tuple(str(p) for p in outputs))  # 5 x 2 x 2 blocks each
+    stream = [BatchStarted] + [BlockWritten] * 20 + [BatchFinished]
+    assert all(isinstance(e, InputEvent) for e in events[1:])
+    assert [(e.index, type(e.event)) for e in events[1:]] == [(i, t) for i in (0, 1) for t in stream]
+    for path in outputs:
+        assert np.array_equal(open_output(path, writable=False).open_labels()[...], data["labels"])
+
+    stopped = threading.Event()
+    stopped.set()
+    assert list(batch_events(data["model"], [str(data["npy"])], [tmp_path / "c.zarr"], {}, stopped)) == []
+    assert not (tmp_path / "c.zarr").exists()
+
+    with pytest.raises(BatchError, match="missing.tif"):  # a bad input fails before any block is computed
+        list(batch_events(data["model"], [str(data["npy"]), str(tmp_path / "missing.tif")],
+                          [tmp_path / "d.zarr", tmp_path / "e.zarr"], {}))
+    assert not open_output(tmp_path / "d.zarr", writable=False).done()

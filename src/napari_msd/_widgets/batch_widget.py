@@ -1,9 +1,8 @@
 """The "Batch" dock: apply a saved model to several volumes, each into a resumable zarr / OME-Zarr output.
 
-It drives the same core as ``napari-msd predict`` (:mod:`napari_msd.inference.batch`) in a napari thread
-worker that only yields plain records (:class:`Prepared`, then ``(input index, core event)``); widgets and
-layers are touched in main-thread slots only. Stop ends the run between blocks
-and keeps every finished block: running the same job again resumes it.
+It runs the same core as ``napari-msd predict`` (:func:`napari_msd.inference.batch.batch_events`) through
+:mod:`.workers`, as the other docks do; widgets and layers are touched in main-thread slots only. Stop ends
+the run between blocks and keeps every finished block: running the same job again resumes it.
 """
 
 from __future__ import annotations
@@ -15,9 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error
-from qtpy.QtCore import QEvent, QEventLoop, QObject, Qt, QTimer, Signal
+from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
@@ -30,7 +28,6 @@ from qtpy.QtWidgets import (
     QLineEdit,
     QListWidget,
     QListWidgetItem,
-    QMainWindow,
     QProgressBar,
     QPushButton,
     QScrollArea,
@@ -44,6 +41,7 @@ from napari_msd.base.device import available_devices
 from napari_msd.errors import one_line
 from napari_msd.inference import batch
 
+from . import workers
 from .model_widget import MODEL_FILE_FILTER
 from .session import get_session
 
@@ -51,34 +49,7 @@ if TYPE_CHECKING:
     import napari
 
 IMAGE_FILTER = "Images (*.tif *.tiff *.mrc *.rec *.st *.map *.ali *.mrcs *.npy);;All files (*)"
-_STRIPPED = (".ome.zarr", ".ome.tiff", ".ome.tif")
 SETTINGS_MIN_HEIGHT = 180  # px of the scrolling settings always shown: model, inputs and output at least
-
-
-def output_name(image_spec: str, ome_zarr: bool = False) -> str:
-    """``<stem>_prediction.msd.zarr`` (``.msd.ome.zarr``) for an input: ``x.tif`` and ``x.ome.zarr`` give ``x``,
-    ``a.zarr::raw/s0`` gives ``a_raw_s0`` (arrays of one store get distinct outputs)."""
-    path, _, inner = str(image_spec).partition("::")
-    name = Path(path.rstrip("/\\")).name
-    stripped = next((name[: -len(s)] for s in _STRIPPED if name.lower().endswith(s)), None)
-    stem = stripped if stripped is not None else (Path(name).stem if Path(name).suffix else name)
-    stem = "_".join([p for p in (stem, *inner.replace("\\", "/").split("/")) if p]) or "input"
-    return f"{stem}_prediction{'.msd.ome.zarr' if ome_zarr else '.msd.zarr'}"  # *.msd.*: napari opens them with us
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """Every input checked and its output created or resumed: ``(n_blocks, n_done)`` and the path per input."""
-
-    blocks: tuple[tuple[int, int], ...]
-    outputs: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class Failed:
-    """The run ended with an error: its one-line message."""
-
-    message: str
 
 
 def error_message(err: BaseException) -> str:
@@ -87,29 +58,6 @@ def error_message(err: BaseException) -> str:
     if isinstance(err, batch.BatchError) and not str(err).strip():
         return "the batch job cannot run"
     return one_line(err, typed=True)
-
-
-def batch_events(model_path: str, inputs: list[str], outputs: list[str], options: dict[str, Any],
-                 stop: threading.Event):
-    """The worker body (no Qt, no napari): prepare all inputs first, so a bad one fails before any work, then
-    run them in turn; yields :class:`Prepared`, then ``(input index, BatchStarted | BlockWritten | ...)``, and
-    :class:`Failed` instead of raising (superqt drops a RuntimeError raised in a generator worker silently)."""
-    try:
-        jobs: list[Any] = []
-        for spec, out in zip(inputs, outputs):
-            if stop.is_set():
-                return
-            jobs.append(batch.prepare(model_path, spec, out, **options))
-        yield Prepared(tuple((j.spec.n_blocks, len(j.output.done())) for j in jobs),
-                       tuple(str(j.output.path) for j in jobs))
-        for i in range(len(jobs)):
-            if stop.is_set():
-                return
-            job, jobs[i] = jobs[i], None  # drop each predictor once its input is done
-            for event in batch.run(job, stop=stop):
-                yield i, event
-    except Exception as err:  # noqa: BLE001 -- reported as one line in the main thread
-        yield Failed(error_message(err))
 
 
 def _eta(seconds: float) -> str:
@@ -147,9 +95,9 @@ class BatchWidget(QWidget):
         self.viewer = napari_viewer
         viewer = getattr(napari_viewer, "__wrapped__", napari_viewer)
         self.session = get_session(viewer)
-        self.worker: Any = None
+        self.work: workers.Work | None = None
         self.last_outputs: list[str] = []
-        self._stop_event = threading.Event()
+        self._stop = threading.Event()  # Stop: the run ends between blocks, its last events still shown
         self._run: _Run | None = None
         self._closing = False
 
@@ -218,9 +166,7 @@ class BatchWidget(QWidget):
         versions_changed = getattr(self.session, "versions_changed", None)
         if versions_changed is not None:
             versions_changed.connect(self._follow_session_model)
-        main_window = getattr(getattr(viewer, "window", None), "_qt_window", None)
-        if isinstance(main_window, QObject):  # not stored: a reference would keep the closed window alive
-            main_window.installEventFilter(self)
+        workers.on_window_close(self, self.close_workers)
 
     def _build_layout(self) -> None:
         """Settings in a scroll area (options folded) above Run / Stop, progress and status, so the dock stays
@@ -325,7 +271,7 @@ class BatchWidget(QWidget):
             raise _Invalid("Choose an output folder before running the batch")
         if os.path.exists(folder) and not os.path.isdir(folder):
             raise _Invalid(f"{folder} is a file; choose a folder for the outputs")
-        names = [output_name(spec, self.ome_zarr.isChecked()) for spec in inputs]
+        names = [batch.output_name(spec, self.ome_zarr.isChecked()) for spec in inputs]
         for i, name in enumerate(names):
             if name in names[:i]:
                 raise _Invalid(f"the inputs {inputs[names.index(name)]} and {inputs[i]} would both write {name}; "
@@ -337,73 +283,65 @@ class BatchWidget(QWidget):
         return model, inputs, [os.path.join(folder, n) for n in names], options
 
     # --- running -----------------------------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        """A run is under way: from Run until its end is handled (before ``batch_finished``, so a slot of that
+        signal may start the next run)."""
+        return self._run is not None
+
     def start(self) -> bool:
         """Run (the Run button): check the settings here, then predict in a worker; False if nothing started."""
-        if self.worker is not None:
+        if self.running:
             return False
         try:
             model, inputs, outputs, options = self._settings()
         except _Invalid as err:
             show_error(str(err))
             return False
-        self._stop_event, self._closing = threading.Event(), False
+        stop = self._stop = threading.Event()
+        self._closing = False
         self._run = _Run(inputs)
-        worker = create_worker(batch_events, model, inputs, outputs, options, self._stop_event,
-                               _start_thread=False, _ignore_errors=True)
-        worker.yielded.connect(self._on_yielded)
-        worker.errored.connect(self._on_errored)
-        worker.finished.connect(self._on_finished)
-        self.worker = worker
         self._set_running(True)
         self.progress_bar.setRange(0, 0)  # busy until the inputs are checked
         self.status_label.setText("Checking the model, inputs and outputs…")
-        worker.start()
+        self.work = workers.start(lambda work: batch.batch_events(model, inputs, outputs, options, stop),
+                                  self._on_event, self._on_done, "Batch", error_message=error_message)
+        self.work.on_cancel.append(stop.set)
         return True
 
     def stop(self) -> None:
         """Ask the running batch to end after the current block; what is written stays and resumes later."""
-        self._stop_event.set()
-        if self.worker is not None:
+        self._stop.set()
+        if self.running:
             self.stop_button.setEnabled(False)
             self.status_label.setText("Stopping after the current block…")
 
-    def close_workers(self, timeout_ms: int = 5000) -> bool:
-        """Stop the worker and wait up to ``timeout_ms`` for it to end (viewer closing); True when none is left."""
-        worker = self.worker
-        if worker is None:
+    def close_workers(self, timeout: float = 10.0) -> bool:
+        """End the run without opening its results and wait up to ``timeout`` s for it (the viewer is closing);
+        True when no run is left."""
+        if not self.running or self.work is None:
             return True
         self._closing = True
         self.stop()
-        worker.quit()
-        loop, timer = QEventLoop(), QTimer()
-        timer.setSingleShot(True)
-        timer.timeout.connect(loop.quit)
-        self.batch_finished.connect(loop.quit)
-        timer.start(max(0, int(timeout_ms)))
-        if self.worker is not None:  # the loop delivers the worker's last events to the slots below
-            loop.exec()
-        timer.stop()
-        self.batch_finished.disconnect(loop.quit)
-        return self.worker is None
+        self.work.cancel()
+        self.work.wait(timeout)
+        return not self.running
 
     def _set_running(self, running: bool) -> None:
         self.settings.setEnabled(not running)
         self.run_button.setEnabled(not running)
         self.stop_button.setEnabled(running)
 
-    def _on_yielded(self, item: Any) -> None:
+    def _on_event(self, item: batch.Prepared | batch.InputEvent) -> None:
         run = self._run
         if run is None:
             return
-        if isinstance(item, Failed):
-            self._fail(item.message)
-            return
-        if isinstance(item, Prepared):
+        if isinstance(item, batch.Prepared):
             run.blocks = list(item.blocks)
             self.progress_bar.setRange(0, max(1, sum(n for n, _ in run.blocks)))
             self.progress_bar.setValue(sum(d for _, d in run.blocks))
             return
-        index, event = item
+        index, event = item.index, item.event
         run.current = index
         if isinstance(event, batch.BatchFinished):
             if run.blocks[index][1] >= run.blocks[index][0]:
@@ -422,20 +360,14 @@ class BatchWidget(QWidget):
         self.status_label.setText(f"input {index + 1}/{len(run.blocks)}: block {event.n_done}/{event.n_blocks}, "
                                   f"ETA {eta}")
 
-    def _on_errored(self, err: BaseException) -> None:
-        self._fail(error_message(err))
-
-    def _fail(self, message: str) -> None:
-        if self._run is not None:
-            self._run.error = message  # before show_error: it may process events (and finish the run)
-        show_error(message)
-
-    def _on_finished(self) -> None:
-        run, worker, self._run, self.worker = self._run, self.worker, None, None
-        generator = getattr(worker, "_gen", None)
-        if generator is not None:  # left suspended by worker.quit(): the thread has ended, run its cleanup now
-            generator.close()
+    def _on_done(self, work: workers.Work) -> None:
+        """The run ended (done, stopped or failed; its error was shown by :mod:`.workers`): say so, open results."""
+        run, self._run = self._run, None
         self._set_running(False)
+        if run is None:
+            return
+        if work.error is not None:
+            run.error = error_message(work.error)
         complete = len(run.completed) == len(run.inputs)
         done = sum(d for _, d in run.blocks)
         if run.error is not None:
@@ -466,16 +398,7 @@ class BatchWidget(QWidget):
             layer.name = base if layer.name == "prediction" else f"{base} {layer.name}"
 
     # --- shutdown ----------------------------------------------------------------------------------------
-    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
-        if (event.type() == QEvent.Type.Close and isinstance(watched, QMainWindow)
-                and getattr(self, "worker", None) is not None):  # napari's main window is closing
-            watched.event(event)  # napari first: it may ask to confirm and ignore the close; then stop if it closes
-            if event.isAccepted():
-                self.close_workers()
-            return True
-        return super().eventFilter(watched, event)
-
-    def closeEvent(self, event: Any) -> None:
+    def closeEvent(self, event: Any) -> None:  # noqa: N802 -- Qt API
         self.close_workers()
         super().closeEvent(event)
 

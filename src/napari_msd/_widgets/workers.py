@@ -3,7 +3,7 @@
 :func:`start` wraps a generator function in a napari ``thread_worker``: yielded events reach ``on_event`` in
 the main thread (the only place layers and widgets are touched), an exception becomes one notification line,
 and ``on_done`` runs in the main thread however the work ended. The returned :class:`Work` can be asked to
-end (``cancel``) and waited for (``wait``): docks call :func:`on_viewer_close` so closing the viewer during
+end (``cancel``) and waited for (``wait``): docks call :func:`on_window_close` so closing the viewer during
 training or prediction ends the work cleanly instead of leaving a thread running.
 """
 
@@ -13,6 +13,7 @@ import gc
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -25,12 +26,14 @@ from napari_msd.errors import one_line
 
 
 class Work:
-    """One running generator: ``cancel()`` asks it to end at its next event, ``wait()`` blocks until it has."""
+    """One running generator: ``cancel()`` asks it to end at its next event, ``wait()`` blocks until it has
+    ended and ``on_done`` ran."""
 
     def __init__(self) -> None:
         self.cancelled = threading.Event()
         self.done = threading.Event()  # the thread has ended
         self.finished = False  # ... and its end was handled in the main thread (``on_done`` ran)
+        self._ending = False  # ``on_done`` is running (a wait() from inside it returns at once)
         self.worker: Any = None
         self.error: BaseException | None = None
         self.on_cancel: list[Callable[[], None]] = []
@@ -41,16 +44,17 @@ class Work:
             callback()
 
     def wait(self, timeout: float = 10.0) -> bool:
-        """Wait for the thread to finish (processing Qt events meanwhile); True if it did."""
+        """Wait for the thread to finish and ``on_done`` to run (processing Qt events meanwhile); True if they did."""
         deadline = threading.Event()
         timer = threading.Timer(timeout, deadline.set)
         timer.start()
         try:
-            while not self.done.wait(0.02):
+            while not (self.finished or self._ending):
+                if self.done.wait(0.02):
+                    time.sleep(0.001)  # the thread has ended: its finished signal is on its way
                 QCoreApplication.processEvents()
                 if deadline.is_set():
                     return False
-            QCoreApplication.processEvents()
             return True
         finally:
             timer.cancel()
@@ -84,10 +88,12 @@ def lower_thread_priority(increment: int = BACKGROUND_NICENESS) -> bool:
 
 
 def start(generator: Callable[[Work], Iterator[Any]], on_event: Callable[[Any], None],
-          on_done: Callable[[Work], None], name: str) -> Work:
-    """Run ``generator(work)`` in a thread worker; see the module docstring. The thread runs at a lower
-    priority than the interface, and Python switches threads every millisecond (not 5), so neither a busy
-    CPU nor busy Python threads starve napari's event loop."""
+          on_done: Callable[[Work], None], name: str,
+          error_message: Callable[[BaseException], str] | None = None) -> Work:
+    """Run ``generator(work)`` in a thread worker; see the module docstring. An exception it raises is shown as
+    ``error_message(err)`` (default: ``"<name> failed: <its one line>"``) and kept in ``work.error``. The thread
+    runs at a lower priority than the interface, and Python switches threads every millisecond (not 5), so
+    neither a busy CPU nor busy Python threads starve napari's event loop."""
     work = Work()
     if sys.getswitchinterval() > GIL_SWITCH_INTERVAL:
         sys.setswitchinterval(GIL_SWITCH_INTERVAL)
@@ -116,9 +122,11 @@ def start(generator: Callable[[Work], Iterator[Any]], on_event: Callable[[Any], 
         if generator_object is not None:  # abandoned by worker.quit() (napari does that when the viewer closes)
             generator_object.close()  # the thread has ended: run its cleanup (finally blocks) here
         work.done.set()
+        work._ending = True
         try:
             if work.error is not None:
-                show_error(f"{name} failed: {one_line(work.error, typed=True)}")
+                show_error(error_message(work.error) if error_message is not None
+                           else f"{name} failed: {one_line(work.error, typed=True)}")
             on_done(work)
         finally:
             work.finished = True
@@ -131,25 +139,49 @@ def start(generator: Callable[[Work], Iterator[Any]], on_event: Callable[[Any], 
     return work
 
 
+_CLOSE_FILTER = "napari_msd_close_filter"
+
+
 class _CloseFilter(QObject):
-    def __init__(self, callback: Callable[[], None], parent: QObject):
-        super().__init__(parent)
-        self.callback = callback
+    """One per main window: calls the docks' callbacks when the window closes (see :func:`on_window_close`)."""
+
+    def __init__(self, window: QObject):
+        super().__init__(window)
+        self.setObjectName(_CLOSE_FILTER)
+        self.callbacks: list[Callable[[], None]] = []
 
     def eventFilter(self, obj: QObject, event: QEvent) -> bool:  # noqa: N802 -- Qt API
-        if event.type() == QEvent.Type.Close:
-            self.callback()
+        if event.type() != QEvent.Type.Close or not self.callbacks:
+            return False
+        if event.spontaneous():  # the close button: napari may ask to confirm and keep the window open
+            obj.event(event)  # so napari decides first, and the event is handled here
+            if event.isAccepted():
+                self._call()
+            return True
+        self._call()  # closed by code (viewer.close(), File > Quit once confirmed): before napari removes layers
         return False
+
+    def _call(self) -> None:
+        for callback in list(self.callbacks):
+            callback()
 
 
 def on_window_close(widget: QWidget, callback: Callable[[], None]) -> None:
-    """Call ``callback`` when the main window holding the dock ``widget`` closes (before its layers go away),
-    and when the application quits."""
+    """Call ``callback`` when the main window holding the dock ``widget`` closes, and when the application quits.
+    A close by code calls it before its layers go away; the close button only once napari accepted the close
+    (it may ask to confirm). One event filter per window serves every dock."""
 
     def install() -> None:
         window = widget.window()
-        if window is not widget:
-            window.installEventFilter(_CloseFilter(callback, widget))
+        if window is widget:
+            return
+        close_filter = window.findChild(QObject, _CLOSE_FILTER)
+        if not isinstance(close_filter, _CloseFilter):
+            close_filter = _CloseFilter(window)
+            window.installEventFilter(close_filter)
+        callbacks = close_filter.callbacks
+        callbacks.append(callback)
+        widget.destroyed.connect(lambda *_: callback in callbacks and callbacks.remove(callback))
 
     QTimer.singleShot(0, install)  # once napari has docked the widget into its main window
     app = QCoreApplication.instance()

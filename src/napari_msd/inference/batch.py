@@ -6,6 +6,8 @@ then yields progress events while blocks are predicted and written, either in th
 cluster (a ``LocalCluster``, or a scheduler address), each worker loading the model once.
 Every block is written whole and recorded only afterwards, so the same command after a kill
 finishes only the missing blocks, and the result equals an uninterrupted run.
+:func:`batch_events` does both for a list of inputs (the Batch dock), each into the folder's
+:func:`output_name`.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import functools
 import hashlib
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,12 +25,13 @@ from ..errors import NapariMsdError
 from ..io.images import ImageReadError, open_image
 from ..io.job import JobSpec
 from ..io.model_file import ModelFileError
-from ..io.outputs import OutputError, PredictionOutput, create_or_resume, open_output
+from ..io.outputs import OUTPUT_SUFFIXES, OutputError, PredictionOutput, create_or_resume, open_output
 from .averaging import OrientationAverage
 from .predictor import Predictor
 from .tiling import make_block
 
 PROBABILITY_KINDS = ("none", "uint8", "float16")
+_STRIPPED = (".ome.zarr", ".ome.tiff", ".ome.tif")  # double suffixes that output_name drops whole
 
 
 class BatchError(NapariMsdError):
@@ -58,6 +61,23 @@ class BatchFinished:
     n_computed: int
     elapsed: float
     output: str
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Every input of :func:`batch_events` checked and its output created or resumed: ``(n_blocks, n_done)``
+    and the output path per input."""
+
+    blocks: tuple[tuple[int, int], ...]
+    outputs: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class InputEvent:
+    """An event of :func:`run` on input ``index`` of :func:`batch_events`."""
+
+    index: int
+    event: BatchStarted | BlockWritten | BatchFinished
 
 
 @dataclass
@@ -143,6 +163,37 @@ def prepare(model_path: str | os.PathLike[str], image_spec: str, output_path: st
     except OutputError as err:
         raise BatchError(str(err)) from None
     return Job(model_path, str(image_spec), predictor, image, job, output, device)
+
+
+def output_name(image_spec: str, ome_zarr: bool = False) -> str:
+    """``<stem>_prediction.msd.zarr`` (``.msd.ome.zarr``) for an input: ``x.tif`` and ``x.ome.zarr`` give ``x``,
+    ``a.zarr::raw/s0`` gives ``a_raw_s0`` (arrays of one store get distinct outputs)."""
+    path, _, inner = str(image_spec).partition("::")
+    name = Path(path.rstrip("/\\")).name
+    stripped = next((name[: -len(s)] for s in _STRIPPED if name.lower().endswith(s)), None)
+    stem = stripped if stripped is not None else (Path(name).stem if Path(name).suffix else name)
+    stem = "_".join([p for p in (stem, *inner.replace("\\", "/").split("/")) if p]) or "input"
+    return f"{stem}_prediction{OUTPUT_SUFFIXES[1] if ome_zarr else OUTPUT_SUFFIXES[0]}"  # napari opens them with us
+
+
+def batch_events(model_path: str | os.PathLike[str], inputs: Sequence[str], outputs: Sequence[str | os.PathLike[str]],
+                 options: Mapping[str, Any], stop: Any = None) -> Iterator[Prepared | InputEvent]:
+    """Predict several inputs, each into its output: :func:`prepare` all first (``options`` are its keywords),
+    so a bad one fails before any work, then :func:`run` them in turn. Yields :class:`Prepared`, then an
+    :class:`InputEvent` per event of :func:`run`; ``stop`` (an Event) ends it between inputs and blocks."""
+    jobs: list[Job | None] = []
+    for spec, out in zip(inputs, outputs):
+        if stop is not None and stop.is_set():
+            return
+        jobs.append(prepare(model_path, spec, out, **options))
+    yield Prepared(tuple((j.spec.n_blocks, len(j.output.done())) for j in jobs),
+                   tuple(str(j.output.path) for j in jobs))
+    for i in range(len(jobs)):
+        if stop is not None and stop.is_set():
+            return
+        job, jobs[i] = jobs[i], None  # drop each predictor once its input is done
+        for event in run(job, stop=stop):
+            yield InputEvent(i, event)
 
 
 def _absolute_spec(spec: str) -> str:
