@@ -219,7 +219,9 @@ def train(data: list[TrainingData], config: TrainConfig, output: Path, init: Pat
     kept_parent = bool(getattr(finished, "kept_parent", False))
     figures = {"train_s": time.perf_counter() - start, "steps": finished.steps, "best_step": finished.best_step,
                "effective_halo": finished.effective_halo, "collapsed": collapsed, "kept_parent": kept_parent,
-               "version": collapsed is None and not kept_parent and output.is_file(), "validations": validations}
+               "version": collapsed is None and not kept_parent and output.is_file(), "validations": validations,
+               "kept_parent_because": getattr(finished, "kept_parent_because", None),
+               "seen_agreement": trainer.seen_agreement}
     return figures, trainer.snapshot(), trainer.metadata()
 
 
@@ -378,7 +380,8 @@ def run_loop(ds: Dataset, args, state: dict, seed: int, method: str, image, labe
                 current = entry
             else:  # the parent stays the current version: its scores stand
                 entry.update({k: current[k] for k in SCORES})
-                entry["note"] = "collapsed: " + figures["collapsed"] if figures["collapsed"] else "kept parent"
+                entry["note"] = ("collapsed: " + figures["collapsed"] if figures["collapsed"] else
+                                 "kept parent: " + (figures["kept_parent_because"] or "no better"))
         state["loop"].append(entry)
         log(f"{ds.key} seed {seed}: {method} round {r}: {painted} px corrected, "
             + (f"{ds.headline_label} {entry['headline']:.3f}" if entry["version"] else

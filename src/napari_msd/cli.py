@@ -155,8 +155,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
                       f"saved {event.path}" + (f" ({where}; on held-out strokes: {summary})" if summary else "")
                       + (f"; effective halo {event.effective_halo} px" if event.effective_halo is not None else ""))
                 if event.kept_parent:
-                    print("note: fine-tuning never beat the parent model on the held-out labels, so the saved model "
-                          "has the parent's weights; paint more corrections or train longer")
+                    print(f"note: no better model: {event.kept_parent_because or 'it never beat the parent'}; the "
+                          "saved model has the parent's weights. Paint more corrections or train longer")
                 if event.warning:
                     print(f"warning: {event.warning}")
                 if 0 < event.steps < FEW_STEPS and event.reason != "steps":  # a step count the user did not choose

@@ -652,10 +652,45 @@ def test_without_replay_the_same_fine_tuning_forgets(base_model, task, make_task
     """The control for the test above: these labels do bias the model when nothing is replayed."""
     image1, labels1, _ = task
     image2, labels2, _ = make_task(seed=1, levels=(90, 210), classes=(2,))
-    trainer = Trainer([TrainingData(image2, labels2)], _config(steps=20, edge_weight=0), init=base_model)
+    config = _config(steps=20, edge_weight=0, seen_tolerance=1.0)  # the network itself, not the kept parent
+    trainer = Trainer([TrainingData(image2, labels2)], config, init=base_model)
     list(trainer.run())
     accuracy = _accuracy_on_strokes(trainer.snapshot(), trainer.normalization, image1, labels1, predict)
     assert accuracy[1] < 0.5, accuracy
+
+
+def test_a_fine_tuning_that_changes_what_was_left_around_the_corrections_keeps_the_parent(
+        base_model, task, make_task, monkeypatch):
+    """Corrections (new labels on the image the parent learned, whose labels are replayed) get rings
+    (training.seen); a result that changes more than ``seen_tolerance`` of them gives way to the parent as saved,
+    with its figures and halo and the reason in words. Here the agreement is forced; test_seen checks its measure."""
+    from napari_msd.training import seen
+
+    image, labels, _ = task
+    new, old = np.where(labels == 2, labels, 0), np.where(labels == 1, labels, 0)
+    parent, meta = load_model(base_model)
+    monkeypatch.setattr(seen.SeenRings, "agreement", lambda self, model: 0.9)
+    trainer = Trainer([TrainingData(image, new, "new")], _config(steps=20), init=base_model,
+                      replay=[TrainingData(image, old, "earlier")])
+    events = list(trainer.run())
+    finished = _of(events, TrainingFinished)[-1]
+    assert len(trainer.seen) > 0
+    assert finished.kept_parent and finished.best_step == 0 and trainer.seen_agreement == 0.9
+    assert finished.kept_parent_because == "it changed 10% of the prediction left as it was around the corrections"
+    assert _same_state(_state(trainer.snapshot()), _state(parent))
+    assert trainer.effective_halo == meta.effective_halo
+    parent_figures = _of(events, Validated)[0]
+    assert parent_figures.step == 0
+    assert {k: v for k, v in finished.best_metrics.items() if k != "health"} == parent_figures.metrics
+    monkeypatch.setattr(seen.SeenRings, "agreement", lambda self, model: 0.98)  # within the tolerance: a version
+    trainer = Trainer([TrainingData(image, new, "new")], _config(steps=20), init=base_model,
+                      replay=[TrainingData(image, old, "earlier")])
+    finished = _of(list(trainer.run()), TrainingFinished)[-1]
+    assert not finished.kept_parent or finished.kept_parent_because.startswith("it never beat")
+    other, other_labels, _ = make_task(seed=1, levels=(90, 210), classes=(2,))  # new data, not corrections
+    assert len(Trainer([TrainingData(other, other_labels)], _config(steps=1), init=base_model).seen) == 0
+    with pytest.raises(ValueError, match="seen_tolerance"):
+        Trainer([TrainingData(image, new)], _config(seen_tolerance=2.0), init=base_model)
 
 
 def test_fine_tuning_from_a_model_in_memory(base_model, task):

@@ -528,8 +528,9 @@ class TrainWidget(QWidget):
                 show_error(f"napari-msd: {text}")
                 self.status.setText(text)
             elif event.kept_parent:
-                text = (f"No new version: retraining did not beat {parent.name} on the held-out labels; "
-                        f"{parent.name} stays current. Paint more corrections or train longer")
+                why = (event.kept_parent_because or "it never beat the parent").replace("the parent", parent.name)
+                text = (f"No new version: {why}; {parent.name} stays current. Paint more corrections or "
+                        "train longer")
                 show_info(f"napari-msd: {text}")
                 self.status.setText(text)
             elif event.warning:

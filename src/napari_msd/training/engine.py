@@ -46,6 +46,7 @@ from .potts import EdgePotts
 from .pretrain import apply_pretrained, check_compatible, load_pretrained
 from .prior import estimate_prior, output_bias, shift_output_bias, undo_prior_shift
 from .sampling import IGNORE, PatchSampler, TrainingData, TrainingDataError, split, validation_tiles
+from .seen import SeenRings
 from .teacher import forest_pseudo_labels
 from .weight_average import WeightAverage
 
@@ -99,6 +100,8 @@ class TrainConfig:
     weight_average: float = 0.0  # decay of the weights' running average, the network judged and kept; 0 = off
     fine_tune_lr_factor: float = 1.0  # the learning rate is multiplied by this when training starts from a model
     fine_tune_warmup: int = 0  # steps over which a fine-tuning's learning rate rises linearly to its value; 0 = off
+    seen_tolerance: float = 0.03  # fine-tuning: share of the prediction left as it was around the corrections it may
+    #                               change, or the parent is kept (training.seen); 1 = not checked
     distill_weight: float = 0.0  # fine-tuning: weight of the parent's predictions on unlabeled pixels (training.distill),
     #                              which then replace the forest teacher; 0 = off
 
@@ -122,6 +125,8 @@ class TrainConfig:
                              f"{self.teacher_weight} and {self.teacher_confidence}")
         if self.edge_weight < 0:
             raise ValueError(f"the edge-aware loss weight must be >= 0 (0 = off), got {self.edge_weight}")
+        if not 0 <= self.seen_tolerance <= 1:
+            raise ValueError(f"seen_tolerance is a share in [0, 1] (1 = not checked), got {self.seen_tolerance}")
         if self.distill_weight < 0:
             raise ValueError(f"distill_weight must be >= 0 (0 = off), got {self.distill_weight}")
         if self.fine_tune_warmup < 0:
@@ -253,7 +258,13 @@ class Trainer:
                 self.normalization = Normalization.from_dict(body.normalization)  # what the body learned on
         self.model = model.to(self.device).train()
         self.parent_prior_undone = None  # fine-tuning starts from the parent as trained, its prior correction undone
+        self.seen: SeenRings | None = None  # fine-tuning: the parent's prediction around the corrections (.seen)
+        self._parent_state: dict[str, torch.Tensor] | None = None
         if self.base_metadata is not None:
+            self._parent_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}  # as saved
+            if config.input.mode != "3d" and config.seen_tolerance < 1:
+                self.seen = SeenRings(self.model, self.indices, self.replay, config.input, self.normalization,
+                                      self.device, seed=config.seed)
             self.parent_prior_undone = undo_prior_shift(self.model, self.base_metadata.provenance,
                                                         self.base_metadata.class_names)
         self.distill = (ParentTeacher(self.model, config.distill_weight)
@@ -303,7 +314,11 @@ class Trainer:
         self.last_health: net_health.Health | None = None
         self.health: net_health.Health | None = None  # of the result, after run()
         self.teacher_active = False
-        self.kept_parent = False  # after run(): fine-tuning never beat the parent, whose weights are the result
+        self.kept_parent = False  # after run(): fine-tuning gave no better network; the parent's weights are the result
+        self.kept_parent_because: str | None = None  # why, in words
+        self.seen_agreement: float | None = None  # after run(): the result's agreement with the parent around corrections
+        self._parent_metrics: dict = {}  # the parent's figures on the held-out labels (a fine-tuning's step 0)
+        self._parent_health: net_health.Health | None = None
         self.halo_skipped = False  # after run(): the time limit left no time to measure the halo (receptive field used)
 
     # -- control, from any thread -------------------------------------------------------------
@@ -446,20 +461,23 @@ class Trainer:
                 self.health = self._window_health()
         collapsed = self.health.collapsed if self.health is not None and self.step > 0 else None
         self.kept_parent = kept_parent = self.base_metadata is not None and self.best_step == 0 and self.step > 0
+        if kept_parent:
+            self.kept_parent_because = "it never beat the parent on the held-out labels"
         if collapsed is None and not kept_parent:
             if cfg.prior_correction and self.step > 0:
                 self.correct_prior()
-            if cfg.measure_halo and self.step > 0:
+            if self.seen is not None and self.step > 0:
+                self.seen_agreement = agreement = self.seen.agreement(self._judged)
+                self.best_metrics["seen_agreement"] = agreement
+                if agreement < 1 - cfg.seen_tolerance:
+                    self.kept_parent = kept_parent = True
+                    self.kept_parent_because = (f"it changed {100 * (1 - agreement):.0f}% of the prediction left as "
+                                                "it was around the corrections")
+            if cfg.measure_halo and self.step > 0 and not kept_parent:
                 self.effective_halo = self._measure_halo(deadline)
                 self.halo_skipped = self.effective_halo is None
-        elif kept_parent:
-            self.effective_halo = self.base_metadata.effective_halo
-            if self.parent_prior_undone is not None:  # the parent's weights exactly as the parent was saved
-                with self._lock, torch.no_grad():
-                    bias = output_bias(self.model)
-                    bias += torch.as_tensor(self.parent_prior_undone, dtype=bias.dtype, device=bias.device)
-                recorded = self.base_metadata.provenance["class_prior"]
-                self.class_prior = [float(recorded[name]) for name in self.base_metadata.class_names]
+        if kept_parent:
+            self._restore_parent()
         if self.health is not None:
             self.best_metrics["health"] = self.health.to_dict(names)
         path = None
@@ -469,7 +487,20 @@ class Trainer:
             yield saved
         yield TrainingFinished(reason, self.step, elapsed, self.best_step, dict(self.best_metrics), path,
                                self.effective_halo, collapsed,
-                               self.health.warning if self.health is not None else None, kept_parent)
+                               self.health.warning if self.health is not None else None, kept_parent,
+                               self.kept_parent_because)
+
+    def _restore_parent(self) -> None:
+        """The parent as it was saved (its prior correction included) is the result, with its figures and halo."""
+        with self._lock:
+            self.model.load_state_dict(self._parent_state)
+        recorded = self.base_metadata.provenance.get("class_prior")
+        self.class_prior = ([float(recorded[name]) for name in self.base_metadata.class_names]
+                            if self.parent_prior_undone is not None and recorded else None)
+        self.effective_halo = self.base_metadata.effective_halo
+        self.best_step, self.best_metrics = 0, dict(self._parent_metrics)
+        if self._parent_health is not None:
+            self.health = self._parent_health
 
     @property
     def _judged(self) -> torch.nn.Module:
@@ -597,6 +628,8 @@ class Trainer:
                 self.parent_replay_accuracy = remembered
             elif remembered < self.parent_replay_accuracy - FORGET_TOLERANCE:
                 usable = False  # better on the new labels but forgets the earlier ones: not a better version
+        if self.step == 0 and self.base_metadata is not None:  # the parent, as it stands before fine-tuning
+            self._parent_metrics, self._parent_health = dict(metrics), health
         if score > self.best_score and usable:
             self.last_gain_step = self.step  # early stopping watches the metric alone
         improved = usable and (score > self.best_score or (score == self.best_score and metrics["loss"] < self.best_loss))

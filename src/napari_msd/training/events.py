@@ -69,4 +69,5 @@ class TrainingFinished:
     effective_halo: int | None = None  # measured context in pixels, stored with the model
     collapsed: str | None = None  # set when no usable network came out: nothing was saved or kept
     warning: str | None = None  # what a person should know about the kept network
-    kept_parent: bool = False  # fine-tuning never beat the parent on the held-out labels: its weights are kept
+    kept_parent: bool = False  # fine-tuning gave no better network: the parent's weights are kept
+    kept_parent_because: str | None = None  # why, in words ("it never beat the parent on the held-out labels")
