@@ -136,6 +136,7 @@ def test_train_errors_are_one_line_and_write_nothing(stroke_files, tmp_path, cap
     assert "--replay" in error(str(image), str(labels), "--replay", str(image), str(labels))
     assert "edge-aware loss weight must be >= 0" in error(str(image), str(labels), "--edge-weight", "-1")
     assert "the teacher needs a weight >= 0" in error(str(image), str(labels), "--teacher-weight", "-1")
+    assert "seen_tolerance is a share in [0, 1]" in error(str(image), str(labels), "--seen-tolerance", "1.5")
 
 
 @pytest.mark.parametrize("flag, expected", [([], TrainConfig.edge_weight), (["--edge-weight", "0"], 0.0),
@@ -151,6 +152,13 @@ def test_train_teacher_weight_reaches_the_engine(flag, expected, stroke_files, t
     image, labels = stroke_files
     args = build_parser().parse_args(["train", str(image), str(labels), "-o", str(tmp_path / "m.msd"), *flag])
     assert _train_config(args).teacher_weight == expected
+
+
+@pytest.mark.parametrize("flag, expected", [([], TrainConfig.seen_tolerance), (["--seen-tolerance", "1"], 1.0)])
+def test_train_seen_tolerance_reaches_the_engine(flag, expected, stroke_files, tmp_path):
+    image, labels = stroke_files
+    args = build_parser().parse_args(["train", str(image), str(labels), "-o", str(tmp_path / "m.msd"), *flag])
+    assert _train_config(args).seen_tolerance == expected
 
 
 def test_train_refuses_to_overwrite_a_model(stroke_files, tmp_path, capsys):

@@ -90,6 +90,7 @@ def _train_config(args: argparse.Namespace):
         augmentation=Augmentation(intensity=args.intensity, elastic=args.elastic), dice_weight=args.dice,
         **({} if args.edge_weight is None else {"edge_weight": args.edge_weight}),
         **({} if args.teacher_weight is None else {"teacher_weight": args.teacher_weight}),
+        **({} if args.seen_tolerance is None else {"seen_tolerance": args.seen_tolerance}),
         device=args.device, threads=args.threads, seed=args.seed, prior_correction=args.prior_correction,
         class_names=args.class_names.split(",") if args.class_names else None,
     )
@@ -359,6 +360,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--teacher-weight", type=float, metavar="W",
                        help="weight of dense labels from a random forest fitted on the strokes (its confident "
                             "pixels on the painted slices; default 1, 0 = off)")
+    train.add_argument("--seen-tolerance", type=float, metavar="SHARE",
+                       help="with --from and --replay on the same image: the share of the parent's confident "
+                            "prediction around the new labels (beyond 8 px) a retraining may change before the parent "
+                            "is kept instead (default 0.03; 1 = not checked)")
     train.add_argument("--class-names", help="comma-separated, e.g. membrane,interior")
     train.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
     train.add_argument("--seed", type=int, default=0)

@@ -86,6 +86,8 @@ class TrainConfig:
     teacher_weight: float = 1.0  # loss weight of a random forest's confident labels (training.teacher); 0 = off
     teacher_confidence: float = 0.8  # the forest's probability a pixel needs to be taught
     teacher_planes: int = 0  # unpainted planes of a volume the forest also labels (a quarter of the patches)
+    teacher_refit: bool = False  # fine-tuning: the forest also learns the new labels (else only the replayed ones:
+    #                              corrections sit where a forest errs, and learning them made its labels worse)
     device: str = "auto"
     threads: int | None = None  # CPU compute threads; None: the cores other processes leave free (cpu_share)
     amp: bool = True
@@ -383,8 +385,12 @@ class Trainer:
         if (cfg.teacher_weight > 0 and self.distill is None and cfg.input.mode != "3d"
                 and len(painted) >= 2):  # a forest needs two classes; a parent teaching a fine-tuning replaces it
             t0 = time.perf_counter()  # the forest's seconds count against the time limit
+            earlier = [ix for ix in self.replay_indices if ix.train]
+            if len({c for ix in earlier for c, xy in ix.train.items() if len(xy)}) < 2:
+                earlier = []  # a forest needs two classes: it learns the new labels too
             pseudo = forest_pseudo_labels(self.indices + self.replay_indices, self.n_classes,
-                                          cfg.teacher_confidence, cfg.seed, cfg.threads, cfg.teacher_planes)
+                                          cfg.teacher_confidence, cfg.seed, cfg.threads, cfg.teacher_planes,
+                                          fit_on=None if cfg.teacher_refit or not earlier else earlier)
             elapsed += time.perf_counter() - t0
         self.teacher_active = pseudo is not None
         if self.cpu_share is not None:

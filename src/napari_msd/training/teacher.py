@@ -7,6 +7,12 @@ Only the training part of the strokes is shown to the forest (held-out strokes s
 are labeled (2D and 2.5D inputs); 3D training has no teacher. With ``extra_planes``, the forest also labels that
 many unpainted planes of each volume, evenly spread, so the network sees the rest of the volume too (with the
 teacher's labels only).
+
+A retraining's forest learns only the earlier labels (``fit_on``) and teaches the planes of the new ones too:
+corrections sit on the pixels a forest gets wrong, and a forest that also learned them labeled the unpainted slices
+worse (one round of simulated corrections, stroke seed 0: ISBI 2012 membrane IoU 0.529 -> 0.317, VNC mean class
+IoU 0.480 -> 0.409); with the earlier labels' forest, a VNC retraining also made 144 steps in its 120 s instead
+of 47.
 """
 
 from __future__ import annotations
@@ -61,14 +67,16 @@ def unpainted_planes(n_planes: int, painted: Sequence[int], count: int) -> list[
 
 
 def forest_pseudo_labels(indices: Sequence[LabelIndex], n_classes: int, confidence: float = 0.8, seed: int = 0,
-                         threads: int | None = None, extra_planes: int = 0) -> PseudoLabels:
-    """Fit a forest on the training strokes of ``indices`` and label the pixels of their painted planes (and of
-    ``extra_planes`` unpainted planes per volume) where its probability of the winning class is at least
-    ``confidence`` (1..K; 0 elsewhere)."""
+                         threads: int | None = None, extra_planes: int = 0,
+                         fit_on: Sequence[LabelIndex] | None = None) -> PseudoLabels:
+    """Fit a forest on the training strokes of ``fit_on`` (default: ``indices``) and label the pixels of the
+    painted planes of ``indices`` (and of ``extra_planes`` unpainted planes per volume) where its probability of
+    the winning class is at least ``confidence`` (1..K; 0 elsewhere)."""
     if not 0 < confidence <= 1:
         raise ValueError(f"the teacher's confidence threshold must be in (0, 1], got {confidence}")
     strokes = {id(ix): _TrainingStrokes(ix) for ix in indices if ix.train}
-    data = [TrainingData(ix.data.image, strokes[id(ix)], ix.data.name) for ix in indices if id(ix) in strokes]
+    fit_on = indices if fit_on is None else fit_on
+    data = [TrainingData(ix.data.image, _TrainingStrokes(ix), ix.data.name) for ix in fit_on if ix.train]
     forest = PixelForest.fit(data, n_classes, seed=seed, threads=threads)
     out: PseudoLabels = {}
     done: dict[tuple[int, int | None], np.ndarray] = {}  # (image, plane): a retraining's new and replayed labels
