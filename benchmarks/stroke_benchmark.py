@@ -26,7 +26,9 @@ What is measured, per data set and stroke seed (the seed draws other strokes on 
   the unchanged ones are replayed (``corrections.split_since``), the parent model is the start, and the variant's
   configuration trains for ``--round-seconds``. Round 0 is the first model on the scored slices. As in the dock,
   a retraining that collapses or does not beat its parent on the held-out labels gives no new version: the parent
-  stays current (its score is the round's), and the corrections stay painted for the next Retrain from it.
+  stays current (its score is the round's), and the corrections stay painted for the next Retrain from it. Each
+  round also refits the forest on the same labels (strokes and that network's corrections: ilastik's loop) and
+  scores it on the same slices, a row of its own under the network's.
 - ``--variant "pretrained:pretrained=auto"``: the network starts from a self-supervised body
   (``napari_msd.training.pretrain``) made once per data set on the whole image, without labels, for
   ``--pretrain-minutes`` (default 5: the pretraining runs while a person paints, so its minutes are not the
@@ -382,8 +384,10 @@ def run_loop(ds: Dataset, args, state: dict, seed: int, method: str, image, labe
                 entry.update({k: current[k] for k in SCORES})
                 entry["note"] = ("collapsed: " + figures["collapsed"] if figures["collapsed"] else
                                  "kept parent: " + (figures["kept_parent_because"] or "no better"))
+        entry["forest_headline"] = run_forest(ds, image, labels_now, scored, truth, seed)["headline"]
         state["loop"].append(entry)
-        log(f"{ds.key} seed {seed}: {method} round {r}: {painted} px corrected, "
+        log(f"{ds.key} seed {seed}: {method} round {r}: {painted} px corrected, forest on the same labels "
+            f"{entry['forest_headline']:.3f}, "
             + (f"{ds.headline_label} {entry['headline']:.3f}" if entry["version"] else
                f"no new version ({entry.get('note')}), {ds.headline_label} stays {entry['headline']:.3f}"))
         save(state, args.json)
@@ -481,6 +485,12 @@ def table(state: dict) -> str:
             out.append(f"| {method} | " + " | ".join(cells)
                        + f" | {_mean([e['correction_pixels'] for e in later]):,.0f} px/round | {versions} | "
                        f"{'yes' if monotone else 'no'} |")
+            if forest and later and all("forest_headline" in e for e in later):  # ilastik's loop: refit on them
+                by_round = {0: forest} | {r: [e["forest_headline"] for e in later if e["round"] == r]
+                                          for r in range(1, rounds + 1)}
+                out.append(f"| {FOREST}, refitted on {method}'s labels | "
+                           + " | ".join(f"{_f(_mean(v))} ({_f(min(v))})" if v else "-" for v in by_round.values())
+                           + " | | | |")
         if forest:
             out.append(f"| {FOREST} (no loop) | {_f(_mean(forest))} ({_f(min(forest))}) |" + " |" * (rounds + 3))
         out.append("\nA round whose retraining collapsed or did not beat its parent on the held-out labels gives "
