@@ -32,8 +32,7 @@ from machine import describe  # noqa: E402
 
 COMPETITORS = {
     "python": "while True: pass",
-    "torch": ("import torch\na, b = torch.rand(1024, 1024), torch.rand(1024, 1024)\n"
-              "while True: torch.mm(a, b)"),
+    "torch": ("import torch\na, b = torch.rand(1024, 1024), torch.rand(1024, 1024)\nwhile True: torch.mm(a, b)"),
 }
 
 
@@ -44,8 +43,15 @@ def train_speed(seconds: float, threads: int | None) -> tuple[float, str]:
     from napari_msd.training.sampling import TrainingData
 
     data = np.load(Path(__file__).resolve().parents[1] / "src" / "napari_msd" / "data" / "isbi_sample.npz")
-    config = TrainConfig(steps=None, time_limit=seconds, threads=threads, teacher_weight=0, prior_correction=False,
-                         measure_halo=False, validate_every=25)
+    config = TrainConfig(
+        steps=None,
+        time_limit=seconds,
+        threads=threads,
+        teacher_weight=0,
+        prior_correction=False,
+        measure_halo=False,
+        validate_every=25,
+    )
     times, said = [], []
     for event in Trainer([TrainingData(data["image"], data["strokes"], "sample")], config).run():
         if isinstance(event, TrainStep):
@@ -81,10 +87,16 @@ def run(args) -> list[dict]:
 
 
 def table(rows: list[dict], machine: str) -> str:
-    lines = [f"Machine: {machine}", "", "| competitor | training threads | steps/s | share of alone | engine said |",
-             "|---|---|---|---|---|"]
-    lines += [f"| {r['competitor']} | {r['threads']} | {r['steps_per_s']:.2f} | {r['share']:.0%} | {r['said']} |"
-              for r in rows]
+    lines = [
+        f"Machine: {machine}",
+        "",
+        "| competitor | training threads | steps/s | share of alone | engine said |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['competitor']} | {r['threads']} | {r['steps_per_s']:.2f} | {r['share']:.0%} | {r['said']} |"
+        for r in rows
+    ]
     return "\n".join(lines)
 
 

@@ -28,7 +28,9 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.morphology import skeletonize
 
-DEFAULT_DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "isbi2012"  # ../shared beside the repo
+DEFAULT_DATA_DIR = (
+    Path(__file__).resolve().parents[1].parent / "shared" / "data" / "isbi2012"
+)  # ../shared beside the repo
 DEFAULT_SLICES = (0, 14, 29)
 CLASS_NAMES = {1: "membrane", 2: "cell interior"}
 MEMBRANE = 1

@@ -104,8 +104,9 @@ def big_volume(sample: np.ndarray, shape: tuple[int, int, int], workdir: Path):
     reps = [-(-n // s) for n, s in zip(shape, sample.shape)]
     tiled = np.pad(sample, [(0, (r - 1) * s) for r, s in zip(reps, sample.shape)], mode="symmetric")
     tiled = tiled[tuple(slice(0, n) for n in shape)]
-    store = zarr.create_array(store=str(workdir / "volume.zarr"), shape=shape, chunks=(1, 512, 512),
-                              dtype=tiled.dtype, overwrite=True)
+    store = zarr.create_array(
+        store=str(workdir / "volume.zarr"), shape=shape, chunks=(1, 512, 512), dtype=tiled.dtype, overwrite=True
+    )
     store[...] = tiled
     return da.from_zarr(store)
 
@@ -139,8 +140,11 @@ def run(args) -> dict:
     steps_seen: list[float] = []
     threads_said: list[str] = []
     on_event = train._on_event
-    train._on_event = lambda e: (type(e).__name__ == "TrainStep" and steps_seen.append(time.perf_counter()),
-                                 type(e).__name__ == "CpuThreads" and threads_said.append(e.text), on_event(e))
+    train._on_event = lambda e: (
+        type(e).__name__ == "TrainStep" and steps_seen.append(time.perf_counter()),
+        type(e).__name__ == "CpuThreads" and threads_said.append(e.text),
+        on_event(e),
+    )
     previews: list[float] = []
     show_preview = train._show_preview
     train._show_preview = lambda e: (show_preview(e), previews.append(time.perf_counter()))
@@ -175,9 +179,12 @@ def run(args) -> dict:
     train.retrain_button.click()
     first = wait(lambda: len(previews) > shown_before or not train.work.running, args.timeout)
     t1 = wait(lambda: not train.work.running, args.timeout)
-    out["retrain"] = {"first_preview_s": first - t0 if len(previews) > shown_before else None,
-                      "first_step_s": next((s - t0 for s in steps_seen if s > t0), None),
-                      "seconds": t1 - t0, "steps": args.retrain_steps}
+    out["retrain"] = {
+        "first_preview_s": first - t0 if len(previews) > shown_before else None,
+        "first_step_s": next((s - t0 for s in steps_seen if s > t0), None),
+        "seconds": t1 - t0,
+        "steps": args.retrain_steps,
+    }
 
     # 2. prediction of a larger, lazily loaded volume
     with tempfile.TemporaryDirectory(prefix="napari-msd-bench-") as tmp:
@@ -204,7 +211,7 @@ def run(args) -> dict:
         # 3. review actions, timed in the main thread
         next_times, correction_times = [], []
         prediction = predict.prediction_layer()
-        for i in range(5):
+        for _ in range(5):
             a = time.perf_counter()
             predict.next_uncertain_region()
             next_times.append(time.perf_counter() - a)
@@ -229,24 +236,28 @@ def table(r: dict) -> str:
     z, y, x = p["volume"]
     rows = [
         ("Machine", r["machine"], ""),
-        (f"Training, MS-D 100 layers, {r['steps']} steps: longest event-loop stall", f"{t['stall_ms']:.0f} ms",
-         "< 100 ms"),
-        ("'Train new model' click handled (creates the preview layer and progress bar)", f"{t['click_ms']:.0f} ms",
-         ""),
+        (
+            f"Training, MS-D 100 layers, {r['steps']} steps: longest event-loop stall",
+            f"{t['stall_ms']:.0f} ms",
+            "< 100 ms",
+        ),
+        ("'Train new model' click handled (creates the preview layer and progress bar)", f"{t['click_ms']:.0f} ms", ""),
         ("Start → first answer shown (random forest on the strokes)", _s(t["forest_preview_s"]), ""),
         ("Start → first live preview of the network shown", f"{t['first_preview_s']:.1f} s", "< 10 s"),
         ("Start → first training step", f"{t['first_step_s']:.1f} s", ""),
         ("Live previews shown / training speed in the dock", f"{t['previews']} / {t['steps_per_s']:.2f} steps/s", ""),
         ("Threads the dock's training chose (start -> changes at validations)", t["threads"], ""),
         ("The same training without the viewer (the CLI's path)", f"{c['steps_per_s']:.2f} steps/s", ""),
-        ("Dock training speed with the live preview, share of the CLI's",
-         f"{t['steps_per_s'] / c['steps_per_s']:.0%}", ">= 85%"),
+        (
+            "Dock training speed with the live preview, share of the CLI's",
+            f"{t['steps_per_s'] / c['steps_per_s']:.0%}",
+            ">= 85%",
+        ),
         ("Retrain after a correction → updated live preview shown", _s(rt["first_preview_s"]), "< 5 s"),
         ("Retrain after a correction → first training step", _s(rt["first_step_s"]), ""),
         (f"Prediction, {z} x {y} x {x} dask/zarr volume: longest stall", f"{p['stall_ms']:.0f} ms", "< 100 ms"),
         ("'Predict' click handled (creates the output layers)", f"{p['click_ms']:.0f} ms", ""),
-        ("Predict → first block shown / throughput", f"{p['first_block_s']:.1f} s / {p['mpx_per_s']:.2f} Mpx/s",
-         ""),
+        ("Predict → first block shown / throughput", f"{p['first_block_s']:.1f} s / {p['mpx_per_s']:.2f} Mpx/s", ""),
         ("'Next uncertain region' (main thread)", f"{v['next_region_ms']:.0f} ms", ""),
         (f"'Use corrections' on {z} x {y} x {x} (main thread)", f"{v['use_corrections_ms']:.0f} ms", ""),
     ]

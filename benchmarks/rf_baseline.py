@@ -94,8 +94,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     result = run_rf_baseline(args.data_dir, n_estimators=args.n_estimators, seed=args.seed)
     m = result["metrics"]
-    print(f"painted slices {result['painted_slices']}, {result['stroke_pixels']} stroke px; "
-          f"scored on {len(result['test_slices'])} unpainted slices ({m['n_pixels']} px)")
+    print(
+        f"painted slices {result['painted_slices']}, {result['stroke_pixels']} stroke px; "
+        f"scored on {len(result['test_slices'])} unpainted slices ({m['n_pixels']} px)"
+    )
     print(f"membrane IoU     {result['membrane_iou']:.4f}")
     print(f"cell IoU         {m['iou'][CLASS_NAMES[2]]:.4f}")
     print(f"pixel accuracy   {result['pixel_accuracy']:.4f}")

@@ -77,8 +77,9 @@ def train_step_seconds(forward, params, size: int, steps: int) -> float:
 
 def peak_memory(impl: str, size: int, depth: int) -> dict:
     script = Path(__file__).with_name("peak_memory.py")
-    out = subprocess.run([sys.executable, str(script), impl, str(size), str(depth)], check=True,
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [sys.executable, str(script), impl, str(size), str(depth)], check=True, capture_output=True, text=True
+    ).stdout
     return json.loads(out)
 
 
@@ -100,8 +101,9 @@ def run(quick: bool) -> dict:
 
     net = MSDNet(1, 2, depth=depth)
     r["train_fast_s"] = train_step_seconds(net, net.parameters(), train_size, steps)
-    r["train_naive_s"] = train_step_seconds(lambda x: reference_forward(net, x), net.parameters(), train_size,
-                                            max(1, steps - 1))
+    r["train_naive_s"] = train_step_seconds(
+        lambda x: reference_forward(net, x), net.parameters(), train_size, max(1, steps - 1)
+    )
     r["mem_fast"] = peak_memory("fast", train_size, depth)
     r["mem_naive"] = peak_memory("naive", train_size, depth)
 
@@ -128,21 +130,42 @@ def table(r: dict) -> str:
         ("Machine", r["machine"], "", ""),
         ("Memory bandwidth (a+b, 256 MB)", f"{r['bandwidth_gbs']:.1f} GB/s", "", ""),
         ("fp32 matmul peak (2048^3)", f"{r['matmul_gflops']:.0f} GFLOP/s", "", ""),
-        (f"MS-D d={d} w=1 training step, {ts}x{ts}, batch 1", f"{r['train_fast_s']:.2f} s",
-         f"{r['train_naive_s']:.2f} s", f"{r['train_naive_s'] / r['train_fast_s']:.1f}x faster"),
-        (f"MS-D d={d} peak training memory, {ts}x{ts}",
-         f"{mf['peak_bytes'] / 2**20:.0f} MiB ({mf['maps_per_pixel']:.0f} maps/px)",
-         f"{mn['peak_bytes'] / 2**20:.0f} MiB ({mn['maps_per_pixel']:.0f} maps/px)",
-         f"{mn['peak_bytes'] / max(mf['peak_bytes'], 1):.1f}x less"),
-        (f"MS-D d={d} forward, {fs}x{fs}", f"{r['fwd_fast_mpx_s']:.2f} Mpx/s", f"{r['fwd_naive_mpx_s']:.2f} Mpx/s",
-         f"{r['fwd_fast_mpx_s'] / r['fwd_naive_mpx_s']:.1f}x faster"),
-        ("  per-layer bandwidth roofline", f"{bw_roof:.2f} Mpx/s ({r['msd_bytes_per_px'] / 1e3:.1f} kB/px)", "",
-         f"ours at {r['fwd_fast_mpx_s'] / bw_roof:.0%}"),
-        ("  compute roofline (matmul peak)", f"{compute_roof:.2f} Mpx/s ({r['msd_flops_per_px'] / 1e3:.0f} kFLOP/px)",
-         "", f"ours at {r['fwd_fast_mpx_s'] / compute_roof:.0%}"),
-        (f"U-Net depth 4, 32 base ({r['unet_params'] / 1e6:.2f} M params) forward, {fs}x{fs}",
-         f"{r['unet_fwd_mpx_s']:.2f} Mpx/s", "",
-         f"{unet_gflops:.0f} GFLOP/s = {unet_gflops / r['matmul_gflops']:.0%} of matmul peak"),
+        (
+            f"MS-D d={d} w=1 training step, {ts}x{ts}, batch 1",
+            f"{r['train_fast_s']:.2f} s",
+            f"{r['train_naive_s']:.2f} s",
+            f"{r['train_naive_s'] / r['train_fast_s']:.1f}x faster",
+        ),
+        (
+            f"MS-D d={d} peak training memory, {ts}x{ts}",
+            f"{mf['peak_bytes'] / 2**20:.0f} MiB ({mf['maps_per_pixel']:.0f} maps/px)",
+            f"{mn['peak_bytes'] / 2**20:.0f} MiB ({mn['maps_per_pixel']:.0f} maps/px)",
+            f"{mn['peak_bytes'] / max(mf['peak_bytes'], 1):.1f}x less",
+        ),
+        (
+            f"MS-D d={d} forward, {fs}x{fs}",
+            f"{r['fwd_fast_mpx_s']:.2f} Mpx/s",
+            f"{r['fwd_naive_mpx_s']:.2f} Mpx/s",
+            f"{r['fwd_fast_mpx_s'] / r['fwd_naive_mpx_s']:.1f}x faster",
+        ),
+        (
+            "  per-layer bandwidth roofline",
+            f"{bw_roof:.2f} Mpx/s ({r['msd_bytes_per_px'] / 1e3:.1f} kB/px)",
+            "",
+            f"ours at {r['fwd_fast_mpx_s'] / bw_roof:.0%}",
+        ),
+        (
+            "  compute roofline (matmul peak)",
+            f"{compute_roof:.2f} Mpx/s ({r['msd_flops_per_px'] / 1e3:.0f} kFLOP/px)",
+            "",
+            f"ours at {r['fwd_fast_mpx_s'] / compute_roof:.0%}",
+        ),
+        (
+            f"U-Net depth 4, 32 base ({r['unet_params'] / 1e6:.2f} M params) forward, {fs}x{fs}",
+            f"{r['unet_fwd_mpx_s']:.2f} Mpx/s",
+            "",
+            f"{unet_gflops:.0f} GFLOP/s = {unet_gflops / r['matmul_gflops']:.0%} of matmul peak",
+        ),
     ]
     lines = ["| benchmark | napari-msd | naive reference | ratio |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {e} |" for a, b, c, e in rows]

@@ -143,11 +143,26 @@ def apply_overrides(obj: Any, overrides: dict[str, Any]) -> Any:
     return {**obj, **changes} if isinstance(obj, dict) else dataclasses.replace(obj, **changes)
 
 
-def variant_config(ds: Dataset, arch: str, overrides: dict[str, Any], seconds: float, seed: int,
-                   model_depth: int | None, prior_rows: bool = False) -> TrainConfig:
-    config = TrainConfig(arch=arch, steps=None, time_limit=seconds, seed=seed, validate_every=50, patience=0,
-                         class_names=ds.names, n_classes=ds.n_classes,
-                         **({"prior_correction": False} if prior_rows else {}))  # the "+ prior" row applies it
+def variant_config(
+    ds: Dataset,
+    arch: str,
+    overrides: dict[str, Any],
+    seconds: float,
+    seed: int,
+    model_depth: int | None,
+    prior_rows: bool = False,
+) -> TrainConfig:
+    config = TrainConfig(
+        arch=arch,
+        steps=None,
+        time_limit=seconds,
+        seed=seed,
+        validate_every=50,
+        patience=0,
+        class_names=ds.names,
+        n_classes=ds.n_classes,
+        **({"prior_correction": False} if prior_rows else {}),
+    )  # the "+ prior" row applies it
     if model_depth:
         config = dataclasses.replace(config, model={**config.model, "depth": model_depth})
     config = apply_overrides(config, overrides)
@@ -166,24 +181,34 @@ def score(ds: Dataset, truth: np.ndarray, pred: np.ndarray) -> dict:
     errors = [abs(p - t) / t for p, t in zip(pred_fraction, true_fraction) if t > 0]
     iou = {name: float(v) for name, v in zip(ds.names, per_class)}
     headline = mean_iou if ds.headline == "mean_iou" else iou[ds.headline.split(":", 1)[1]]
-    return {"headline": headline, "iou": iou, "mean_iou": mean_iou,
-            "pixel_accuracy": metrics.global_accuracy(cm), "class_accuracy": metrics.class_accuracy(cm),
-            "true_fraction": dict(zip(ds.names, map(float, true_fraction))),
-            "pred_fraction": dict(zip(ds.names, map(float, pred_fraction))),
-            "max_fraction_error": float(max(errors)) if errors else math.nan}
+    return {
+        "headline": headline,
+        "iou": iou,
+        "mean_iou": mean_iou,
+        "pixel_accuracy": metrics.global_accuracy(cm),
+        "class_accuracy": metrics.class_accuracy(cm),
+        "true_fraction": dict(zip(ds.names, map(float, true_fraction))),
+        "pred_fraction": dict(zip(ds.names, map(float, pred_fraction))),
+        "max_fraction_error": float(max(errors)) if errors else math.nan,
+    }
 
 
 def predict(model: torch.nn.Module, meta, image: np.ndarray, slices: list[int]) -> np.ndarray:
-    return predict_slices(model.eval(), image, slices, InputSpec.from_dict(meta.input or {}),
-                          Normalization.from_dict(meta.normalization))
+    return predict_slices(
+        model.eval(), image, slices, InputSpec.from_dict(meta.input or {}), Normalization.from_dict(meta.normalization)
+    )
 
 
-def evaluate(ds: Dataset, model: torch.nn.Module, meta, image: np.ndarray, slices: list[int],
-             truth: np.ndarray) -> dict:
+def evaluate(
+    ds: Dataset, model: torch.nn.Module, meta, image: np.ndarray, slices: list[int], truth: np.ndarray
+) -> dict:
     start = time.perf_counter()
     pred = predict(model, meta, image, slices)
-    return {**score(ds, truth, pred), "predict_s": time.perf_counter() - start,
-            "parameters": sum(p.numel() for p in model.parameters())}
+    return {
+        **score(ds, truth, pred),
+        "predict_s": time.perf_counter() - start,
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
 
 
 # -- runs ------------------------------------------------------------------------------------------------------------
@@ -194,12 +219,27 @@ def run_forest(ds: Dataset, image, strokes, scored, truth, seed: int) -> dict:
     start = time.perf_counter()
     pred = predict_rf(forest, image[scored])
     predict_s = time.perf_counter() - start
-    return {"method": FOREST, "kind": "forest", "variant": None, "parameters": None, "train_s": train_s,
-            "steps": None, "best_step": None, **score(ds, truth, pred), "predict_s": predict_s}
+    return {
+        "method": FOREST,
+        "kind": "forest",
+        "variant": None,
+        "parameters": None,
+        "train_s": train_s,
+        "steps": None,
+        "best_step": None,
+        **score(ds, truth, pred),
+        "predict_s": predict_s,
+    }
 
 
-def train(data: list[TrainingData], config: TrainConfig, output: Path, init: Path | None = None,
-          replay: list[TrainingData] = (), keep: list | None = None) -> tuple[dict, torch.nn.Module, Any]:
+def train(
+    data: list[TrainingData],
+    config: TrainConfig,
+    output: Path,
+    init: Path | None = None,
+    replay: list[TrainingData] = (),
+    keep: list | None = None,
+) -> tuple[dict, torch.nn.Module, Any]:
     """Run a Trainer into ``output``; its figures, and the resulting network and metadata (in memory).
 
     ``figures["version"]`` is False where the Train dock would offer no new version: the network collapsed (the
@@ -215,20 +255,34 @@ def train(data: list[TrainingData], config: TrainConfig, output: Path, init: Pat
         if isinstance(event, TrainingFinished):
             finished = event
         elif isinstance(event, Validated):  # step 0 of a fine-tuning is the parent's score: the bar to beat
-            validations.append({"step": event.step, "score": event.score, "collapsed": event.collapsed,
-                                "replay_class_accuracy": event.metrics.get("replay_class_accuracy")})
+            validations.append(
+                {
+                    "step": event.step,
+                    "score": event.score,
+                    "collapsed": event.collapsed,
+                    "replay_class_accuracy": event.metrics.get("replay_class_accuracy"),
+                }
+            )
     collapsed = getattr(finished, "collapsed", None)
     kept_parent = bool(getattr(finished, "kept_parent", False))
-    figures = {"train_s": time.perf_counter() - start, "steps": finished.steps, "best_step": finished.best_step,
-               "effective_halo": finished.effective_halo, "collapsed": collapsed, "kept_parent": kept_parent,
-               "version": collapsed is None and not kept_parent and output.is_file(), "validations": validations,
-               "kept_parent_because": getattr(finished, "kept_parent_because", None),
-               "seen_agreement": trainer.seen_agreement}
+    figures = {
+        "train_s": time.perf_counter() - start,
+        "steps": finished.steps,
+        "best_step": finished.best_step,
+        "effective_halo": finished.effective_halo,
+        "collapsed": collapsed,
+        "kept_parent": kept_parent,
+        "version": collapsed is None and not kept_parent and output.is_file(),
+        "validations": validations,
+        "kept_parent_because": getattr(finished, "kept_parent_because", None),
+        "seen_agreement": trainer.seen_agreement,
+    }
     return figures, trainer.snapshot(), trainer.metadata()
 
 
-def retrain_round(ds: Dataset, image, parent_labels, labels, parent_path: Path, config: TrainConfig,
-                  output: Path) -> tuple[dict, torch.nn.Module, Any]:
+def retrain_round(
+    ds: Dataset, image, parent_labels, labels, parent_path: Path, config: TrainConfig, output: Path
+) -> tuple[dict, torch.nn.Module, Any]:
     """Fine-tune as the Train dock's Retrain: changed labels are the data, unchanged ones replayed, parent as start."""
     new, kept = np.zeros_like(labels), np.zeros_like(labels)
     n_new, n_kept = split_since(labels, parent_labels, new, kept)
@@ -238,8 +292,9 @@ def retrain_round(ds: Dataset, image, parent_labels, labels, parent_path: Path, 
     return {**figures, "new_pixels": n_new, "replayed_pixels": n_kept}, model, meta
 
 
-def choose_slices(ds: Dataset, n_slices: int, loop: int, n_working: int, score_incomplete: bool
-                  ) -> tuple[list[int], list[int]]:
+def choose_slices(
+    ds: Dataset, n_slices: int, loop: int, n_working: int, score_incomplete: bool
+) -> tuple[list[int], list[int]]:
     """``(working, scored)``: working = painted + evenly spaced unpainted slices (with ``loop``), scored = the rest."""
     painted = list(ds.slices)
     complete = [z for z in range(n_slices) if z not in ds.incomplete_slices]
@@ -264,8 +319,10 @@ def pretrain_image(ds: Dataset, image: np.ndarray, args, path: Path) -> dict:
     losses = [e.loss for e in trainer.run()]
     body = trainer.body()
     save_pretrained(path, body)
-    log(f"{ds.key}: pretrained {body.describe()}; masked-pixel loss {np.mean(losses[:20]):.4f} -> "
-        f"{np.mean(losses[-20:]):.4f}")
+    log(
+        f"{ds.key}: pretrained {body.describe()}; masked-pixel loss {np.mean(losses[:20]):.4f} -> "
+        f"{np.mean(losses[-20:]):.4f}"
+    )
     return {"path": str(path), "steps": body.steps, "seconds": body.seconds, "minutes": args.pretrain_minutes}
 
 
@@ -278,12 +335,25 @@ def run_dataset(ds: Dataset, args, variants: list[tuple[str, dict]], state: dict
     budget = round(FRACTION * labels.size)
     correction_budget = args.correction_budget or budget
     absent = {z: [ds.class_names[c] for c in ds.class_names if not (labels[z] == c).any()] for z in range(len(labels))}
-    info = {"title": ds.title, "shape": list(labels.shape), "crop": args.crop, "painted": list(ds.slices),
-            "working": working if args.loop else None, "scored": scored, "budget": budget,
-            "correction_budget": correction_budget if args.loop else None, "loop": args.loop,
-            "round_seconds": args.round_seconds if args.loop else None, "minutes": args.minutes,
-            "headline": ds.headline_label, "class_names": ds.names, "notes": list(ds.notes),
-            "classes_absent": {str(z): a for z, a in absent.items() if a}, "strokes": [], "seeds": []}
+    info = {
+        "title": ds.title,
+        "shape": list(labels.shape),
+        "crop": args.crop,
+        "painted": list(ds.slices),
+        "working": working if args.loop else None,
+        "scored": scored,
+        "budget": budget,
+        "correction_budget": correction_budget if args.loop else None,
+        "loop": args.loop,
+        "round_seconds": args.round_seconds if args.loop else None,
+        "minutes": args.minutes,
+        "headline": ds.headline_label,
+        "class_names": ds.names,
+        "notes": list(ds.notes),
+        "classes_absent": {str(z): a for z, a in absent.items() if a},
+        "strokes": [],
+        "seeds": [],
+    }
     state["info"]["datasets"][ds.key] = info
     log(f"{ds.title} {labels.shape}: painted {list(ds.slices)}, working {working}, scored {scored}")
     for name in ds.names:
@@ -293,42 +363,75 @@ def run_dataset(ds: Dataset, args, variants: list[tuple[str, dict]], state: dict
     if any(overrides.get("pretrained") == "auto" for _, overrides in variants):
         pretrained = pretrain_image(ds, image, args, Path(state["tmp"]) / f"{ds.key}.pretrained")
         info["pretrained"] = pretrained
-        variants = [(name, {**o, "pretrained": pretrained["path"]} if o.get("pretrained") == "auto" else o)
-                    for name, o in variants]
+        variants = [
+            (name, {**o, "pretrained": pretrained["path"]} if o.get("pretrained") == "auto" else o)
+            for name, o in variants
+        ]
     for seed in args.seeds:
         strokes, _, budgets = dataset_strokes(ds, labels, seed=seed, fraction=FRACTION)
         short = [{**b, "class": ds.class_names[b["class"]]} for b in budgets if b["painted"] < b["budget"]]
         info["strokes"].append({"seed": seed, "pixels": int((strokes > 0).sum()), "short": short})
         info["seeds"].append(seed)
         ran_out = ", ".join(f"slice {b['slice']} {b['class']} {b['painted']}/{b['budget']}" for b in short)
-        log(f"{ds.key} seed {seed}: {int((strokes > 0).sum()):,} stroke px of {budget:,}"
-            + (f"; ran out: {ran_out}" if short else ""))
+        log(
+            f"{ds.key} seed {seed}: {int((strokes > 0).sum()):,} stroke px of {budget:,}"
+            + (f"; ran out: {ran_out}" if short else "")
+        )
         row = {"dataset": ds.key, "seed": seed, **run_forest(ds, image, strokes, scored, truth, seed)}
         state["rows"].append(row)
         log(f"{ds.key} seed {seed}: forest {ds.headline_label} {row['headline']:.3f} (train {row['train_s']:.0f} s)")
         save(state, args.json)
         for name, overrides in variants:
-            config = variant_config(ds, args.arch, overrides, args.minutes * 60, seed, args.model_depth,
-                                    args.prior_rows)
+            config = variant_config(
+                ds, args.arch, overrides, args.minutes * 60, seed, args.model_depth, args.prior_rows
+            )
             method = f"{ARCH_NAMES.get(args.arch, args.arch)} {name}"
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / "round0.msd"
                 trainers: list[Trainer] = []
                 trained, model, meta = train([TrainingData(image, strokes, ds.key)], config, path, keep=trainers)
-                row = {"dataset": ds.key, "seed": seed, "method": method, "kind": "network", "variant": name,
-                       "overrides": overrides, **trained, **evaluate(ds, model, meta, image, scored, truth)}
+                row = {
+                    "dataset": ds.key,
+                    "seed": seed,
+                    "method": method,
+                    "kind": "network",
+                    "variant": name,
+                    "overrides": overrides,
+                    **trained,
+                    **evaluate(ds, model, meta, image, scored, truth),
+                }
                 state["rows"].append(row)
-                log(f"{ds.key} seed {seed}: {method} {ds.headline_label} {row['headline']:.3f} "
+                log(
+                    f"{ds.key} seed {seed}: {method} {ds.headline_label} {row['headline']:.3f} "
                     f"({row['steps']} steps in {row['train_s']:.0f} s)"
-                    + (f"; COLLAPSED: {row['collapsed']} (scored as is; no version, no loop)" if row["collapsed"]
-                       else ""))
+                    + (
+                        f"; COLLAPSED: {row['collapsed']} (scored as is; no version, no loop)"
+                        if row["collapsed"]
+                        else ""
+                    )
+                )
                 save(state, args.json)
                 if args.prior_rows and not trained["collapsed"]:
                     state["rows"].append(prior_row(ds, trainers[-1], image, scored, truth, row))
                     save(state, args.json)
                 if args.loop and trained["version"]:
-                    run_loop(ds, args, state, seed, method, image, labels, strokes, working, scored, truth,
-                             correction_budget, config, path, row)
+                    run_loop(
+                        ds,
+                        args,
+                        state,
+                        seed,
+                        method,
+                        image,
+                        labels,
+                        strokes,
+                        working,
+                        scored,
+                        truth,
+                        correction_budget,
+                        config,
+                        path,
+                        row,
+                    )
 
 
 def prior_row(ds: Dataset, trainer: Trainer, image, scored, truth, row: dict) -> dict:
@@ -337,25 +440,55 @@ def prior_row(ds: Dataset, trainer: Trainer, image, scored, truth, row: dict) ->
     kept = trainer.correct_prior() is not None
     if not kept:
         trainer.correct_prior(max_loss=math.inf)
-    result = {**row, "method": row["method"] + " + prior", "variant": f"{row['variant']} + prior", "prior_kept": kept,
-              "class_prior": trainer.class_prior,
-              **evaluate(ds, trainer.snapshot(), trainer.metadata(), image, scored, truth)}
-    log(f"{ds.key} seed {row['seed']}: {result['method']} {ds.headline_label} {result['headline']:.3f} "
-        f"(the engine's rule {'keeps' if kept else 'undoes'} it)")
+    result = {
+        **row,
+        "method": row["method"] + " + prior",
+        "variant": f"{row['variant']} + prior",
+        "prior_kept": kept,
+        "class_prior": trainer.class_prior,
+        **evaluate(ds, trainer.snapshot(), trainer.metadata(), image, scored, truth),
+    }
+    log(
+        f"{ds.key} seed {row['seed']}: {result['method']} {ds.headline_label} {result['headline']:.3f} "
+        f"(the engine's rule {'keeps' if kept else 'undoes'} it)"
+    )
     return result
 
 
 SCORES = ("headline", "iou", "mean_iou", "pixel_accuracy", "class_accuracy", "max_fraction_error")
 
 
-def run_loop(ds: Dataset, args, state: dict, seed: int, method: str, image, labels, strokes, working, scored, truth,
-             budget: int, config: TrainConfig, path: Path, row: dict) -> None:
+def run_loop(
+    ds: Dataset,
+    args,
+    state: dict,
+    seed: int,
+    method: str,
+    image,
+    labels,
+    strokes,
+    working,
+    scored,
+    truth,
+    budget: int,
+    config: TrainConfig,
+    path: Path,
+    row: dict,
+) -> None:
     """Correction rounds as a person uses the dock: predict the working slices with the current version, paint
     corrections into the labels layer, Retrain. A retraining that collapses or does not beat its parent gives no
     new version (the dock keeps the parent current); the corrections stay painted and count as changed labels at the
     next Retrain, which again starts from that parent."""
-    entry0 = {"dataset": ds.key, "seed": seed, "method": method, "round": 0, "correction_pixels": 0,
-              "version": True, **{k: row[k] for k in ("train_s", "steps", "best_step")}, **{k: row[k] for k in SCORES}}
+    entry0 = {
+        "dataset": ds.key,
+        "seed": seed,
+        "method": method,
+        "round": 0,
+        "correction_pixels": 0,
+        "version": True,
+        **{k: row[k] for k in ("train_s", "steps", "best_step")},
+        **{k: row[k] for k in SCORES},
+    }
     state["loop"].append(entry0)
     current = entry0
     labels_now = parent_labels = strokes  # the labels layer now, and as it was when the current version trained
@@ -366,15 +499,29 @@ def run_loop(ds: Dataset, args, state: dict, seed: int, method: str, image, labe
         pred = predict(model, meta, image, working)
         rng = np.random.default_rng([seed, r])
         labels_now, painted = correction_strokes(pred, labels, labels_now, working, budget, rng)
-        entry = {"dataset": ds.key, "seed": seed, "method": method, "round": r, "correction_pixels": painted,
-                 "working_errors": int(((pred != labels[working]) & (labels[working] != 0)).sum())}
+        entry = {
+            "dataset": ds.key,
+            "seed": seed,
+            "method": method,
+            "round": r,
+            "correction_pixels": painted,
+            "working_errors": int(((pred != labels[working]) & (labels[working] != 0)).sum()),
+        }
         if np.array_equal(labels_now, parent_labels):  # nothing to correct, nothing new since the parent
-            entry.update({"version": False, "train_s": 0.0, "steps": 0, "note": "no label changed",
-                          **{k: current[k] for k in SCORES}})
+            entry.update(
+                {
+                    "version": False,
+                    "train_s": 0.0,
+                    "steps": 0,
+                    "note": "no label changed",
+                    **{k: current[k] for k in SCORES},
+                }
+            )
         else:
             out = path.with_name(f"round{r}.msd")
-            figures, new_model, new_meta = retrain_round(ds, image, parent_labels, labels_now, parent_path,
-                                                         round_config, out)
+            figures, new_model, new_meta = retrain_round(
+                ds, image, parent_labels, labels_now, parent_path, round_config, out
+            )
             entry.update(figures)
             if figures["version"]:
                 entry.update(evaluate(ds, new_model, new_meta, image, scored, truth))
@@ -382,14 +529,22 @@ def run_loop(ds: Dataset, args, state: dict, seed: int, method: str, image, labe
                 current = entry
             else:  # the parent stays the current version: its scores stand
                 entry.update({k: current[k] for k in SCORES})
-                entry["note"] = ("collapsed: " + figures["collapsed"] if figures["collapsed"] else
-                                 "kept parent: " + (figures["kept_parent_because"] or "no better"))
+                entry["note"] = (
+                    "collapsed: " + figures["collapsed"]
+                    if figures["collapsed"]
+                    else "kept parent: " + (figures["kept_parent_because"] or "no better")
+                )
         entry["forest_headline"] = run_forest(ds, image, labels_now, scored, truth, seed)["headline"]
         state["loop"].append(entry)
-        log(f"{ds.key} seed {seed}: {method} round {r}: {painted} px corrected, forest on the same labels "
+        log(
+            f"{ds.key} seed {seed}: {method} round {r}: {painted} px corrected, forest on the same labels "
             f"{entry['forest_headline']:.3f}, "
-            + (f"{ds.headline_label} {entry['headline']:.3f}" if entry["version"] else
-               f"no new version ({entry.get('note')}), {ds.headline_label} stays {entry['headline']:.3f}"))
+            + (
+                f"{ds.headline_label} {entry['headline']:.3f}"
+                if entry["version"]
+                else f"no new version ({entry.get('note')}), {ds.headline_label} stays {entry['headline']:.3f}"
+            )
+        )
         save(state, args.json)
 
 
@@ -423,37 +578,53 @@ def table(state: dict) -> str:
         pixels = _mean([s["pixels"] for s in info["strokes"]])
         shape = " x ".join(map(str, info["shape"])) + (f", top-left crop {info['crop']}" if info.get("crop") else "")
         short = sorted({f"{b['class']} (slice {b['slice']})" for s in info["strokes"] for b in s["short"]})
-        out += [f"**{info['title']}** ({shape}): strokes on slices {_slices(info['painted'])}, {pixels:,.0f} px on "
-                f"average of a {info['budget']:,} px budget"
-                + (f" (ran out: {', '.join(short)})" if short else "")
-                + f"; stroke seeds {', '.join(map(str, seeds))}; networks trained {info['minutes']:g} min; "
-                f"scored on {len(info['scored'])} slices ({_slices(info['scored'])})."]
+        out += [
+            f"**{info['title']}** ({shape}): strokes on slices {_slices(info['painted'])}, {pixels:,.0f} px on "
+            f"average of a {info['budget']:,} px budget"
+            + (f" (ran out: {', '.join(short)})" if short else "")
+            + f"; stroke seeds {', '.join(map(str, seeds))}; networks trained {info['minutes']:g} min; "
+            f"scored on {len(info['scored'])} slices ({_slices(info['scored'])})."
+        ]
         names = info["class_names"]
-        out += ["", f"| method | training | {info['headline']}, seed {' / '.join(map(str, seeds))} | mean | "
-                "vs forest (paired) | " + " | ".join(f"{n} IoU" for n in names)
-                + " | pixel acc. | class acc. | max fraction error | prediction |",
-                "|---|---|---|---|---|" + "---|" * len(names) + "---|---|---|---|"]
+        out += [
+            "",
+            f"| method | training | {info['headline']}, seed {' / '.join(map(str, seeds))} | mean | "
+            "vs forest (paired) | "
+            + " | ".join(f"{n} IoU" for n in names)
+            + " | pixel acc. | class acc. | max fraction error | prediction |",
+            "|---|---|---|---|---|" + "---|" * len(names) + "---|---|---|---|",
+        ]
         forest = {r["seed"]: r["headline"] for r in rows if r["kind"] == "forest"}
         for method in dict.fromkeys(r["method"] for r in rows):
             runs = {r["seed"]: r for r in rows if r["method"] == method}
             steps = [r["steps"] for r in runs.values() if r["steps"]]
             training = f"{_mean([r['train_s'] for r in runs.values()]):.0f} s" + (
                 (f", {min(steps)}-{max(steps)} steps" if min(steps) < max(steps) else f", {steps[0]} steps")
-                if steps else "")
-            per_seed = " / ".join(_f(runs[s]["headline"]) + ("†" if runs[s].get("collapsed") else "")
-                                  if s in runs else "-" for s in seeds)
+                if steps
+                else ""
+            )
+            per_seed = " / ".join(
+                _f(runs[s]["headline"]) + ("†" if runs[s].get("collapsed") else "") if s in runs else "-" for s in seeds
+            )
             diffs = [runs[s]["headline"] - forest[s] for s in runs if s in forest]
-            versus = "" if next(iter(runs.values()))["kind"] == "forest" or not diffs else (
-                f"{np.mean(diffs):+.3f} ({sum(d > 0 for d in diffs)}/{len(diffs)} better)")
+            versus = (
+                ""
+                if next(iter(runs.values()))["kind"] == "forest" or not diffs
+                else (f"{np.mean(diffs):+.3f} ({sum(d > 0 for d in diffs)}/{len(diffs)} better)")
+            )
             ious = " | ".join(_f(_mean([r["iou"][n] for r in runs.values()])) for n in names)
-            out.append(f"| {method} | {training} | {per_seed} | {_f(_mean([r['headline'] for r in runs.values()]))} | "
-                       f"{versus} | {ious} | {_f(_mean([r['pixel_accuracy'] for r in runs.values()]))} | "
-                       f"{_f(_mean([r['class_accuracy'] for r in runs.values()]))} | "
-                       f"{_f(_mean([r['max_fraction_error'] for r in runs.values()]), '.0%')} | "
-                       f"{_mean([r['predict_s'] for r in runs.values()]):.1f} s |")
+            out.append(
+                f"| {method} | {training} | {per_seed} | {_f(_mean([r['headline'] for r in runs.values()]))} | "
+                f"{versus} | {ious} | {_f(_mean([r['pixel_accuracy'] for r in runs.values()]))} | "
+                f"{_f(_mean([r['class_accuracy'] for r in runs.values()]))} | "
+                f"{_f(_mean([r['max_fraction_error'] for r in runs.values()]), '.0%')} | "
+                f"{_mean([r['predict_s'] for r in runs.values()]):.1f} s |"
+            )
         if any(r.get("collapsed") for r in rows):
-            out.append("\n† collapsed: the engine kept no model (it predicts one class nearly everywhere); scored "
-                       "as it is, and left out of the correction loop.")
+            out.append(
+                "\n† collapsed: the engine kept no model (it predicts one class nearly everywhere); scored "
+                "as it is, and left out of the correction loop."
+            )
         out.append("")
     loop = state.get("loop") or []
     for key, info in state["info"]["datasets"].items():
@@ -461,13 +632,17 @@ def table(state: dict) -> str:
         if not entries:
             continue
         rounds = max(e["round"] for e in entries)
-        out += [f"**{info['title']}**, correction loop: {rounds} round(s) of {info['correction_budget']:,} px of "
-                f"correction strokes on working slices {_slices(info['working'])}, {info['round_seconds']:g} s "
-                f"retraining each; {info['headline']} on the same {len(info['scored'])} scored slices, "
-                "mean over seeds (min).", "",
-                "| method | " + " | ".join(f"round {r}" for r in range(rounds + 1))
-                + " | corrections painted | new versions | monotone |",
-                "|---|" + "---|" * (rounds + 1) + "---|---|---|"]
+        out += [
+            f"**{info['title']}**, correction loop: {rounds} round(s) of {info['correction_budget']:,} px of "
+            f"correction strokes on working slices {_slices(info['working'])}, {info['round_seconds']:g} s "
+            f"retraining each; {info['headline']} on the same {len(info['scored'])} scored slices, "
+            "mean over seeds (min).",
+            "",
+            "| method | "
+            + " | ".join(f"round {r}" for r in range(rounds + 1))
+            + " | corrections painted | new versions | monotone |",
+            "|---|" + "---|" * (rounds + 1) + "---|---|---|",
+        ]
         forest = [r["headline"] for r in state["rows"] if r["dataset"] == key and r["kind"] == "forest"]
         for method in dict.fromkeys(e["method"] for e in entries):
             mine = [e for e in entries if e["method"] == method]
@@ -478,24 +653,33 @@ def table(state: dict) -> str:
             for r in range(rounds + 1):
                 vals = [s[r] for s in by_seed.values() if r in s]
                 cells.append(f"{_f(_mean(vals))} ({_f(min(vals))})" if vals else "-")
-            monotone = all(s[r] >= s[r - 1] for s in by_seed.values() for r in range(1, rounds + 1)
-                           if r in s and r - 1 in s)
+            monotone = all(
+                s[r] >= s[r - 1] for s in by_seed.values() for r in range(1, rounds + 1) if r in s and r - 1 in s
+            )
             later = [e for e in mine if e["round"] > 0]
             versions = f"{sum(bool(e['version']) for e in later)}/{len(later)}"
-            out.append(f"| {method} | " + " | ".join(cells)
-                       + f" | {_mean([e['correction_pixels'] for e in later]):,.0f} px/round | {versions} | "
-                       f"{'yes' if monotone else 'no'} |")
+            out.append(
+                f"| {method} | "
+                + " | ".join(cells)
+                + f" | {_mean([e['correction_pixels'] for e in later]):,.0f} px/round | {versions} | "
+                f"{'yes' if monotone else 'no'} |"
+            )
             if forest and later and all("forest_headline" in e for e in later):  # ilastik's loop: refit on them
-                by_round = {0: forest} | {r: [e["forest_headline"] for e in later if e["round"] == r]
-                                          for r in range(1, rounds + 1)}
-                out.append(f"| {FOREST}, refitted on {method}'s labels | "
-                           + " | ".join(f"{_f(_mean(v))} ({_f(min(v))})" if v else "-" for v in by_round.values())
-                           + " | | | |")
+                by_round = {0: forest} | {
+                    r: [e["forest_headline"] for e in later if e["round"] == r] for r in range(1, rounds + 1)
+                }
+                out.append(
+                    f"| {FOREST}, refitted on {method}'s labels | "
+                    + " | ".join(f"{_f(_mean(v))} ({_f(min(v))})" if v else "-" for v in by_round.values())
+                    + " | | | |"
+                )
         if forest:
             out.append(f"| {FOREST} (no loop) | {_f(_mean(forest))} ({_f(min(forest))}) |" + " |" * (rounds + 3))
-        out.append("\nA round whose retraining collapsed or did not beat its parent on the held-out labels gives "
-                   "no new version (as in the Train dock): the parent's score stands and its corrections are "
-                   "trained on at the next round.")
+        out.append(
+            "\nA round whose retraining collapsed or did not beat its parent on the held-out labels gives "
+            "no new version (as in the Train dock): the parent's score stands and its corrections are "
+            "trained on at the next round."
+        )
         out.append("")
     return "\n".join(out)
 
@@ -525,26 +709,56 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="stroke seeds (also seed training)")
     parser.add_argument("--minutes", type=float, default=5.0, help="training time per network")
     parser.add_argument("--arch", default="msd", choices=list(ARCH_NAMES))
-    parser.add_argument("--variant", action="append", default=[], metavar="NAME:key=value,...",
-                        help="a network variant overriding TrainConfig fields (repeatable), besides 'default'")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME:key=value,...",
+        help="a network variant overriding TrainConfig fields (repeatable), besides 'default'",
+    )
     parser.add_argument("--no-default", action="store_true", help="train only the --variant rows")
     parser.add_argument("--loop", type=int, default=0, metavar="K", help="correction rounds after the first training")
     parser.add_argument("--round-seconds", type=float, default=120.0, help="retraining time per correction round")
-    parser.add_argument("--working-slices", type=int, default=5, help="slices corrected in the loop (painted ones "
-                        "included); excluded from scoring")
-    parser.add_argument("--correction-budget", type=int, default=None,
-                        help="pixels of correction strokes per round (default: the initial strokes' budget)")
-    parser.add_argument("--score-incomplete", action="store_true",
-                        help="also score slices whose ground truth lacks a class (VNC 1, 7, 18)")
-    parser.add_argument("--pretrain-minutes", type=float, default=5.0, help="self-supervised pretraining on each "
-                        "image (once, before the stroke seeds) for variants with pretrained=auto")
-    parser.add_argument("--prior-rows", action="store_true", help="also score every first network after the "
-                        "class-prior correction (a row '... + prior'; same weights, output bias shifted)")
+    parser.add_argument(
+        "--working-slices",
+        type=int,
+        default=5,
+        help="slices corrected in the loop (painted ones included); excluded from scoring",
+    )
+    parser.add_argument(
+        "--correction-budget",
+        type=int,
+        default=None,
+        help="pixels of correction strokes per round (default: the initial strokes' budget)",
+    )
+    parser.add_argument(
+        "--score-incomplete",
+        action="store_true",
+        help="also score slices whose ground truth lacks a class (VNC 1, 7, 18)",
+    )
+    parser.add_argument(
+        "--pretrain-minutes",
+        type=float,
+        default=5.0,
+        help="self-supervised pretraining on each "
+        "image (once, before the stroke seeds) for variants with pretrained=auto",
+    )
+    parser.add_argument(
+        "--prior-rows",
+        action="store_true",
+        help="also score every first network after the "
+        "class-prior correction (a row '... + prior'; same weights, output bias shifted)",
+    )
     parser.add_argument("--crop", type=int, default=None, metavar="N", help="top-left N x N of every slice")
     parser.add_argument("--model-depth", type=int, default=None, help="network depth (MS-D layers, U-Net levels)")
     parser.add_argument("--json", type=Path, help="write the figures here (after every trained model)")
-    parser.add_argument("--table", type=Path, nargs="+", metavar="JSON", help="only print the tables of earlier "
-                        "--json outputs (runs split over several calls are merged)")
+    parser.add_argument(
+        "--table",
+        type=Path,
+        nargs="+",
+        metavar="JSON",
+        help="only print the tables of earlier --json outputs (runs split over several calls are merged)",
+    )
     args = parser.parse_args(argv)
     if args.table:
         print(table(merge([json.loads(p.read_text()) for p in args.table])))
@@ -552,10 +766,17 @@ def main(argv: list[str] | None = None) -> None:
     variants = ([] if args.no_default else [("default", {})]) + [parse_variant(v) for v in args.variant]
     if not variants:
         raise SystemExit("no network to train: give --variant or leave out --no-default")
-    for name, overrides in variants:  # refuse a bad override before any training
+    for _, overrides in variants:  # refuse a bad override before any training
         variant_config(DATASETS[args.datasets[0]], args.arch, overrides, 60.0, 0, args.model_depth)
-    state = {"info": {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-                      "threads": torch.get_num_threads(), "datasets": {}}, "rows": [], "loop": []}
+    state = {
+        "info": {
+            "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "threads": torch.get_num_threads(),
+            "datasets": {},
+        },
+        "rows": [],
+        "loop": [],
+    }
     with tempfile.TemporaryDirectory() as tmp:
         state["tmp"] = tmp
         for key in args.datasets:

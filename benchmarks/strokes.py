@@ -103,14 +103,26 @@ class Dataset:
 
 DATASETS: dict[str, Dataset] = {
     "isbi": Dataset(
-        key="isbi", title="ISBI 2012", folder="isbi2012", files=("train-volume.tif", "train-labels.tif"),
-        class_names={1: "membrane", 2: "cell interior"}, slices=(0, 14, 29), erosion={1: 0, 2: 5},
+        key="isbi",
+        title="ISBI 2012",
+        folder="isbi2012",
+        files=("train-volume.tif", "train-labels.tif"),
+        class_names={1: "membrane", 2: "cell interior"},
+        slices=(0, 14, 29),
+        erosion={1: 0, 2: 5},
         headline="iou:membrane",
     ),
     "vnc": Dataset(
-        key="vnc", title="Drosophila VNC", folder="vnc", files=("volume.tif", "labels.tif"),
-        class_names={1: "cytoplasm", 2: "membrane", 3: "mitochondrion", 4: "synapse"}, slices=(0, 9, 19),
-        erosion={1: 5, 2: 0, 3: 2, 4: 0}, headline="mean_iou", piece_len=(10, 80), incomplete_slices=(1, 7, 18),
+        key="vnc",
+        title="Drosophila VNC",
+        folder="vnc",
+        files=("volume.tif", "labels.tif"),
+        class_names={1: "cytoplasm", 2: "membrane", 3: "mitochondrion", 4: "synapse"},
+        slices=(0, 9, 19),
+        erosion={1: 5, 2: 0, 3: 2, 4: 0},
+        headline="mean_iou",
+        piece_len=(10, 80),
+        incomplete_slices=(1, 7, 18),
         notes=("slices 1, 7, 18 carry no mitochondrion annotation (labeled cytoplasm): never scored nor corrected",),
     ),
 }
@@ -154,12 +166,23 @@ def make_strokes(
     return strokes, slices, budgets
 
 
-def dataset_strokes(dataset: Dataset | str, labels: np.ndarray, seed: int = 0, fraction: float = 0.001,
-                    slices: Sequence[int] | None = None) -> tuple[np.ndarray, list[int], list[dict]]:
+def dataset_strokes(
+    dataset: Dataset | str,
+    labels: np.ndarray,
+    seed: int = 0,
+    fraction: float = 0.001,
+    slices: Sequence[int] | None = None,
+) -> tuple[np.ndarray, list[int], list[dict]]:
     """:func:`make_strokes` with the data set's painted slices and erosion."""
     ds = DATASETS[dataset] if isinstance(dataset, str) else dataset
-    return make_strokes(labels, ds.slices if slices is None else slices, ds.erosion, fraction=fraction, seed=seed,
-                        piece_len=ds.piece_len)
+    return make_strokes(
+        labels,
+        ds.slices if slices is None else slices,
+        ds.erosion,
+        fraction=fraction,
+        seed=seed,
+        piece_len=ds.piece_len,
+    )
 
 
 def _pieces_of(mask: np.ndarray, rng: np.random.Generator, max_len: int) -> list[np.ndarray]:

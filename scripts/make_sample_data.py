@@ -40,9 +40,18 @@ SOURCE = (
 )
 
 
-def make_sample(volume: np.ndarray, labels: np.ndarray, z0: int = 0, n_slices: int = 8, y0: int = 128,
-                x0: int = 128, size: int = 256, stroke_slices: tuple[int, ...] = (1, 6), coverage: float = 0.015,
-                seed: int = 0) -> dict:
+def make_sample(
+    volume: np.ndarray,
+    labels: np.ndarray,
+    z0: int = 0,
+    n_slices: int = 8,
+    y0: int = 128,
+    x0: int = 128,
+    size: int = 256,
+    stroke_slices: tuple[int, ...] = (1, 6),
+    coverage: float = 0.015,
+    seed: int = 0,
+) -> dict:
     """The arrays stored in the sample file (see the module docstring)."""
     crop = (slice(z0, z0 + n_slices), slice(y0, y0 + size), slice(x0, x0 + size))
     image = np.ascontiguousarray(volume[crop], dtype=np.uint8)
@@ -78,14 +87,26 @@ def main(argv: list[str] | None = None) -> None:
     volume, labels = tifffile.imread(args.volume), tifffile.imread(args.labels)
     if volume.shape != labels.shape:
         parser.error(f"volume {volume.shape} and labels {labels.shape} differ in shape")
-    sample = make_sample(volume, labels, args.z0, args.slices, args.y0, args.x0, args.size,
-                         tuple(args.stroke_slices), args.coverage, args.seed)
+    sample = make_sample(
+        volume,
+        labels,
+        args.z0,
+        args.slices,
+        args.y0,
+        args.x0,
+        args.size,
+        tuple(args.stroke_slices),
+        args.coverage,
+        args.seed,
+    )
     args.output.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(args.output, **sample)
     painted = sample["strokes"][list(args.stroke_slices)]
-    print(f"wrote {args.output} ({args.output.stat().st_size / 1e6:.2f} MB): image {sample['image'].shape}, "
-          f"strokes on slices {args.stroke_slices}: {np.count_nonzero(painted) / painted.size:.2%} of their pixels, "
-          f"per class {[int((painted == c).sum()) for c in (1, 2)]}")
+    print(
+        f"wrote {args.output} ({args.output.stat().st_size / 1e6:.2f} MB): image {sample['image'].shape}, "
+        f"strokes on slices {args.stroke_slices}: {np.count_nonzero(painted) / painted.size:.2%} of their pixels, "
+        f"per class {[int((painted == c).sum()) for c in (1, 2)]}"
+    )
 
 
 if __name__ == "__main__":

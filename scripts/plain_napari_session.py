@@ -47,8 +47,14 @@ def main(argv: list[str] | None = None) -> int:
         train.length_unit.setCurrentText("steps")
         if args.learn_steps:  # the person paints meanwhile; the sample's strokes stand for that
             train.pretrain_check.setChecked(True)
-            _wait(app, lambda: train.pretraining.pretrainer is not None
-                  and train.pretraining.pretrainer.step >= args.learn_steps, 900, "learning the image")
+            _wait(
+                app,
+                lambda: (
+                    train.pretraining.pretrainer is not None and train.pretraining.pretrainer.step >= args.learn_steps
+                ),
+                900,
+                "learning the image",
+            )
         if not train.start():
             print("FAILED: the Train dock did not start")
             return 1
@@ -72,8 +78,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"FAILED: {', '.join(loaded)} loaded in the viewer's process (crashes under software OpenGL)")
             return 1
         learned = f" after {args.learn_steps} steps of learning the image," if args.learn_steps else ""
-        print(f"OK: napari started by hand, sample opened,{learned} {steps} steps trained from the Train dock, "
-              "predicted")
+        print(
+            f"OK: napari started by hand, sample opened,{learned} {steps} steps trained from the Train dock, predicted"
+        )
         return 0
     finally:
         for dock in (locals().get("train"), locals().get("predict")):

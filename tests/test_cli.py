@@ -88,8 +88,25 @@ def _train(args: list[str], capsys) -> tuple[int, str, str]:
 def test_train_writes_a_model_that_info_reads(stroke_files, tmp_path, capsys):
     image, labels = stroke_files
     out = tmp_path / "texture.msd"
-    code, stdout, _ = _train([str(image), str(labels), "-o", str(out), "--depth", "6", "--steps", "30",
-                              "--patch-size", "32", "--validate-every", "10", "--class-names", "dark,bright"], capsys)
+    code, stdout, _ = _train(
+        [
+            str(image),
+            str(labels),
+            "-o",
+            str(out),
+            "--depth",
+            "6",
+            "--steps",
+            "30",
+            "--patch-size",
+            "32",
+            "--validate-every",
+            "10",
+            "--class-names",
+            "dark,bright",
+        ],
+        capsys,
+    )
     assert code == 0 and out.exists()
     assert "finished (steps) after 30 steps" in stdout and str(out) in stdout
     assert main(["info", str(out)]) == 0
@@ -139,8 +156,9 @@ def test_train_errors_are_one_line_and_write_nothing(stroke_files, tmp_path, cap
     assert "seen_tolerance is a share in [0, 1]" in error(str(image), str(labels), "--seen-tolerance", "1.5")
 
 
-@pytest.mark.parametrize("flag, expected", [([], TrainConfig.edge_weight), (["--edge-weight", "0"], 0.0),
-                                            (["--edge-weight", "3.5"], 3.5)])
+@pytest.mark.parametrize(
+    "flag, expected", [([], TrainConfig.edge_weight), (["--edge-weight", "0"], 0.0), (["--edge-weight", "3.5"], 3.5)]
+)
 def test_train_edge_weight_reaches_the_engine(flag, expected, stroke_files, tmp_path):
     image, labels = stroke_files
     args = build_parser().parse_args(["train", str(image), str(labels), "-o", str(tmp_path / "m.msd"), *flag])
@@ -175,8 +193,21 @@ def test_train_fine_tunes_from_a_model(stroke_files, tmp_path, capsys):
     first, second = tmp_path / "v1.msd", tmp_path / "v2.msd"
     common = ["--steps", "10", "--patch-size", "32", "--validate-every", "5"]
     assert _train([str(image), str(labels), "-o", str(first), "--depth", "5", *common], capsys)[0] == 0
-    code, _, _ = _train([str(image), str(labels), "-o", str(second), "--from", str(first),
-                         "--replay", str(image), str(labels), *common], capsys)
+    code, _, _ = _train(
+        [
+            str(image),
+            str(labels),
+            "-o",
+            str(second),
+            "--from",
+            str(first),
+            "--replay",
+            str(image),
+            str(labels),
+            *common,
+        ],
+        capsys,
+    )
     assert code == 0
     assert main(["info", str(second)]) == 0
     info = json.loads(capsys.readouterr().out)
@@ -191,12 +222,32 @@ def test_train_refuses_to_save_a_collapsed_network(stroke_files, tmp_path, capsy
     from napari_msd.training import health
 
     real = health.check
-    monkeypatch.setattr(health, "check", lambda counts, painted, names, recall=None: health.Health(
-        real(counts, painted, names, recall).fractions, collapsed="the network predicts dark on 99.5% of the pixels"))
+    monkeypatch.setattr(
+        health,
+        "check",
+        lambda counts, painted, names, recall=None: health.Health(
+            real(counts, painted, names, recall).fractions, collapsed="the network predicts dark on 99.5% of the pixels"
+        ),
+    )
     image, labels = stroke_files
     out = tmp_path / "collapsed.msd"
-    code, _, err = _train([str(image), str(labels), "-o", str(out), "--depth", "5", "--steps", "10",
-                           "--patch-size", "32", "--validate-every", "5"], capsys)
+    code, _, err = _train(
+        [
+            str(image),
+            str(labels),
+            "-o",
+            str(out),
+            "--depth",
+            "5",
+            "--steps",
+            "10",
+            "--patch-size",
+            "32",
+            "--validate-every",
+            "5",
+        ],
+        capsys,
+    )
     line = _error_line(err)
     assert code == 2 and "no usable model after 10 steps: the network predicts dark" in line
     assert "nothing was saved" in line and not out.exists()
@@ -210,8 +261,9 @@ def test_train_refuses_the_image_given_as_labels(tmp_path, capsys):
     code, _, err = _train([str(tmp_path / "em.npy"), str(tmp_path / "em.npy"), "-o", str(out), "--steps", "2"], capsys)
     line = _error_line(err)
     assert code == 2 and not out.exists()
-    assert "contain the value 253: is this the image? labels are 0 = unlabeled, 1..K = classes; K must be below 64" \
-        in line
+    assert (
+        "contain the value 253: is this the image? labels are 0 = unlabeled, 1..K = classes; K must be below 64" in line
+    )
 
 
 def test_train_refuses_an_output_folder_that_does_not_exist(stroke_files, tmp_path, capsys):
@@ -219,17 +271,20 @@ def test_train_refuses_an_output_folder_that_does_not_exist(stroke_files, tmp_pa
     missing = tmp_path / "results"
     code, _, err = _train([str(image), str(labels), "-o", str(missing / "model.msd"), "--steps", "2"], capsys)
     assert code == 2 and not missing.exists()
-    assert _error_line(err).endswith(f"output folder {missing} does not exist; create it first (mkdir -p {missing}) "
-                                     "or choose another -o")
+    assert _error_line(err).endswith(
+        f"output folder {missing} does not exist; create it first (mkdir -p {missing}) or choose another -o"
+    )
 
 
-def test_a_short_timed_run_saves_with_a_warning_that_it_barely_learned(stroke_files, tmp_path, capsys,
-                                                                       accept_any_network):
+def test_a_short_timed_run_saves_with_a_warning_that_it_barely_learned(
+    stroke_files, tmp_path, capsys, accept_any_network
+):
     """--time that allows one step (a loaded machine): saved, exit 0, and the output says what that is worth."""
     image, labels = stroke_files
     out = tmp_path / "short.msd"
-    code, stdout, _ = _train([str(image), str(labels), "-o", str(out), "--depth", "5", "--patch-size", "32",
-                              "--time", "0.000001"], capsys)
+    code, stdout, _ = _train(
+        [str(image), str(labels), "-o", str(out), "--depth", "5", "--patch-size", "32", "--time", "0.000001"], capsys
+    )
     assert code == 0 and out.exists()
     assert "finished (time) after 1 steps" in stdout
     warning = [line for line in stdout.splitlines() if line.startswith("warning: trained only")]
@@ -243,16 +298,32 @@ def test_a_short_timed_run_saves_with_a_warning_that_it_barely_learned(stroke_fi
 
 def test_a_run_of_the_chosen_few_steps_gets_no_warning(stroke_files, tmp_path, capsys, accept_any_network):
     image, labels = stroke_files
-    code, stdout, _ = _train([str(image), str(labels), "-o", str(tmp_path / "m.msd"), "--depth", "4", "--steps", "3",
-                              "--patch-size", "32", "--validate-every", "3"], capsys)
+    code, stdout, _ = _train(
+        [
+            str(image),
+            str(labels),
+            "-o",
+            str(tmp_path / "m.msd"),
+            "--depth",
+            "4",
+            "--steps",
+            "3",
+            "--patch-size",
+            "32",
+            "--validate-every",
+            "3",
+        ],
+        capsys,
+    )
     assert code == 0 and "warning: trained only" not in stdout
 
 
 # -- napari-msd sample ------------------------------------------------------------------------------
 
 
-def test_sample_writes_files_the_cli_reads_and_a_command_that_trains_on_them(tmp_path, capsys, monkeypatch,
-                                                                           accept_any_network):
+def test_sample_writes_files_the_cli_reads_and_a_command_that_trains_on_them(
+    tmp_path, capsys, monkeypatch, accept_any_network
+):
     import shlex
 
     from napari_msd._sample_data import read_sample
@@ -268,11 +339,13 @@ def test_sample_writes_files_the_cli_reads_and_a_command_that_trains_on_them(tmp
     np.testing.assert_array_equal(read_labels(folder / "ground_truth.tif")[...], sample["ground_truth"])
     for name in ("image.tif", "strokes.tif", "ground_truth.tif"):
         assert str(folder / name) in stdout
-    command = next(line for line in stdout.splitlines() if line.startswith("next: "))[len("next: "):]
-    assert command == (f'napari-msd train {folder / "image.tif"} {folder / "strokes.tif"} '
-                       '--class-names "membrane,cell interior" -o membranes.msd --time 60')
+    command = next(line for line in stdout.splitlines() if line.startswith("next: "))[len("next: ") :]
+    assert command == (
+        f"napari-msd train {folder / 'image.tif'} {folder / 'strokes.tif'} "
+        '--class-names "membrane,cell interior" -o membranes.msd --time 60'
+    )
     args = shlex.split(command)[1:]
-    args[args.index("--time"):] = ["--steps", "2", "--depth", "3", "--patch-size", "32"]  # the same command, short
+    args[args.index("--time") :] = ["--steps", "2", "--depth", "3", "--patch-size", "32"]  # the same command, short
     monkeypatch.chdir(tmp_path)
     assert main([*args, "--quiet"]) == 0
     assert read_metadata(tmp_path / "membranes.msd").class_names == ["membrane", "cell interior"]
@@ -293,6 +366,8 @@ def test_demo_screenshot_into_a_missing_folder_is_refused_before_opening_napari(
     missing = tmp_path / "shots"
     assert main(["demo", "--screenshot", str(missing / "demo.png")]) == 2
     line = capsys.readouterr().err.strip()
-    assert line == (f"napari-msd demo: error: output folder {missing} does not exist; create it first "
-                    f"(mkdir -p {missing}) or choose another --screenshot")
+    assert line == (
+        f"napari-msd demo: error: output folder {missing} does not exist; create it first "
+        f"(mkdir -p {missing}) or choose another --screenshot"
+    )
     assert not missing.exists()

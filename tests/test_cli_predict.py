@@ -22,8 +22,9 @@ from napari_msd.models import MSDNet
 
 def _batch_helpers():
     """``make_model`` / ``make_volume`` of tests/inference/test_batch.py (loaded by path: tests are no package)."""
-    spec = importlib.util.spec_from_file_location("_napari_msd_batch_helpers",
-                                                  Path(__file__).parent / "inference" / "test_batch.py")
+    spec = importlib.util.spec_from_file_location(
+        "_napari_msd_batch_helpers", Path(__file__).parent / "inference" / "test_batch.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.make_model, module.make_volume
@@ -34,7 +35,6 @@ make_model, make_volume = _batch_helpers()
 SCRIPT = Path(sys.executable).with_name("napari-msd")
 # one torch/OpenMP thread per process: two cores shared with other work (and with dask workers)
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-
 
 
 @pytest.fixture(scope="module")
@@ -59,20 +59,24 @@ def _read(path: Path) -> dict[str, np.ndarray]:
 
 def _snapshot(path: Path) -> dict[str, str]:
     """Every file and directory under ``path`` with its content's digest."""
-    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
-            for p in sorted(path.rglob("*"))}
+    return {
+        str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+        for p in sorted(path.rglob("*"))
+    }
 
 
 def test_predict_writes_and_a_finished_job_reruns_as_a_no_op(files, tmp_path, capsys):
     out = tmp_path / "pred.zarr"
-    code, stdout, stderr = _predict([files["model"], files["small"], out, "--tile-size", "36", "--probabilities"],
-                                    capsys)
+    code, stdout, stderr = _predict(
+        [files["model"], files["small"], out, "--tile-size", "36", "--probabilities"], capsys
+    )
     assert code == 0, stderr
     assert stderr.strip() == "predicting 45 blocks of 1x36x36 (halo 0x21x21) in this process"
     assert stdout.startswith(f"wrote {out}: 45 blocks in ")
     before = _snapshot(out)
-    code, stdout, stderr = _predict([files["model"], files["small"], out, "--tile-size", "36", "--probabilities"],
-                                    capsys)
+    code, stdout, stderr = _predict(
+        [files["model"], files["small"], out, "--tile-size", "36", "--probabilities"], capsys
+    )
     assert code == 0 and "resuming: 45 already done" in stderr and ": 0 blocks in " in stdout
     assert _snapshot(out) == before
 
@@ -114,8 +118,9 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(files, tmp_path, capsys
     for index in done:  # every block recorded as done holds all its data: no half-written block counts
         region = killed.job.block_slices(index)
         assert np.array_equal(stored["labels"][region], expected["labels"][region]), index
-        assert np.array_equal(stored["probabilities"][(slice(None), *region)],
-                              expected["probabilities"][(slice(None), *region)]), index
+        assert np.array_equal(
+            stored["probabilities"][(slice(None), *region)], expected["probabilities"][(slice(None), *region)]
+        ), index
 
     again = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0, again.stderr
@@ -133,8 +138,16 @@ def test_local_dask_cluster_equals_this_process(files, tmp_path, capsys):
     code, _, stderr = _predict([single if a is None else a for a in args], capsys)
     assert code == 0, stderr
     cluster = tmp_path / "cluster.zarr"
-    command = [str(SCRIPT), "predict", *(str(cluster if a is None else a) for a in args),
-               "--scheduler", "local", "--workers", "2", "--quiet"]
+    command = [
+        str(SCRIPT),
+        "predict",
+        *(str(cluster if a is None else a) for a in args),
+        "--scheduler",
+        "local",
+        "--workers",
+        "2",
+        "--quiet",
+    ]
     result = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr
     assert "predicting 20 blocks of 1x48x48 (halo 0x21x21) in local" in result.stderr
@@ -181,8 +194,12 @@ def test_errors_before_any_work_leave_an_existing_output_untouched(files, earlie
 
     flat = tmp_path / "flat.npy"
     np.save(flat, make_volume((64, 64)))
-    two_and_a_half = save_model(tmp_path / "context.msd", MSDNet(3, 2, depth=4), class_names=["a", "b"],
-                                input_spec={"mode": "2.5d", "slices": 3, "orientations": ["xy"]})
+    two_and_a_half = save_model(
+        tmp_path / "context.msd",
+        MSDNet(3, 2, depth=4),
+        class_names=["a", "b"],
+        input_spec={"mode": "2.5d", "slices": 3, "orientations": ["xy"]},
+    )
     line = _error([two_and_a_half, flat, *for_earlier], capsys)
     assert "2.5d" in line and "2D" in line and "flat.npy" in line
 
@@ -276,6 +293,7 @@ def test_relative_paths_name_the_same_files_from_any_directory(files, tmp_path, 
 def test_an_output_folder_that_does_not_exist_is_refused(files, tmp_path, capsys):
     missing = tmp_path / "results"
     line = _error([files["model"], files["small"], missing / "pred.zarr"], capsys)
-    assert line.endswith(f"output folder {missing} does not exist; create it first (mkdir -p {missing}) "
-                         "or choose another OUTPUT")
+    assert line.endswith(
+        f"output folder {missing} does not exist; create it first (mkdir -p {missing}) or choose another OUTPUT"
+    )
     assert not missing.exists()

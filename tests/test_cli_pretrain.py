@@ -34,8 +34,24 @@ def test_pretrain_then_train_from_the_weights(pair, tmp_path, capsys, accept_any
     body = load_pretrained(weights)
     assert body.steps == 2 and body.model_config["depth"] == 3 and body.image_key
     model = tmp_path / "m.msd"
-    assert main(["train", str(image), str(labels), "--init", str(weights), "-o", str(model), "--steps", "2",
-                 "--quiet", *NET]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(image),
+                str(labels),
+                "--init",
+                str(weights),
+                "-o",
+                str(model),
+                "--steps",
+                "2",
+                "--quiet",
+                *NET,
+            ]
+        )
+        == 0
+    )
     prov = read_metadata(model).provenance
     assert prov["pretrained"]["steps"] == 2 and prov["pretrained"]["file"] == "em.pretrained"
     assert read_metadata(model).normalization == body.normalization
@@ -67,13 +83,63 @@ def test_train_init_refuses_weights_of_another_network(pair, tmp_path, capsys):
     assert main(["pretrain", str(image), "-o", str(weights), "--steps", "1", "--quiet", *NET]) == 0
     capsys.readouterr()
     deeper = ["--depth", "4", "--patch-size", "32", "--batch-size", "2"]
-    assert main(["train", str(image), str(labels), "--init", str(weights), "-o", str(tmp_path / "m.msd"),
-                 "--steps", "1", "--quiet", *deeper]) == 2
+    assert (
+        main(
+            [
+                "train",
+                str(image),
+                str(labels),
+                "--init",
+                str(weights),
+                "-o",
+                str(tmp_path / "m.msd"),
+                "--steps",
+                "1",
+                "--quiet",
+                *deeper,
+            ]
+        )
+        == 2
+    )
     assert "pretrain again" in _one_error_line(capsys)
-    assert main(["train", str(image), str(labels), "--init", str(labels), "-o", str(tmp_path / "m.msd"),
-                 "--steps", "1", "--quiet", *NET]) == 2
+    assert (
+        main(
+            [
+                "train",
+                str(image),
+                str(labels),
+                "--init",
+                str(labels),
+                "-o",
+                str(tmp_path / "m.msd"),
+                "--steps",
+                "1",
+                "--quiet",
+                *NET,
+            ]
+        )
+        == 2
+    )
     assert "not a napari-msd pretrained-weights file" in _one_error_line(capsys)
-    assert main(["train", str(image), str(labels), "--init", str(weights), "--from", str(weights),
-                 "-o", str(tmp_path / "m.msd"), "--steps", "1", "--quiet", *NET]) == 2
+    assert (
+        main(
+            [
+                "train",
+                str(image),
+                str(labels),
+                "--init",
+                str(weights),
+                "--from",
+                str(weights),
+                "-o",
+                str(tmp_path / "m.msd"),
+                "--steps",
+                "1",
+                "--quiet",
+                *NET,
+            ]
+        )
+        == 2
+    )
     assert "give one of the two" in _one_error_line(capsys)
     assert not (tmp_path / "m.msd").exists()

@@ -22,7 +22,8 @@ def test_readme_on_a_fresh_machine(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "PYTHONPATH", "TOX_"))}
     env.setdefault("TORCH_SPEC", "torch==2.13.0")  # the CPU build, as README advises without a GPU
     env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if ".tox" not in p)
-    done = subprocess.run(["bash", str(SCRIPT), str(tmp_path / "fresh")], capture_output=True, text=True,
-                          timeout=2400, env=env)
+    done = subprocess.run(
+        ["bash", str(SCRIPT), str(tmp_path / "fresh")], capture_output=True, text=True, timeout=2400, env=env
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1].startswith("OK: README followed")

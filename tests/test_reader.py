@@ -11,8 +11,8 @@ from pathlib import Path
 
 import dask.array as da
 import mrcfile
-import numpy as np
 import napari
+import numpy as np
 import pytest
 import tifffile
 import zarr
@@ -50,22 +50,36 @@ def _truth() -> tuple[np.ndarray, np.ndarray]:
 
 def _write_output(path: Path, *, probabilities: str = "uint8", finalize: bool = True, labels: bool = True):
     fmt = "ome-zarr" if path.name.endswith(".ome.zarr") else "zarr"
-    job = JobSpec(model_sha256="cd" * 32, input="raw.zarr", input_shape=SHAPE, block_shape=(1, 16, 16), halo=4,
-                  n_classes=3, class_names=NAMES, class_colors=COLORS, probabilities=probabilities, labels=labels,
-                  output_format=fmt)
+    job = JobSpec(
+        model_sha256="cd" * 32,
+        input="raw.zarr",
+        input_shape=SHAPE,
+        block_shape=(1, 16, 16),
+        halo=4,
+        n_classes=3,
+        class_names=NAMES,
+        class_colors=COLORS,
+        probabilities=probabilities,
+        labels=labels,
+        output_format=fmt,
+    )
     out = create_or_resume(path, job)
     lab, prob = _truth()
     for index in np.ndindex(*job.grid):
         region = job.block_slices(index)
-        out.write_block(index, region, labels=lab[region] if labels else None,
-                        probabilities=prob[(slice(None), *region)] if probabilities != "none" else None)
+        out.write_block(
+            index,
+            region,
+            labels=lab[region] if labels else None,
+            probabilities=prob[(slice(None), *region)] if probabilities != "none" else None,
+        )
     if finalize:
         out.finalize()
     return out, lab, prob
 
 
 def _rgba(color: str) -> np.ndarray:
-    return np.array([int(color[i:i + 2], 16) / 255 for i in (1, 3, 5)] + [1.0], np.float32)
+    return np.array([int(color[i : i + 2], 16) / 255 for i in (1, 3, 5)] + [1.0], np.float32)
 
 
 def _check_labels_layer(viewer, layer, expected: np.ndarray) -> None:
@@ -173,8 +187,15 @@ def test_reader_declines_what_is_not_a_prediction_output(tmp_path):
 
 def test_partial_output_opens_with_unpredicted_pixels_unlabeled(tmp_path):
     path = tmp_path / "partial.zarr"
-    job = JobSpec(model_sha256="cd" * 32, input="raw.zarr", input_shape=SHAPE, block_shape=(1, 16, 16),
-                  n_classes=3, class_names=NAMES, class_colors=COLORS)
+    job = JobSpec(
+        model_sha256="cd" * 32,
+        input="raw.zarr",
+        input_shape=SHAPE,
+        block_shape=(1, 16, 16),
+        n_classes=3,
+        class_names=NAMES,
+        class_colors=COLORS,
+    )
     out = create_or_resume(path, job)
     lab, _ = _truth()
     region = job.block_slices((0, 0, 0))
@@ -186,7 +207,7 @@ def test_partial_output_opens_with_unpredicted_pixels_unlabeled(tmp_path):
     assert open_output(path).done() == {(0, 0, 0)}
 
 
-# -- prediction outputs without a reader choice -------------------------------------------------------------------------
+# -- prediction outputs without a reader choice ------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("name", ["result.msd.zarr", "result.msd.ome.zarr"])
@@ -243,7 +264,7 @@ def test_older_output_names_still_open_with_the_plugin(make_napari_viewer_proxy,
     assert np.array_equal(np.asarray(viewer.layers["prediction"].data[...]), lab)
 
 
-# -- MRC ----------------------------------------------------------------------------------------------------------------
+# -- MRC ---------------------------------------------------------------------------------------------------------------
 
 
 def _write_mrc(path: Path, data: np.ndarray, voxel_size: tuple[float, float, float] | None = None) -> Path:

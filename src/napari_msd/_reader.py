@@ -121,8 +121,13 @@ def read_prediction(path: str | os.PathLike[str] | list[Any]) -> list[LayerData]
     output = open_output(Path(os.path.expanduser(os.fspath(path))), writable=False)
     job = output.job
     names, colors = list(job.class_names), list(job.class_colors)
-    info = {"path": str(output.path), "job": job.to_dict(), "finalized": output.finalized,
-            "blocks_done": len(output.done()), "n_blocks": job.n_blocks}
+    info = {
+        "path": str(output.path),
+        "job": job.to_dict(),
+        "finalized": output.finalized,
+        "blocks_done": len(output.done()),
+        "n_blocks": job.n_blocks,
+    }
     class_names = {i + 1: name for i, name in enumerate(names)}
     layers: list[LayerData] = []
 
@@ -133,28 +138,48 @@ def read_prediction(path: str | os.PathLike[str] | list[Any]) -> list[LayerData]
         top = 255 if job.probabilities == "uint8" else 1.0
         for k, (name, color) in enumerate(zip(names, colors)):
             data = [level[k] for level in levels]
-            layers.append((data if len(data) > 1 else data[0], {
-                "name": f"p({name})",
-                "multiscale": len(data) > 1,
-                "colormap": "gray" if color == "#000000" else color,  # black to the class colour
-                "blending": "additive",
-                "contrast_limits": (0, top),
-                "visible": False,
-                "metadata": {"napari_msd": info, "class": name, "class_index": k + 1,
-                             "probability_scale": 255 if top == 255 else 1},
-            }, "image"))
+            layers.append(
+                (
+                    data if len(data) > 1 else data[0],
+                    {
+                        "name": f"p({name})",
+                        "multiscale": len(data) > 1,
+                        "colormap": "gray" if color == "#000000" else color,  # black to the class colour
+                        "blending": "additive",
+                        "contrast_limits": (0, top),
+                        "visible": False,
+                        "metadata": {
+                            "napari_msd": info,
+                            "class": name,
+                            "class_index": k + 1,
+                            "probability_scale": 255 if top == 255 else 1,
+                        },
+                    },
+                    "image",
+                )
+            )
 
     if job.labels:
         levels = output.open_labels(multiscale=True)
         colormap: dict[int | None, str] = {None: "transparent", 0: "transparent"}
         colormap.update({i + 1: color for i, color in enumerate(colors)})
-        layers.append((levels if len(levels) > 1 else levels[0], {
-            "name": LABELS_LAYER,
-            "multiscale": len(levels) > 1,
-            "colormap": colormap,
-            "features": {"index": list(range(len(names) + 1)), "class": [UNLABELED, *names]},
-            "metadata": {"napari_msd": info, "class_names": class_names, "class_colors": dict(enumerate(colors, 1))},
-        }, "labels"))
+        layers.append(
+            (
+                levels if len(levels) > 1 else levels[0],
+                {
+                    "name": LABELS_LAYER,
+                    "multiscale": len(levels) > 1,
+                    "colormap": colormap,
+                    "features": {"index": list(range(len(names) + 1)), "class": [UNLABELED, *names]},
+                    "metadata": {
+                        "napari_msd": info,
+                        "class_names": class_names,
+                        "class_colors": dict(enumerate(colors, 1)),
+                    },
+                },
+                "labels",
+            )
+        )
     return layers
 
 
@@ -169,8 +194,15 @@ def read_mrc(path: str | os.PathLike[str] | list[Any]) -> list[LayerData]:
     file = Path(os.path.expanduser(os.fspath(path)))
     image = open_image(file)  # ImageReadError: one line naming the file and what to do
     chunks = (1,) * (image.ndim - 2) + tuple(image.shape[-2:])
-    data = da.from_array(image, chunks=chunks, asarray=False, lock=False, fancy=False,
-                         meta=np.empty((0,) * image.ndim, image.dtype), name=f"napari-msd-mrc-{_token(file)}")
+    data = da.from_array(
+        image,
+        chunks=chunks,
+        asarray=False,
+        lock=False,
+        fancy=False,
+        meta=np.empty((0,) * image.ndim, image.dtype),
+        name=f"napari-msd-mrc-{_token(file)}",
+    )
     meta: dict[str, Any] = {
         "name": file.stem,
         "contrast_limits": contrast_limits(image),
@@ -178,8 +210,8 @@ def read_mrc(path: str | os.PathLike[str] | list[Any]) -> list[LayerData]:
     }
     voxel = mrc_voxel_size(file)
     if voxel is not None:
-        meta["scale"] = voxel[-image.ndim:]
-        meta["metadata"]["voxel_size_angstrom"] = list(voxel[-image.ndim:])
+        meta["scale"] = voxel[-image.ndim :]
+        meta["metadata"]["voxel_size_angstrom"] = list(voxel[-image.ndim :])
     return [(data, meta, "image")]
 
 

@@ -15,9 +15,7 @@ import numpy as np
 SAMPLE_FILE = "isbi_sample.npz"
 CLASS_NAMES = {1: "membrane", 2: "cell interior"}
 CLASS_COLORS = {None: "transparent", 0: "transparent", 1: "#ff40ff", 2: "#40ff40"}
-CREDIT = (
-    "ISBI 2012 EM segmentation challenge (Cardona et al. 2010; Arganda-Carreras et al., Front. Neuroanat. 2015)"
-)
+CREDIT = "ISBI 2012 EM segmentation challenge (Cardona et al. 2010; Arganda-Carreras et al., Front. Neuroanat. 2015)"
 
 
 def read_sample() -> dict[str, np.ndarray]:
@@ -45,6 +43,9 @@ def load_sample() -> list[tuple[Any, dict, str]]:
     return [
         (sample["image"], {"name": "EM (ISBI 2012 crop)", "colormap": "gray", "metadata": dict(metadata)}, "image"),
         (sample["strokes"], {"name": "strokes", "colormap": colormap, "metadata": dict(metadata)}, "labels"),
-        (sample["ground_truth"], {"name": "ground truth", "colormap": dict(colormap), "visible": False,
-                                  "metadata": dict(metadata)}, "labels"),
+        (
+            sample["ground_truth"],
+            {"name": "ground truth", "colormap": dict(colormap), "visible": False, "metadata": dict(metadata)},
+            "labels",
+        ),
     ]

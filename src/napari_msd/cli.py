@@ -29,8 +29,10 @@ def _check_output_folder(path: str, option: str) -> None:
 
     folder = Path(path).expanduser().parent
     if not folder.exists():
-        raise CLIError(f"output folder {folder} does not exist; create it first (mkdir -p {shlex.quote(str(folder))}) "
-                       f"or choose another {option}")
+        raise CLIError(
+            f"output folder {folder} does not exist; create it first (mkdir -p {shlex.quote(str(folder))}) "
+            f"or choose another {option}"
+        )
     if not folder.is_dir():
         raise CLIError(f"output folder {folder} is a file, not a folder; choose another {option}")
 
@@ -60,15 +62,19 @@ def _network(args: argparse.Namespace):
     if args.ndim == 3 and args.slices > 1:
         raise CLIError("--ndim 3 trains on 3D patches; --slices (2.5D) applies to 2D models only")
     mode = "3d" if args.ndim == 3 else ("2.5d" if args.slices > 1 else "2d")
-    model = {k: v for k, v in (("depth", args.depth), ("width", args.width), ("base_channels", args.base_channels))
-             if v is not None}
+    model = {
+        k: v
+        for k, v in (("depth", args.depth), ("width", args.width), ("base_channels", args.base_channels))
+        if v is not None
+    }
     if args.arch == "msd" and args.base_channels is not None:
         raise CLIError("--base-channels is a U-Net setting; MS-D takes --depth and --width")
     if args.arch == "unet" and args.width is not None:
         raise CLIError("--width is an MS-D setting; a U-Net takes --depth and --base-channels")
     try:
-        spec = InputSpec(mode=mode, slices=args.slices if mode == "2.5d" else 1,
-                         orientations=tuple(args.orientations.split(",")))
+        spec = InputSpec(
+            mode=mode, slices=args.slices if mode == "2.5d" else 1, orientations=tuple(args.orientations.split(","))
+        )
     except ValueError as err:
         raise CLIError(str(err)) from None
     return model, spec
@@ -81,28 +87,42 @@ def _train_config(args: argparse.Namespace):
     model, spec = _network(args)
     steps = args.steps if args.steps is not None else (None if args.time is not None else 1000)
     if args.pretrained and args.init:
-        raise CLIError("--init starts a new model from pretrained weights; --from fine-tunes an existing model "
-                       "(which already holds them): give one of the two")
+        raise CLIError(
+            "--init starts a new model from pretrained weights; --from fine-tunes an existing model "
+            "(which already holds them): give one of the two"
+        )
     return TrainConfig(
-        arch=args.arch, model=model, input=spec, pretrained=args.pretrained,
-        patch_size=args.patch_size, batch_size=args.batch_size, steps=steps, time_limit=args.time,
-        learning_rate=args.lr, validate_every=args.validate_every, patience=args.patience,
-        augmentation=Augmentation(intensity=args.intensity, elastic=args.elastic), dice_weight=args.dice,
+        arch=args.arch,
+        model=model,
+        input=spec,
+        pretrained=args.pretrained,
+        patch_size=args.patch_size,
+        batch_size=args.batch_size,
+        steps=steps,
+        time_limit=args.time,
+        learning_rate=args.lr,
+        validate_every=args.validate_every,
+        patience=args.patience,
+        augmentation=Augmentation(intensity=args.intensity, elastic=args.elastic),
+        dice_weight=args.dice,
         **({} if args.edge_weight is None else {"edge_weight": args.edge_weight}),
         **({} if args.teacher_weight is None else {"teacher_weight": args.teacher_weight}),
         **({} if args.seen_tolerance is None else {"seen_tolerance": args.seen_tolerance}),
-        device=args.device, threads=args.threads, seed=args.seed, prior_correction=args.prior_correction,
+        device=args.device,
+        threads=args.threads,
+        seed=args.seed,
+        prior_correction=args.prior_correction,
         class_names=args.class_names.split(",") if args.class_names else None,
     )
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
     from .io import ImageReadError, ModelFileError
     from .training.engine import Trainer
     from .training.events import CpuThreads, Paused, Saved, TrainingFinished, TrainingStarted, TrainStep, Validated
     from .training.sampling import TrainingDataError
-
-    from pathlib import Path
 
     _check_output_folder(args.output, "-o")
     if Path(args.output).exists() and not args.overwrite:
@@ -120,16 +140,23 @@ def _cmd_train(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
     total = config.steps if config.steps is not None else config.time_limit
-    bar = tqdm(total=total, unit="step" if config.steps is not None else "s", disable=args.quiet, dynamic_ncols=True,
-               bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} [{elapsed}<{remaining}{postfix}]")
+    bar = tqdm(
+        total=total,
+        unit="step" if config.steps is not None else "s",
+        disable=args.quiet,
+        dynamic_ncols=True,
+        bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} [{elapsed}<{remaining}{postfix}]",
+    )
     previous = signal.signal(signal.SIGINT, lambda *_: (trainer.stop(), signal.signal(signal.SIGINT, previous)))
     postfix: dict[str, str] = {}
     try:
         for event in trainer.run():
             if isinstance(event, TrainingStarted):
-                bar.write(f"training {config.arch} ({event.n_parameters:,} parameters) on {event.device}; "
-                          f"patches {'x'.join(map(str, event.patch_size))}; labeled pixels {event.train_pixels}, "
-                          f"held out for validation {event.val_pixels or 'none (too few strokes)'}")
+                bar.write(
+                    f"training {config.arch} ({event.n_parameters:,} parameters) on {event.device}; "
+                    f"patches {'x'.join(map(str, event.patch_size))}; labeled pixels {event.train_pixels}, "
+                    f"held out for validation {event.val_pixels or 'none (too few strokes)'}"
+                )
             elif isinstance(event, CpuThreads):
                 bar.write(f"CPU: {event.text}")
             elif isinstance(event, TrainStep):
@@ -146,26 +173,40 @@ def _cmd_train(args: argparse.Namespace) -> None:
             elif isinstance(event, TrainingFinished):
                 bar.close()
                 best = event.best_metrics
-                summary = ", ".join(f"{k.replace('_', ' ')} {best[k]:.3f}" for k in
-                                    ("global_accuracy", "class_accuracy", "mean_iou") if k in best)
+                summary = ", ".join(
+                    f"{k.replace('_', ' ')} {best[k]:.3f}"
+                    for k in ("global_accuracy", "class_accuracy", "mean_iou")
+                    if k in best
+                )
                 if event.collapsed:
-                    raise CLIError(f"no usable model after {event.steps} steps: {event.collapsed}; nothing was saved. "
-                                   "Train longer (--steps/--time) or paint more strokes of the other classes")
+                    raise CLIError(
+                        f"no usable model after {event.steps} steps: {event.collapsed}; nothing was saved. "
+                        "Train longer (--steps/--time) or paint more strokes of the other classes"
+                    )
                 where = "the parent's weights, kept" if event.kept_parent else f"best step {event.best_step}"
-                print(f"finished ({event.reason}) after {event.steps} steps in {event.elapsed:.0f} s; "
-                      f"saved {event.path}" + (f" ({where}; on held-out strokes: {summary})" if summary else "")
-                      + (f"; effective halo {event.effective_halo} px" if event.effective_halo is not None else ""))
+                print(
+                    f"finished ({event.reason}) after {event.steps} steps in {event.elapsed:.0f} s; "
+                    f"saved {event.path}"
+                    + (f" ({where}; on held-out strokes: {summary})" if summary else "")
+                    + (f"; effective halo {event.effective_halo} px" if event.effective_halo is not None else "")
+                )
                 if event.kept_parent:
-                    print(f"note: no better model: {event.kept_parent_because or 'it never beat the parent'}; the "
-                          "saved model has the parent's weights. Paint more corrections or train longer")
+                    print(
+                        f"note: no better model: {event.kept_parent_because or 'it never beat the parent'}; the "
+                        "saved model has the parent's weights. Paint more corrections or train longer"
+                    )
                 if event.warning:
                     print(f"warning: {event.warning}")
                 if 0 < event.steps < FEW_STEPS and event.reason != "steps":  # a step count the user did not choose
-                    print(f"warning: trained only {event.steps} steps in {event.elapsed:.0f} s: the model has "
-                          "barely learned; train longer (--time/--steps)")
+                    print(
+                        f"warning: trained only {event.steps} steps in {event.elapsed:.0f} s: the model has "
+                        "barely learned; train longer (--time/--steps)"
+                    )
                 if trainer.halo_skipped:
-                    print(f"note: no time was left to measure the effective halo; predictions use the receptive "
-                          f"field ({trainer.model.receptive_field} px), which is slower")
+                    print(
+                        f"note: no time was left to measure the effective halo; predictions use the receptive "
+                        f"field ({trainer.model.receptive_field} px), which is slower"
+                    )
     finally:
         bar.close()
         signal.signal(signal.SIGINT, previous)
@@ -175,16 +216,25 @@ def _cmd_pretrain(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from .io import ImageReadError, open_image
-    from .training.pretrain import PretrainConfig, PretrainError, Pretrainer, cache_key, save_pretrained
+    from .training.pretrain import PretrainConfig, Pretrainer, PretrainError, cache_key, save_pretrained
 
     _check_output_folder(args.output, "-o")
     if Path(args.output).exists() and not args.overwrite:
         raise CLIError(f"{args.output} already exists; pass --overwrite to replace it or choose another file name")
     model, spec = _network(args)
-    config = PretrainConfig(arch=args.arch, model=model, input=spec, batch_size=args.batch_size,
-                            patch_size=args.patch_size or 64, steps=args.steps,
-                            time_limit=args.time if args.steps is None else None, learning_rate=args.lr,
-                            seed=args.seed, device=args.device, threads=args.threads)
+    config = PretrainConfig(
+        arch=args.arch,
+        model=model,
+        input=spec,
+        batch_size=args.batch_size,
+        patch_size=args.patch_size or 64,
+        steps=args.steps,
+        time_limit=args.time if args.steps is None else None,
+        learning_rate=args.lr,
+        seed=args.seed,
+        device=args.device,
+        threads=args.threads,
+    )
     try:
         image = open_image(args.image)
         pretrainer = Pretrainer([image], config, image_key=cache_key(image, config.arch, config.model_config(), spec))
@@ -194,8 +244,13 @@ def _cmd_pretrain(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
     total = config.steps if config.steps is not None else config.time_limit
-    bar = tqdm(total=total, unit="step" if config.steps is not None else "s", disable=args.quiet, dynamic_ncols=True,
-               bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} [{elapsed}<{remaining}{postfix}]")
+    bar = tqdm(
+        total=total,
+        unit="step" if config.steps is not None else "s",
+        disable=args.quiet,
+        dynamic_ncols=True,
+        bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} [{elapsed}<{remaining}{postfix}]",
+    )
     previous = signal.signal(signal.SIGINT, lambda *_: (pretrainer.stop(), signal.signal(signal.SIGINT, previous)))
     try:
         for event in pretrainer.run():
@@ -208,8 +263,10 @@ def _cmd_pretrain(args: argparse.Namespace) -> None:
     if body.steps == 0:
         raise CLIError("stopped before the first step; nothing was saved")
     save_pretrained(args.output, body)
-    print(f"saved {args.output}: {body.describe()} of {config.arch} on {args.image}; start a training from it "
-          f"with: napari-msd train IMAGE LABELS --init {args.output} -o MODEL (same network options)")
+    print(
+        f"saved {args.output}: {body.describe()} of {config.arch} on {args.image}; start a training from it "
+        f"with: napari-msd train IMAGE LABELS --init {args.output} -o MODEL (same network options)"
+    )
 
 
 def _cmd_predict(args: argparse.Namespace) -> None:
@@ -217,9 +274,19 @@ def _cmd_predict(args: argparse.Namespace) -> None:
 
     _check_output_folder(args.output, "OUTPUT")
     try:
-        job = prepare(args.model, args.input, args.output, probabilities=args.probabilities, labels=not args.no_labels,
-                      tile_size=args.tile_size, halo=args.halo, overwrite=args.overwrite, device=args.device,
-                      batch_size=args.batch_size, average_orientations=args.average_orientations)
+        job = prepare(
+            args.model,
+            args.input,
+            args.output,
+            probabilities=args.probabilities,
+            labels=not args.no_labels,
+            tile_size=args.tile_size,
+            halo=args.halo,
+            overwrite=args.overwrite,
+            device=args.device,
+            batch_size=args.batch_size,
+            average_orientations=args.average_orientations,
+        )
     except (BatchError, ValueError) as err:
         raise CLIError(str(err)) from None
 
@@ -230,10 +297,14 @@ def _cmd_predict(args: argparse.Namespace) -> None:
         for event in run(job, scheduler=args.scheduler, workers=args.workers):
             if isinstance(event, BatchStarted):
                 resumed = f", resuming: {event.n_done} already done" if event.n_done else ""
-                print(f"predicting {event.n_blocks} blocks of {'x'.join(map(str, event.block_shape))} "
-                      f"(halo {'x'.join(map(str, event.halo))}) in {event.where}{resumed}", file=sys.stderr)
-                bar = tqdm(total=event.n_blocks, initial=event.n_done, unit="block", disable=args.quiet,
-                           dynamic_ncols=True)
+                print(
+                    f"predicting {event.n_blocks} blocks of {'x'.join(map(str, event.block_shape))} "
+                    f"(halo {'x'.join(map(str, event.halo))}) in {event.where}{resumed}",
+                    file=sys.stderr,
+                )
+                bar = tqdm(
+                    total=event.n_blocks, initial=event.n_done, unit="block", disable=args.quiet, dynamic_ncols=True
+                )
             elif isinstance(event, BlockWritten):
                 bar.update(1)
             elif isinstance(event, BatchFinished):
@@ -254,8 +325,10 @@ def _cmd_sample(args: argparse.Namespace) -> None:
     paths = [folder / name for name in SAMPLE_FILES]
     existing = [str(p) for p in paths if p.exists() or p.is_symlink()]
     if existing:
-        raise CLIError(f"{', '.join(existing)} already exist{'s' if len(existing) == 1 else ''}; "
-                       "choose another folder (nothing was written)")
+        raise CLIError(
+            f"{', '.join(existing)} already exist{'s' if len(existing) == 1 else ''}; "
+            "choose another folder (nothing was written)"
+        )
     if folder.exists() and not folder.is_dir():
         raise CLIError(f"{folder} is a file, not a folder; choose another folder")
 
@@ -274,13 +347,16 @@ def _cmd_sample(args: argparse.Namespace) -> None:
     except OSError as err:
         for path in written:  # only our own, partly written files
             path.unlink(missing_ok=True)
-        raise CLIError(f"cannot write the sample into {folder} ({err.strerror or err}); choose a writable folder") \
-            from None
+        raise CLIError(
+            f"cannot write the sample into {folder} ({err.strerror or err}); choose a writable folder"
+        ) from None
     image, strokes = (shlex.quote(str(p)) for p in paths[:2])
     names = ",".join(CLASS_NAMES[k] for k in sorted(CLASS_NAMES))
-    print(f"wrote {paths[0]} (EM image, {'x'.join(map(str, sample['image'].shape))}), {paths[1]} (strokes: "
-          + ", ".join(f"{k} = {v}" for k, v in sorted(CLASS_NAMES.items()))
-          + f"; 0 = unlabeled) and {paths[2]} (dense labels, to score a prediction)")
+    print(
+        f"wrote {paths[0]} (EM image, {'x'.join(map(str, sample['image'].shape))}), {paths[1]} (strokes: "
+        + ", ".join(f"{k} = {v}" for k, v in sorted(CLASS_NAMES.items()))
+        + f"; 0 = unlabeled) and {paths[2]} (dense labels, to score a prediction)"
+    )
     print(f"data: {CREDIT}")
     print(f'next: napari-msd train {image} {strokes} --class-names "{names}" -o membranes.msd --time 60')
 
@@ -323,9 +399,10 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(func=_cmd_info)
 
     train = sub.add_parser(
-        "train", help="train a model from sparse labels (0 = unlabeled, 1..K = classes)",
+        "train",
+        help="train a model from sparse labels (0 = unlabeled, 1..K = classes)",
         description="Train MS-D or U-Net on painted labels. IMAGE and LABELS: TIFF, zarr (vol.zarr or "
-                    "vol.zarr::group/array), OME-Zarr, MRC or .npy; YX or ZYX. Ctrl-C stops and keeps the best model.",
+        "vol.zarr::group/array), OME-Zarr, MRC or .npy; YX or ZYX. Ctrl-C stops and keeps the best model.",
     )
     train.add_argument("image", help="the image (YX or ZYX)")
     train.add_argument("labels", help="labels of the same shape: 0 = unlabeled, 1..K = classes")
@@ -336,34 +413,66 @@ def build_parser() -> argparse.ArgumentParser:
     limit.add_argument("--time", type=float, metavar="SECONDS", help="train for this long instead")
     train.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
     train.add_argument("--from", dest="init", metavar="MODEL", help="fine-tune this model instead of a new one")
-    train.add_argument("--replay", nargs=2, action="append", default=[], metavar=("IMAGE", "LABELS"),
-                       help="earlier training data to replay while fine-tuning (repeatable)")
-    train.add_argument("--pair", nargs=2, action="append", default=[], metavar=("IMAGE", "LABELS"),
-                       help="another image with labels to train on (repeatable)")
-    train.add_argument("--init", dest="pretrained", metavar="WEIGHTS",
-                       help="start the new model from self-supervised weights made by 'napari-msd pretrain' on "
-                            "this image (same network options)")
+    train.add_argument(
+        "--replay",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("IMAGE", "LABELS"),
+        help="earlier training data to replay while fine-tuning (repeatable)",
+    )
+    train.add_argument(
+        "--pair",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("IMAGE", "LABELS"),
+        help="another image with labels to train on (repeatable)",
+    )
+    train.add_argument(
+        "--init",
+        dest="pretrained",
+        metavar="WEIGHTS",
+        help="start the new model from self-supervised weights made by 'napari-msd pretrain' on "
+        "this image (same network options)",
+    )
     train.add_argument("--batch-size", type=int, default=16)
     train.add_argument("--patch-size", type=int, help="patch side in pixels (default 64 in 2D, 48 in 3D)")
-    train.add_argument("--prior-correction", action=argparse.BooleanOptionalAction, default=True,
-                       help="after training, adapt the output to the class frequencies of the image (EM estimate; "
-                            "undone if it leaves one class nearly everywhere; on by default)")
+    train.add_argument(
+        "--prior-correction",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="after training, adapt the output to the class frequencies of the image (EM estimate; "
+        "undone if it leaves one class nearly everywhere; on by default)",
+    )
     train.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     train.add_argument("--validate-every", type=int, default=50, metavar="STEPS")
     train.add_argument("--patience", type=int, default=10, help="validations without improvement before stopping")
     train.add_argument("--intensity", type=float, default=0.0, help="intensity jitter, e.g. 0.1")
     train.add_argument("--elastic", type=float, default=0.0, help="elastic deformation in pixels, e.g. 4")
     train.add_argument("--dice", type=float, default=0.0, help="weight of a Dice term added to cross-entropy")
-    train.add_argument("--edge-weight", type=float, metavar="W",
-                       help="weight of the edge-aware smoothness loss that moves class boundaries in unpainted "
-                            "regions onto image edges (on by default, weight 2; 0 = off)")
-    train.add_argument("--teacher-weight", type=float, metavar="W",
-                       help="weight of dense labels from a random forest fitted on the strokes (its confident "
-                            "pixels on the painted slices; default 1, 0 = off)")
-    train.add_argument("--seen-tolerance", type=float, metavar="SHARE",
-                       help="with --from and --replay on the same image: the share of the parent's confident "
-                            "prediction around the new labels (beyond 8 px) a retraining may change before the parent "
-                            "is kept instead (default 0.03; 1 = not checked)")
+    train.add_argument(
+        "--edge-weight",
+        type=float,
+        metavar="W",
+        help="weight of the edge-aware smoothness loss that moves class boundaries in unpainted "
+        "regions onto image edges (on by default, weight 2; 0 = off)",
+    )
+    train.add_argument(
+        "--teacher-weight",
+        type=float,
+        metavar="W",
+        help="weight of dense labels from a random forest fitted on the strokes (its confident "
+        "pixels on the painted slices; default 1, 0 = off)",
+    )
+    train.add_argument(
+        "--seen-tolerance",
+        type=float,
+        metavar="SHARE",
+        help="with --from and --replay on the same image: the share of the parent's confident "
+        "prediction around the new labels (beyond 8 px) a retraining may change before the parent "
+        "is kept instead (default 0.03; 1 = not checked)",
+    )
     train.add_argument("--class-names", help="comma-separated, e.g. membrane,interior")
     train.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
     train.add_argument("--seed", type=int, default=0)
@@ -372,10 +481,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=_cmd_train)
 
     pretrain = sub.add_parser(
-        "pretrain", help="learn the image without labels (self-supervised), to start trainings from",
+        "pretrain",
+        help="learn the image without labels (self-supervised), to start trainings from",
         description="Train the network body to predict hidden pixels from their surroundings (blind-spot masking, "
-                    "as Noise2Void) on every pixel of IMAGE; no labels needed. Start trainings from the result with "
-                    "'napari-msd train ... --init WEIGHTS'. Ctrl-C stops and saves.",
+        "as Noise2Void) on every pixel of IMAGE; no labels needed. Start trainings from the result with "
+        "'napari-msd train ... --init WEIGHTS'. Ctrl-C stops and saves.",
     )
     pretrain.add_argument("image", help="the image (YX or ZYX): TIFF, zarr, OME-Zarr, MRC or .npy")
     pretrain.add_argument("-o", "--output", required=True, metavar="WEIGHTS", help="file to write (e.g. em.pretrained)")
@@ -394,22 +504,35 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.set_defaults(func=_cmd_pretrain)
 
     predict = sub.add_parser(
-        "predict", help="apply a model to a volume, writing zarr or OME-Zarr (resumable)",
+        "predict",
+        help="apply a model to a volume, writing zarr or OME-Zarr (resumable)",
         description="Predict INPUT (TIFF, zarr, OME-Zarr, MRC, .npy) block by block into OUTPUT, a zarr store "
-                    "(OME-Zarr 0.5 with a pyramid when it ends in .ome.zarr). Run the same command again after an "
-                    "interruption to finish only the missing blocks.",
+        "(OME-Zarr 0.5 with a pyramid when it ends in .ome.zarr). Run the same command again after an "
+        "interruption to finish only the missing blocks.",
     )
     predict.add_argument("model", help="a model file written by napari-msd")
     predict.add_argument("input", help="the image: a file, vol.zarr or vol.zarr::group/array")
-    predict.add_argument("output", help="the output zarr store, e.g. result.msd.zarr or result.msd.ome.zarr "
-                         "(OME-Zarr); napari opens *.msd.zarr / *.msd.ome.zarr without asking for a reader")
-    predict.add_argument("--probabilities", nargs="?", const="uint8", default="none",
-                         choices=["none", "uint8", "float16"], help="also write class probabilities (uint8 by default)")
+    predict.add_argument(
+        "output",
+        help="the output zarr store, e.g. result.msd.zarr or result.msd.ome.zarr "
+        "(OME-Zarr); napari opens *.msd.zarr / *.msd.ome.zarr without asking for a reader",
+    )
+    predict.add_argument(
+        "--probabilities",
+        nargs="?",
+        const="uint8",
+        default="none",
+        choices=["none", "uint8", "float16"],
+        help="also write class probabilities (uint8 by default)",
+    )
     predict.add_argument("--no-labels", action="store_true", help="write probabilities only")
     predict.add_argument("--tile-size", type=int, help="in-plane block size in pixels (default: fits memory)")
     predict.add_argument("--halo", type=int, help="context around each block in pixels (default: the model's)")
-    predict.add_argument("--average-orientations", action="store_true",
-                         help="2D models on isotropic volumes: average the xy, xz and yz predictions")
+    predict.add_argument(
+        "--average-orientations",
+        action="store_true",
+        help="2D models on isotropic volumes: average the xy, xz and yz predictions",
+    )
     predict.add_argument("--scheduler", help="'local' for a dask LocalCluster, or a scheduler address tcp://host:8786")
     predict.add_argument("--workers", type=int, default=2, help="workers of the local cluster (default 2)")
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
@@ -419,9 +542,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict.set_defaults(func=_cmd_predict)
 
     sample = sub.add_parser(
-        "sample", help="write the sample EM data (image, strokes, ground truth) as TIFF files to try the CLI on",
+        "sample",
+        help="write the sample EM data (image, strokes, ground truth) as TIFF files to try the CLI on",
         description=f"Write {', '.join(SAMPLE_FILES)} into DIR (created if missing; existing files are never "
-                    "replaced) and print the command that trains on them.",
+        "replaced) and print the command that trains on them.",
     )
     sample.add_argument("-o", "--output", required=True, metavar="DIR", help="folder to write the files into")
     sample.set_defaults(func=_cmd_sample)

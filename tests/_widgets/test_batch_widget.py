@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 import zarr
-
 from dock_helpers import WAIT_MS
 
 from napari_msd._widgets.batch_widget import BatchWidget
@@ -45,9 +44,13 @@ def make_model(path: Path) -> Path:
         net.head_weight *= 3.0 / float(margin.std())
         net.head_bias.zero_()
         net.head_bias[0] = -float(margin.median()) * 3.0 / float(margin.std())
-    return save_model(path, net, class_names=list(CLASSES),
-                      normalization={"method": "percentile", "low": 0.0, "high": 255.0, "percentiles": [1, 99]},
-                      input_spec={"mode": "2d", "slices": 1, "orientations": ["xy"]})
+    return save_model(
+        path,
+        net,
+        class_names=list(CLASSES),
+        normalization={"method": "percentile", "low": 0.0, "high": 255.0, "percentiles": [1, 99]},
+        input_spec={"mode": "2d", "slices": 1, "orientations": ["xy"]},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +62,13 @@ def files(tmp_path_factory) -> dict[str, Path]:
     raw = group.create_array("raw", shape=(2, 48, 56), chunks=(1, 48, 56), dtype="uint8")
     raw[...] = make_volume((2, 48, 56), seed=1)
     np.save(root / "big.npy", make_volume((6, 64, 64), seed=2))
-    return {"root": root, "model": model, "small": root / "small.npy", "zarr": f"{root / 'vol.zarr'}::raw",
-            "big": root / "big.npy"}
+    return {
+        "root": root,
+        "model": model,
+        "small": root / "small.npy",
+        "zarr": f"{root / 'vol.zarr'}::raw",
+        "big": root / "big.npy",
+    }
 
 
 def _cli(files, image, out: Path, *options: str) -> dict[str, np.ndarray]:
@@ -76,8 +84,10 @@ def _read(path: Path) -> dict[str, np.ndarray]:
 
 
 def _snapshot(path: Path) -> dict[str, str]:
-    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
-            for p in sorted(path.rglob("*"))}
+    return {
+        str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+        for p in sorted(path.rglob("*"))
+    }
 
 
 @pytest.fixture
@@ -150,8 +160,14 @@ def test_two_inputs_equal_the_cli_and_open_in_the_viewer(dock, files, tmp_path, 
         assert np.array_equal(found["probabilities"], reference["probabilities"])
         assert 0.05 < (found["labels"] == 1).mean() < 0.95
     names = [layer.name for layer in viewer.layers]
-    assert names == ["small_prediction p(membrane)", "small_prediction p(interior)", "small_prediction",
-                     "vol_raw_prediction p(membrane)", "vol_raw_prediction p(interior)", "vol_raw_prediction"]
+    assert names == [
+        "small_prediction p(membrane)",
+        "small_prediction p(interior)",
+        "small_prediction",
+        "vol_raw_prediction p(membrane)",
+        "vol_raw_prediction p(interior)",
+        "vol_raw_prediction",
+    ]
     labels = viewer.layers["vol_raw_prediction"]
     assert labels.data.shape == (2, 48, 56) and not isinstance(labels.data, np.ndarray)  # lazy, from the store
     assert w.status_label.text().startswith("Done: 2 output(s)")
@@ -194,8 +210,10 @@ def test_stop_mid_run_keeps_a_resumable_output(dock, files, tmp_path, qtbot, err
     out = tmp_path / "big_prediction.msd.zarr"
     partial = open_output(out, writable=False)
     assert 1 <= len(partial.done()) < partial.job.n_blocks == 96
-    assert not (tmp_path / "small_prediction.msd.zarr").exists() or not open_output(
-        tmp_path / "small_prediction.msd.zarr", writable=False).done()
+    assert (
+        not (tmp_path / "small_prediction.msd.zarr").exists()
+        or not open_output(tmp_path / "small_prediction.msd.zarr", writable=False).done()
+    )
     assert len(viewer.layers) == 0 and errors == []
 
     assert _run(w, qtbot) == [str(out), str(tmp_path / "small_prediction.msd.zarr")]  # resumes, then the next input

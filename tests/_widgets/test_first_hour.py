@@ -37,8 +37,9 @@ def test_demo_train_dock_names_the_sample_classes(demo):
     assert widgets["Train"].class_edit.text() == ", ".join(SAMPLE_CLASSES)
 
 
-def test_classes_box_follows_the_chosen_labels_layer_and_names_the_model(make_napari_viewer_proxy, qtbot, errors,
-                                                                          monkeypatch):
+def test_classes_box_follows_the_chosen_labels_layer_and_names_the_model(
+    make_napari_viewer_proxy, qtbot, errors, monkeypatch
+):
     from napari_msd.training import health
 
     monkeypatch.setattr(health, "DOMINANT", 1.01)  # a few steps test the dock, not learning (see conftest)
@@ -117,8 +118,11 @@ def test_review_buttons_wait_for_a_prediction(docks, qtbot, errors):
 # -- 3. the demo's dock area: three tabs, no empty stub ----------------------------------------------------
 def _tab_bars(viewer) -> list[QTabBar]:
     window = viewer.window._qt_window
-    return [bar for bar in window.findChildren(QTabBar, options=Qt.FindChildOption.FindDirectChildrenOnly)
-            if bar.isVisible()]
+    return [
+        bar
+        for bar in window.findChildren(QTabBar, options=Qt.FindChildOption.FindDirectChildrenOnly)
+        if bar.isVisible()
+    ]
 
 
 def test_demo_shows_exactly_the_three_docks_as_tabs(demo):
@@ -164,8 +168,9 @@ def test_controls_with_jargon_have_tooltips(demo):
         "corrections": [predict.corrections_button],
         "batch options": [batch.average_orientations, batch.probabilities, batch.ome_zarr, batch.overwrite],
     }
-    missing = {term: [type(c).__name__ for c in found if len(c.toolTip().split()) < 5]
-               for term, found in controls.items()}
+    missing = {
+        term: [type(c).__name__ for c in found if len(c.toolTip().split()) < 5] for term, found in controls.items()
+    }
     assert not any(missing.values()), missing
     assert "Potts" in train.edge_weight.toolTip() and "held-out" in train.validate_every.toolTip()
     assert "effective receptive field" in model.rf_label.toolTip() and "Halo" in batch.halo.toolTip()
@@ -175,7 +180,17 @@ def test_readme_has_a_glossary_before_the_data_credit():
     from pathlib import Path
 
     readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
-    glossary = readme[readme.index("## Glossary"):readme.index("## Data credit")]
-    for term in ("held-out", "Replay", "2.5D", "effective receptive field", "Halo", "Potts", "CRF",
-                 "Edge-aware smoothing", "Prior correction", "Forest teacher"):
+    glossary = readme[readme.index("## Glossary") : readme.index("## Data credit")]
+    for term in (
+        "held-out",
+        "Replay",
+        "2.5D",
+        "effective receptive field",
+        "Halo",
+        "Potts",
+        "CRF",
+        "Edge-aware smoothing",
+        "Prior correction",
+        "Forest teacher",
+    ):
         assert term in glossary, term

@@ -4,19 +4,25 @@ before the network's first preview, which then replaces it."""
 from __future__ import annotations
 
 import numpy as np
+from dock_helpers import WAIT_MS, wait_idle
 
 from napari_msd._widgets.train_widget import PREVIEW_LAYER
-
-from dock_helpers import WAIT_MS, wait_idle
 
 
 def test_the_forest_answers_first_and_the_network_replaces_it(docks, qtbot, errors, monkeypatch):
     viewer, train, _ = docks
     shown = []
     original = train._show_preview
-    monkeypatch.setattr(train, "_show_preview", lambda event: (shown.append(
-        "forest" if train.forest_preview_after is None and train.first_preview_after is None else "network"),
-        original(event)))
+    monkeypatch.setattr(
+        train,
+        "_show_preview",
+        lambda event: (
+            shown.append(
+                "forest" if train.forest_preview_after is None and train.first_preview_after is None else "network"
+            ),
+            original(event),
+        ),
+    )
     assert train.start()
     qtbot.waitUntil(lambda: train.forest_preview_after is not None, timeout=WAIT_MS)
     preview = viewer.layers[PREVIEW_LAYER].data

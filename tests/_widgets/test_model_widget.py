@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from napari_msd._widgets.model_widget import PRESETS, ModelWidget
-from napari_msd.models.msd import msd_parameter_count
 from napari_msd._widgets.session import get_session
+from napari_msd.models.msd import msd_parameter_count
 
 NPE2 = Path(sys.executable).with_name("npe2")
 
@@ -90,8 +90,12 @@ def _save_model(path: Path) -> Path:
     from napari_msd.io import save_model
     from napari_msd.models import UNet
 
-    return save_model(path, UNet(1, 3, depth=2, base_channels=4), class_names=["membrane", "mito", "cytosol"],
-                      normalization={"method": "percentile", "low": 10.0, "high": 240.0})
+    return save_model(
+        path,
+        UNet(1, 3, depth=2, base_channels=4),
+        class_names=["membrane", "mito", "cytosol"],
+        normalization={"method": "percentile", "low": 10.0, "high": 240.0},
+    )
 
 
 def test_load_model_adds_a_version(widget, tmp_path, monkeypatch):
@@ -144,12 +148,24 @@ def test_corrupt_model_file_shows_error_and_changes_nothing(widget, tmp_path, mo
     errors = []
     monkeypatch.setattr(module, "show_error", errors.append)
     monkeypatch.setattr(QFileDialog, "getOpenFileName", lambda *a, **k: (str(bad), ""))
-    before = (w.preset.currentText(), w.params_label.text(), w.file_label.text(), w.n_classes.value(),
-              w.session.versions.names(), w.session.class_names)
+    before = (
+        w.preset.currentText(),
+        w.params_label.text(),
+        w.file_label.text(),
+        w.n_classes.value(),
+        w.session.versions.names(),
+        w.session.class_names,
+    )
     w.load_button.click()
     assert len(errors) == 1 and "bad.msd" in errors[0] and "\n" not in errors[0]
-    assert (w.preset.currentText(), w.params_label.text(), w.file_label.text(), w.n_classes.value(),
-            w.session.versions.names(), w.session.class_names) == before
+    assert (
+        w.preset.currentText(),
+        w.params_label.text(),
+        w.file_label.text(),
+        w.n_classes.value(),
+        w.session.versions.names(),
+        w.session.class_names,
+    ) == before
 
 
 def test_cancelled_dialog_changes_nothing(widget, monkeypatch):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from dock_helpers import WAIT_MS, SHAPE, wait_idle
+from dock_helpers import SHAPE, WAIT_MS, wait_idle
 
 from napari_msd._widgets.session import get_session
 from napari_msd._widgets.viewport import camera
@@ -22,10 +22,15 @@ def add_version(viewer, mode: str = "2d", slices: int = 1):
     """An untrained tiny MS-D as the session's current version (prediction needs no training)."""
     torch.manual_seed(0)
     model = MSDNet(slices, 2, depth=6).eval()
-    meta = ModelMetadata(arch="msd", config=model.config(), class_names=["dark", "bright"],
-                         receptive_field=int(model.receptive_field), class_colors=["#ff0000", "#00ff00"],
-                         normalization={"method": "percentile", "low": 0.1, "high": 1.0, "percentiles": [1, 99]},
-                         input={"mode": mode, "slices": slices, "orientations": ["xy"]})
+    meta = ModelMetadata(
+        arch="msd",
+        config=model.config(),
+        class_names=["dark", "bright"],
+        receptive_field=int(model.receptive_field),
+        class_colors=["#ff0000", "#00ff00"],
+        normalization={"method": "percentile", "low": 0.1, "high": 1.0, "percentiles": [1, 99]},
+        input={"mode": mode, "slices": slices, "orientations": ["xy"]},
+    )
     session = get_session(viewer)
     version = session.versions.add(model, meta)
     session.versions_changed.emit()
@@ -146,12 +151,15 @@ def test_corrections_need_a_prediction_of_the_training_image(docks, qtbot, error
     assert len(errors) == 2 and not viewer.layers["strokes"].data[0, 0, 0]
 
 
-@pytest.mark.parametrize("case, needle", [
-    ("no model", "no model yet"),
-    ("rgb", "RGB"),
-    ("4d", "4 dimensions"),
-    ("2.5d on 2d", "needs a ZYX volume"),
-])
+@pytest.mark.parametrize(
+    "case, needle",
+    [
+        ("no model", "no model yet"),
+        ("rgb", "RGB"),
+        ("4d", "4 dimensions"),
+        ("2.5d on 2d", "needs a ZYX volume"),
+    ],
+)
 def test_bad_input_one_message_no_layer(docks, errors, case, needle):
     viewer, _, predict = docks
     if case == "2.5d on 2d":
@@ -159,8 +167,11 @@ def test_bad_input_one_message_no_layer(docks, errors, case, needle):
         predict.image_combo.choose(viewer.add_image(np.zeros(SHAPE[1:], np.float32), name="plane"))
     elif case != "no model":
         add_version(viewer)
-        data, kwargs = ((np.zeros((64, 64, 3), np.uint8), {"rgb": True}) if case == "rgb"
-                        else (np.zeros((2, *SHAPE), np.float32), {}))
+        data, kwargs = (
+            (np.zeros((64, 64, 3), np.uint8), {"rgb": True})
+            if case == "rgb"
+            else (np.zeros((2, *SHAPE), np.float32), {})
+        )
         predict.image_combo.choose(viewer.add_image(data, name=case, **kwargs))
     names = [layer.name for layer in viewer.layers]
     assert not predict.predict()

@@ -3,16 +3,17 @@ chosen, pauses while a training runs, gives the new network its body, caches it,
 
 from __future__ import annotations
 
+from dock_helpers import WAIT_MS, wait_idle
+
 from napari_msd._widgets.session import get_session
 from napari_msd.training.pretrain import cache_path, load_pretrained
-
-from dock_helpers import WAIT_MS, wait_idle
 
 
 def _learning(train, qtbot, steps: int = 2) -> None:
     train.pretrain_check.setChecked(True)
-    qtbot.waitUntil(lambda: train.pretraining.pretrainer is not None
-                    and train.pretraining.pretrainer.step >= steps, timeout=WAIT_MS)
+    qtbot.waitUntil(
+        lambda: train.pretraining.pretrainer is not None and train.pretraining.pretrainer.step >= steps, timeout=WAIT_MS
+    )
 
 
 def test_the_image_is_learned_while_painting_and_a_new_training_starts_from_it(docks, qtbot, errors):

@@ -7,12 +7,11 @@ import time
 
 import numpy as np
 import pytest
+from dock_helpers import SHAPE, WAIT_MS, synthetic_volume, wait_idle
 from napari.layers import Labels
 
 from napari_msd._widgets.session import get_session
 from napari_msd._widgets.train_widget import PREVIEW_LAYER
-
-from dock_helpers import WAIT_MS, SHAPE, synthetic_volume, wait_idle
 
 
 def test_training_adds_a_version_and_shows_a_live_preview(docks, qtbot, errors):
@@ -70,10 +69,14 @@ def test_the_live_preview_runs_on_the_training_thread_between_steps(docks, qtbot
     viewer, train, _ = docks
     previewed, trained = set(), set()
     predict_region, train_step = Predictor.predict_region, Trainer._train_step
-    monkeypatch.setattr(Predictor, "predict_region",
-                        lambda self, *a, **k: (previewed.add(threading.get_ident()), predict_region(self, *a, **k))[1])
-    monkeypatch.setattr(Trainer, "_train_step",
-                        lambda self, *a: (trained.add(threading.get_ident()), train_step(self, *a))[1])
+    monkeypatch.setattr(
+        Predictor,
+        "predict_region",
+        lambda self, *a, **k: (previewed.add(threading.get_ident()), predict_region(self, *a, **k))[1],
+    )
+    monkeypatch.setattr(
+        Trainer, "_train_step", lambda self, *a: (trained.add(threading.get_ident()), train_step(self, *a))[1]
+    )
     assert train.start()
     wait_idle(qtbot, train)
     assert errors == [] and train.first_preview_after is not None
@@ -143,14 +146,17 @@ def _no_version_started(viewer, train, errors, count=1):
     assert train.start_button.isEnabled()
 
 
-@pytest.mark.parametrize("case, needle", [
-    ("no labels", "no labeled pixel"),
-    ("one class", "only class"),
-    ("shape", "differ in shape"),
-    ("rgb", "RGB"),
-    ("4d", "4 dimensions"),
-    ("2.5d on 2d", "needs a ZYX volume"),
-])
+@pytest.mark.parametrize(
+    "case, needle",
+    [
+        ("no labels", "no labeled pixel"),
+        ("one class", "only class"),
+        ("shape", "differ in shape"),
+        ("rgb", "RGB"),
+        ("4d", "4 dimensions"),
+        ("2.5d on 2d", "needs a ZYX volume"),
+    ],
+)
 def test_bad_input_one_message_nothing_changes(docks, qtbot, errors, case, needle):
     viewer, train, _ = docks
     strokes = viewer.layers["strokes"]
@@ -236,8 +242,13 @@ def test_a_collapsed_network_becomes_no_version(docks, qtbot, errors, monkeypatc
 
     viewer, train, _ = docks
     real = health.check
-    monkeypatch.setattr(health, "check", lambda counts, painted, names, recall=None: health.Health(
-        real(counts, painted, names, recall).fractions, collapsed="the network predicts dark on 99.5% of the pixels"))
+    monkeypatch.setattr(
+        health,
+        "check",
+        lambda counts, painted, names, recall=None: health.Health(
+            real(counts, painted, names, recall).fractions, collapsed="the network predicts dark on 99.5% of the pixels"
+        ),
+    )
     assert train.start()
     wait_idle(qtbot, train)
     assert get_session(viewer).versions.names() == []

@@ -128,8 +128,11 @@ def test_3d_cut_is_a_box_with_aligned_labels():
 
 def test_cut_labels_align_with_image_for_every_mode_and_orientation():
     labels = (VOL * 7919) % 5  # any labels: alignment means the same box of both arrays
-    for spec, orientation in [(InputSpec(), "xy"), (InputSpec(orientations=("xy", "yz")), "yz"),
-                              (InputSpec(mode="2.5d", slices=3, orientations=("xz",)), "xz")]:
+    for spec, orientation in [
+        (InputSpec(), "xy"),
+        (InputSpec(orientations=("xy", "yz")), "yz"),
+        (InputSpec(mode="2.5d", slices=3, orientations=("xz",)), "xz"),
+    ]:
         x, box = read_input(VOL, spec, center=(3, 30, 40), size=(10, 10), orientation=orientation)
         centre = x[spec.in_channels // 2]
         np.testing.assert_array_equal(read_target(labels, box, spec, orientation), (centre * 7919) % 5)

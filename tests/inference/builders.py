@@ -15,7 +15,6 @@ from napari_msd.models import MSDNet, UNet
 NORM = Normalization(20.0, 230.0)
 
 
-
 def msd(in_channels=1, ndim=2, depth=6, dilations=(1, 2, 3), seed=0) -> MSDNet:
     """A tiny MS-D network with random head and biases, so its output depends on every layer."""
     torch.manual_seed(seed)
@@ -40,10 +39,17 @@ def unet(seed=0) -> UNet:
     return net.eval()
 
 
-def metadata(net, spec=InputSpec(), effective_halo=None) -> ModelMetadata:
-    return ModelMetadata(arch=net.arch, config=net.config(), class_names=["a", "b", "c"],
-                         receptive_field=int(net.receptive_field), normalization=NORM.to_dict(),
-                         effective_halo=effective_halo, input=spec.to_dict())
+def metadata(net, spec=None, effective_halo=None) -> ModelMetadata:
+    spec = InputSpec() if spec is None else spec
+    return ModelMetadata(
+        arch=net.arch,
+        config=net.config(),
+        class_names=["a", "b", "c"],
+        receptive_field=int(net.receptive_field),
+        normalization=NORM.to_dict(),
+        effective_halo=effective_halo,
+        input=spec.to_dict(),
+    )
 
 
 def image(shape, seed=0) -> np.ndarray:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import zarr
-
 from builders import NORM, image, metadata, msd
+
 from napari_msd.base.inputs import InputSpec
 from napari_msd.inference.averaging import OrientationAverage
 from napari_msd.inference.batch import BatchError, prepare, run
@@ -19,8 +19,9 @@ def test_tiled_average_equals_the_mean_of_three_whole_volume_predictions(spec):
     net = msd(spec.in_channels)
     averager = OrientationAverage(Predictor(net, metadata(net, spec)))
     volume = image((22, 26, 24))
-    reference = np.mean([Predictor(net, metadata(net, spec), orientation=o).predict(volume)
-                         for o in ("xy", "xz", "yz")], axis=0)
+    reference = np.mean(
+        [Predictor(net, metadata(net, spec), orientation=o).predict(volume) for o in ("xy", "xz", "yz")], axis=0
+    )
     assert np.allclose(averager.predict(volume), reference, atol=1e-6)
     probs = np.zeros((3, *volume.shape), np.float32)
     labels = np.zeros(volume.shape, np.uint8)
@@ -43,12 +44,24 @@ def test_averaging_needs_a_2d_model_on_a_volume():
 
 def test_batch_apply_averages_and_records_it_in_the_job(tmp_path):
     net = msd()
-    model = save_model(tmp_path / "m.msd", net, class_names=["a", "b", "c"], normalization=NORM.to_dict(),
-                       input_spec=InputSpec().to_dict())
+    model = save_model(
+        tmp_path / "m.msd",
+        net,
+        class_names=["a", "b", "c"],
+        normalization=NORM.to_dict(),
+        input_spec=InputSpec().to_dict(),
+    )
     volume = image((12, 20, 18))
     np.save(tmp_path / "v.npy", volume)
-    job = prepare(model, str(tmp_path / "v.npy"), tmp_path / "out.zarr", average_orientations=True, tile_size=8,
-                  halo=net.receptive_field, device="cpu")
+    job = prepare(
+        model,
+        str(tmp_path / "v.npy"),
+        tmp_path / "out.zarr",
+        average_orientations=True,
+        tile_size=8,
+        halo=net.receptive_field,
+        device="cpu",
+    )
     assert job.spec.options == {"average_orientations": True} and job.spec.block_shape == (8, 8, 8)
     list(run(job))
     reference = OrientationAverage(Predictor(net, metadata(net, InputSpec()))).predict(volume)

@@ -49,8 +49,14 @@ def make_model(path: Path, seed: int = 0) -> Path:
         margin = net.eval()(x)[:, 0] - net(x)[:, 1]
         net.head_weight *= 3.0 / float(margin.std())  # class margins of a few units, as after training
         net.head_bias[0] = -float(margin.median()) * 3.0 / float(margin.std())
-    return save_model(path, net, class_names=list(CLASSES), normalization=dict(NORMALIZATION),
-                      input_spec=dict(INPUT_2D), effective_halo=None)
+    return save_model(
+        path,
+        net,
+        class_names=list(CLASSES),
+        normalization=dict(NORMALIZATION),
+        input_spec=dict(INPUT_2D),
+        effective_halo=None,
+    )
 
 
 def make_volume(shape=SHAPE, seed: int = 0) -> np.ndarray:
@@ -75,23 +81,35 @@ def data(tmp_path_factory) -> dict:
     assert whole.shape == (2, *SHAPE)
     labels = (whole.argmax(0) + 1).astype(np.uint8)
     assert 0.1 < (labels == 1).mean() < 0.9 and whole.std() > 0.05  # not a trivial prediction
-    return {"root": root, "model": model, "npy": root / "volume.npy", "zarr": root / "volume.zarr",
-            "volume": volume, "whole": whole, "labels": labels, "receptive_field": predictor.receptive_field}
+    return {
+        "root": root,
+        "model": model,
+        "npy": root / "volume.npy",
+        "zarr": root / "volume.zarr",
+        "volume": volume,
+        "whole": whole,
+        "labels": labels,
+        "receptive_field": predictor.receptive_field,
+    }
 
 
 def _events(job, **kwargs) -> list:
     return list(run(job, **kwargs))
 
 
-@pytest.mark.parametrize(("source", "probabilities", "name"), [
-    ("npy", "uint8", "out.zarr"),
-    ("zarr", "float16", "out.ome.zarr"),
-])
+@pytest.mark.parametrize(
+    ("source", "probabilities", "name"),
+    [
+        ("npy", "uint8", "out.zarr"),
+        ("zarr", "float16", "out.ome.zarr"),
+    ],
+)
 def test_tiled_batch_output_equals_whole_image_prediction(data, tmp_path, source, probabilities, name):
     rf = data["receptive_field"]
     assert rf == sum(range(1, 7))  # dilations 1..6
-    job = prepare(data["model"], str(data[source]), tmp_path / name, probabilities=probabilities,
-                  tile_size=36, halo=rf)  # 36 divides neither 96 nor 80
+    job = prepare(
+        data["model"], str(data[source]), tmp_path / name, probabilities=probabilities, tile_size=36, halo=rf
+    )  # 36 divides neither 96 nor 80
     assert job.spec.block_shape == (1, 36, 36) and job.spec.halo == (0, rf, rf)
     assert job.spec.grid == (5, 3, 3)
     events = _events(job)
@@ -189,8 +207,10 @@ def test_ome_zarr_output_is_finalized_with_a_pyramid_and_class_names(data, tmp_p
         assert np.array_equal(level[...], data["labels"][tuple(slice(None, None, f) for f in factors)])  # nearest
     assert max(levels[-1].shape[1:]) <= 24  # down to one block
     image_label = ome["image-label"]
-    assert image_label["properties"] == [{"label-value": 1, "class": CLASSES[0]},
-                                         {"label-value": 2, "class": CLASSES[1]}]
+    assert image_label["properties"] == [
+        {"label-value": 1, "class": CLASSES[0]},
+        {"label-value": 2, "class": CLASSES[1]},
+    ]
     assert [c["label-value"] for c in image_label["colors"]] == [1, 2]
     if probabilities != "none":
         assert _attributes(path / "labels")["ome"]["labels"] == ["prediction"]
@@ -235,6 +255,12 @@ def test_batch_events_prepare_every_input_then_run_them_in_turn(data, tmp_path):
     assert not (tmp_path / "c.zarr").exists()
 
     with pytest.raises(BatchError, match="missing.tif"):  # a bad input fails before any block is computed
-        list(batch_events(data["model"], [str(data["npy"]), str(tmp_path / "missing.tif")],
-                          [tmp_path / "d.zarr", tmp_path / "e.zarr"], {}))
+        list(
+            batch_events(
+                data["model"],
+                [str(data["npy"]), str(tmp_path / "missing.tif")],
+                [tmp_path / "d.zarr", tmp_path / "e.zarr"],
+                {},
+            )
+        )
     assert not open_output(tmp_path / "d.zarr", writable=False).done()

@@ -7,8 +7,8 @@ import threading
 import numpy as np
 import pytest
 import zarr
-
 from builders import CountingArray, image, metadata, msd, unet
+
 from napari_msd.base.inputs import InputSpec
 from napari_msd.inference import BlockDone, Predictor
 from napari_msd.io.model_file import save_model
@@ -35,8 +35,9 @@ def test_tiles_with_the_receptive_field_as_halo_equal_whole_image_prediction(cas
 
     halo = predictor.receptive_field
     labels = zarr.create_array(store=tmp_path / "labels.zarr", shape=shape, chunks=block_shape, dtype="uint8")
-    probs = zarr.create_array(store=tmp_path / "probs.zarr", shape=(3, *shape), chunks=(3, *block_shape),
-                              dtype="float32")
+    probs = zarr.create_array(
+        store=tmp_path / "probs.zarr", shape=(3, *shape), chunks=(3, *block_shape), dtype="float32"
+    )
     done = list(predictor.run(img, labels, probs, block_shape=block_shape, halo=halo))
     assert len(done) == len(predictor.plan(shape, block_shape, halo)) > 2
     tiled = probs[...]

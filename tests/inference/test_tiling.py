@@ -17,13 +17,16 @@ def _cover(shape, blocks) -> np.ndarray:
     return count
 
 
-@pytest.mark.parametrize(("shape", "block_shape", "halo", "align"), [
-    ((100, 90), (32, 25), 7, 1),
-    ((100, 90), (40, 36), 23, (4, 4)),
-    ((6, 70, 60), (2, 32, 25), (0, 12, 12), 1),
-    ((6, 70, 60), (4, 32, 25), 12, (2, 8, 8)),
-    ((5, 7), 100, 3, 1),
-])
+@pytest.mark.parametrize(
+    ("shape", "block_shape", "halo", "align"),
+    [
+        ((100, 90), (32, 25), 7, 1),
+        ((100, 90), (40, 36), 23, (4, 4)),
+        ((6, 70, 60), (2, 32, 25), (0, 12, 12), 1),
+        ((6, 70, 60), (4, 32, 25), 12, (2, 8, 8)),
+        ((5, 7), 100, 3, 1),
+    ],
+)
 def test_blocks_cover_the_image_once_and_inputs_hold_outputs_with_their_halo(shape, block_shape, halo, align):
     blocks = plan_blocks(shape, block_shape, halo, align)
     ndim = len(shape)

@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 
 from napari_msd.inference.uncertainty import (
-    UNCERTAINTY_MEASURES, RegionScores, entropy, margin, region_center, to_uint8, uncertainty,
+    UNCERTAINTY_MEASURES,
+    RegionScores,
+    entropy,
+    margin,
+    region_center,
+    to_uint8,
+    uncertainty,
 )
 
 
@@ -57,8 +63,12 @@ def test_region_center():
 def _tile_means(field: np.ndarray, t: int) -> dict[tuple[int, int, int], float]:
     """Brute force: mean of each tile, with plain loops."""
     z, y, x = field.shape
-    return {(k, i, j): float(field[k, i * t:(i + 1) * t, j * t:(j + 1) * t].mean())
-            for k in range(z) for i in range(math.ceil(y / t)) for j in range(math.ceil(x / t))}
+    return {
+        (k, i, j): float(field[k, i * t : (i + 1) * t, j * t : (j + 1) * t].mean())
+        for k in range(z)
+        for i in range(math.ceil(y / t))
+        for j in range(math.ceil(x / t))
+    }
 
 
 def _add_in_blocks(scores: RegionScores, field: np.ndarray, block=(2, 50, 70)) -> None:

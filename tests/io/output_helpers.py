@@ -12,9 +12,18 @@ COLORS = ["#000000", "#ff0000", "#00ff80"]
 
 
 def make_job(**kw) -> JobSpec:
-    base = dict(model_sha256="ab" * 32, input="raw.zarr::volume", input_shape=(5, 20, 27), block_shape=(4, 8, 8),
-                halo=3, n_classes=3, class_names=NAMES, class_colors=COLORS, probabilities="uint8",
-                output_format="zarr")
+    base = dict(
+        model_sha256="ab" * 32,
+        input="raw.zarr::volume",
+        input_shape=(5, 20, 27),
+        block_shape=(4, 8, 8),
+        halo=3,
+        n_classes=3,
+        class_names=NAMES,
+        class_colors=COLORS,
+        probabilities="uint8",
+        output_format="zarr",
+    )
     return JobSpec(**{**base, **kw})
 
 
@@ -30,6 +39,9 @@ def write_blocks(out: PredictionOutput, blocks, truth=None) -> None:
     labels, probs = truth if truth is not None else job_truth(out.job)
     for idx in blocks:
         region = out.job.block_slices(idx)
-        out.write_block(idx, region,
-                        labels=labels[region] if out.job.labels else None,
-                        probabilities=probs[(slice(None), *region)] if out.job.probabilities != "none" else None)
+        out.write_block(
+            idx,
+            region,
+            labels=labels[region] if out.job.labels else None,
+            probabilities=probs[(slice(None), *region)] if out.job.probabilities != "none" else None,
+        )

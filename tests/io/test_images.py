@@ -14,8 +14,7 @@ import pytest
 import tifffile
 import zarr
 
-from napari_msd.io import ImageReadError, LazyArray, image_info, open_image, read_labels
-from napari_msd.io import images
+from napari_msd.io import ImageReadError, LazyArray, image_info, images, open_image, read_labels
 from napari_msd.io.images import ZARR_SEPARATOR
 
 ISBI = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "isbi2012" / "train-volume.tif"
@@ -82,7 +81,6 @@ def test_tiff_slices_are_independent_copies(tmp_path):
     np.testing.assert_array_equal(image[1:3], ref[1:3])
 
 
-
 def test_tiff_tagged_planar_rgb_is_read_as_grey_slices_with_a_note(tmp_path, caplog):
     """Three grey pages tagged RGB with separate planes: napari shows 3 slices, and so do we (with one note)."""
     ref = _vol((3, 64, 64), np.uint8)
@@ -97,6 +95,7 @@ def test_tiff_tagged_planar_rgb_is_read_as_grey_slices_with_a_note(tmp_path, cap
     assert "colour (RGB/RGBA)" in _error(tmp_path / "rgb.tif")
     tifffile.imwrite(tmp_path / "rgb_vol.tif", np.stack([ref] * 2), photometric="rgb", planarconfig="separate")
     assert "colour (RGB/RGBA)" in _error(tmp_path / "rgb_vol.tif")  # a planar colour volume stays refused
+
 
 @pytest.mark.skipif(not ISBI.exists(), reason="ISBI 2012 data not available")
 def test_isbi_tiff_is_lazy_and_matches_tifffile():
@@ -239,8 +238,12 @@ def test_image_info(tmp_path):
     np.save(tmp_path / "a.npy", _vol((3, 4, 5), np.uint8))
     info = image_info(tmp_path / "a.npy")
     assert info == {
-        "spec": os.fspath(tmp_path / "a.npy"), "format": "npy", "shape": (3, 4, 5), "dtype": "uint8",
-        "chunks": None, "nbytes": 60,
+        "spec": os.fspath(tmp_path / "a.npy"),
+        "format": "npy",
+        "shape": (3, 4, 5),
+        "dtype": "uint8",
+        "chunks": None,
+        "nbytes": 60,
     }
 
 

@@ -12,8 +12,15 @@ import torch
 from safetensors import safe_open
 
 from napari_msd import __version__
-from napari_msd.io import FORMAT_VERSION, ModelFileError, ModelMetadata, load_model, read_metadata, save_model
-from napari_msd.io import model_file
+from napari_msd.io import (
+    FORMAT_VERSION,
+    ModelFileError,
+    ModelMetadata,
+    load_model,
+    model_file,
+    read_metadata,
+    save_model,
+)
 from napari_msd.models.msd import MSDNet
 
 NORM = {"method": "percentile", "low": 3.5, "high": 211.0, "percentiles": [1, 99]}

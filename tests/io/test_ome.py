@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import zarr
+from output_helpers import NAMES, job_truth, make_job, write_blocks
 
 from napari_msd.io.images import open_image
 from napari_msd.io.outputs import OutputError, create_or_resume
-from output_helpers import NAMES, job_truth, make_job, write_blocks
 
 
 def test_ome_zarr_metadata_pyramid_and_readers(tmp_path):
@@ -37,8 +37,12 @@ def test_ome_zarr_metadata_pyramid_and_readers(tmp_path):
     assert paths == ["s0", "s1", "s2", "s3"]  # 36x44 -> 18x22 -> 9x11 -> 5x6 fits a block
     scales = [d["coordinateTransformations"][0] for d in ms["datasets"]]
     assert all(t["type"] == "scale" for t in scales)
-    assert [t["scale"] for t in scales] == [[1.0, 1.0, 1.0, 1.0], [1.0, 2.0, 2.0, 2.0], [1.0, 4.0, 4.0, 4.0],
-                                            [1.0, 8.0, 8.0, 8.0]]
+    assert [t["scale"] for t in scales] == [
+        [1.0, 1.0, 1.0, 1.0],
+        [1.0, 2.0, 2.0, 2.0],
+        [1.0, 4.0, 4.0, 4.0],
+        [1.0, 8.0, 8.0, 8.0],
+    ]
     assert [c["label"] for c in ome["omero"]["channels"]] == NAMES
     assert root["s1"].shape == (3, 5, 18, 22) and root["s3"].shape == (3, 2, 5, 6)
 
@@ -75,8 +79,9 @@ def test_ome_zarr_metadata_pyramid_and_readers(tmp_path):
 def test_ome_zarr_labels_only_and_float16_2d(tmp_path):
     from ome_zarr_models.v05.image_label import ImageLabel
 
-    job = make_job(input_shape=(21, 30), block_shape=(8, 8), halo=(2, 2), probabilities="none",
-                   output_format="ome-zarr")
+    job = make_job(
+        input_shape=(21, 30), block_shape=(8, 8), halo=(2, 2), probabilities="none", output_format="ome-zarr"
+    )
     out = create_or_resume(tmp_path / "labels.ome.zarr", job)
     labels, _ = job_truth(job)
     write_blocks(out, list(np.ndindex(*job.grid)))
@@ -93,8 +98,9 @@ def test_ome_zarr_labels_only_and_float16_2d(tmp_path):
     with pytest.raises(OutputError, match="no probabilities"):
         out.open_probabilities()
 
-    job16 = make_job(input_shape=(21, 30), block_shape=(8, 8), probabilities="float16", labels=False,
-                 output_format="ome-zarr")
+    job16 = make_job(
+        input_shape=(21, 30), block_shape=(8, 8), probabilities="float16", labels=False, output_format="ome-zarr"
+    )
     out16 = create_or_resume(tmp_path / "p16.ome.zarr", job16)
     _, probs = job_truth(job16)
     write_blocks(out16, list(np.ndindex(*job16.grid)))
@@ -105,5 +111,4 @@ def test_ome_zarr_labels_only_and_float16_2d(tmp_path):
     expected = padded.reshape(3, 11, 2, 15, 2).mean(axis=(2, 4)).astype(np.float16)
     np.testing.assert_allclose(p1[...].astype(np.float32), expected.astype(np.float32), rtol=1e-3)
     ms = dict(zarr.open_group(str(out16.path), mode="r").attrs)["ome"]["multiscales"][0]
-    assert ms["datasets"][1]["coordinateTransformations"][1] == {"type": "translation",
-                                                                 "translation": [0.0, 0.5, 0.5]}
+    assert ms["datasets"][1]["coordinateTransformations"][1] == {"type": "translation", "translation": [0.0, 0.5, 0.5]}

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from output_helpers import job_truth, make_job, write_blocks
 
 from napari_msd.io.images import open_image
 from napari_msd.io.outputs import OutputError, PredictionOutput, create_or_resume, open_output
-from output_helpers import job_truth, make_job, write_blocks
 
 
 def _write_in_child(out: PredictionOutput, blocks: list) -> None:  # runs in a spawned process
@@ -21,8 +21,10 @@ def _write_in_child(out: PredictionOutput, blocks: list) -> None:  # runs in a s
 
 
 def _snapshot(path: Path) -> dict[str, str]:
-    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
-            for p in sorted(path.rglob("*"))}
+    return {
+        str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+        for p in sorted(path.rglob("*"))
+    }
 
 
 def _one_line(err: pytest.ExceptionInfo) -> str:
@@ -49,8 +51,9 @@ def test_create_write_done_resume(tmp_path):
     labels, probs = job_truth(job)
     region = job.block_slices((1, 2, 3))
     np.testing.assert_array_equal(again.labels[region], labels[region])
-    np.testing.assert_array_equal(again.probabilities[(slice(None), *region)],
-                                  np.rint(probs[(slice(None), *region)] * 255).astype(np.uint8))
+    np.testing.assert_array_equal(
+        again.probabilities[(slice(None), *region)], np.rint(probs[(slice(None), *region)] * 255).astype(np.uint8)
+    )
     write_blocks(again, again.missing())
     assert again.is_complete() and again.is_complete(24)
     np.testing.assert_array_equal(open_image(f"{path}::labels")[...], labels)
@@ -65,8 +68,11 @@ def test_different_job_refused_store_untouched(tmp_path):
     out = create_or_resume(path, make_job())
     write_blocks(out, [(0, 0, 0)])
     before = _snapshot(path)
-    for other in (make_job(model_sha256="cd" * 32), make_job(block_shape=(4, 16, 16)),
-                  make_job(output_format="ome-zarr")):
+    for other in (
+        make_job(model_sha256="cd" * 32),
+        make_job(block_shape=(4, 16, 16)),
+        make_job(output_format="ome-zarr"),
+    ):
         with pytest.raises(OutputError) as err:
             create_or_resume(path, other)
         msg = _one_line(err)
@@ -101,7 +107,8 @@ def test_foreign_content_refused_even_with_overwrite(tmp_path):
             assert str(path) in _one_line(err)
         assert (_snapshot(path) if path.is_dir() else path.read_bytes()) == before
     assert "not a napari-msd prediction output (a zarr store)" in str(
-        pytest.raises(OutputError, create_or_resume, foreign_zarr, make_job()).value)
+        pytest.raises(OutputError, create_or_resume, foreign_zarr, make_job()).value
+    )
     assert "is a file" in str(pytest.raises(OutputError, create_or_resume, a_file, make_job(), overwrite=True).value)
 
 
@@ -117,8 +124,9 @@ def test_interrupted_creation_is_redone_and_damage_refused(tmp_path):
     zarr.open_group(str(path), mode="w", attributes={"napari_msd": {"layout": 1, "job": None}})
     out = create_or_resume(path, make_job())  # killed while creating: nothing to keep, so no --overwrite needed
     write_blocks(out, [(0, 0, 0)])
-    zarr.open_group(str(path), mode="r+").create_array("labels", shape=(5, 20, 27), chunks=(5, 5, 5), dtype="uint8",
-                                                       overwrite=True)
+    zarr.open_group(str(path), mode="r+").create_array(
+        "labels", shape=(5, 20, 27), chunks=(5, 5, 5), dtype="uint8", overwrite=True
+    )
     with pytest.raises(OutputError) as err:
         create_or_resume(path, make_job())
     assert "damaged" in _one_line(err) and "--overwrite" in str(err.value)
@@ -135,6 +143,7 @@ def test_unwritable_destination(tmp_path, monkeypatch):
     locked = tmp_path / "locked"
     locked.mkdir()
     if os.geteuid() == 0:  # root ignores permissions: simulate the refusal of the file system
+
         def deny(*args, **kwargs):
             raise PermissionError(13, "Permission denied")
 

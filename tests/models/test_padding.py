@@ -9,7 +9,9 @@ import torch.nn.functional as F
 from napari_msd.models.padding import reflect_index, reflect_pad, reflect_pad_adjoint
 
 
-@pytest.mark.parametrize(("ndim", "shape", "pad"), [(2, (2, 3, 9, 7), 4), (3, (1, 2, 5, 6, 7), 3), (2, (1, 1, 2, 2), 1)])
+@pytest.mark.parametrize(
+    ("ndim", "shape", "pad"), [(2, (2, 3, 9, 7), 4), (3, (1, 2, 5, 6, 7), 3), (2, (1, 1, 2, 2), 1)]
+)
 def test_equals_torch_reflect_where_torch_is_defined(ndim, shape, pad):
     x = torch.randn(shape)
     expected = F.pad(x, (pad,) * (2 * ndim), mode="reflect")
@@ -31,7 +33,8 @@ def test_empty_axis_is_refused():
 
 
 @pytest.mark.parametrize(
-    ("ndim", "shape", "pad"), [(2, (2, 3, 9, 7), 4), (2, (1, 2, 3, 1), 5), (3, (1, 2, 4, 5, 3), 2), (3, (1, 1, 2, 1, 3), 4)]
+    ("ndim", "shape", "pad"),
+    [(2, (2, 3, 9, 7), 4), (2, (1, 2, 3, 1), 5), (3, (1, 2, 4, 5, 3), 2), (3, (1, 1, 2, 1, 3), 4)],
 )
 def test_adjoint_satisfies_the_inner_product_identity(ndim, shape, pad):
     torch.manual_seed(0)

@@ -65,8 +65,15 @@ def test_config_round_trip_rebuilds_identical_network():
     net = UNet(2, 3, ndim=3, depth=2, base_channels=4, norm="batch", anisotropic_levels=1)
     net(torch.randn(2, 2, 4, 12, 12))  # train-mode pass: running statistics move away from their defaults
     config = json.loads(json.dumps(net.config()))
-    assert config == {"in_channels": 2, "out_channels": 3, "ndim": 3, "depth": 2, "base_channels": 4,
-                      "norm": "batch", "anisotropic_levels": 1}
+    assert config == {
+        "in_channels": 2,
+        "out_channels": 3,
+        "ndim": 3,
+        "depth": 2,
+        "base_channels": 4,
+        "norm": "batch",
+        "anisotropic_levels": 1,
+    }
     for rebuilt in (UNet(**config), build_model(UNet.arch, config)):
         state = net.state_dict()
         assert rebuilt.state_dict().keys() == state.keys()
@@ -125,8 +132,13 @@ def test_invalid_arguments_raise_value_error():
 
 def test_wrong_input_shape_raises_value_error():
     net2, net3 = UNet(2, 1, depth=2, base_channels=4), UNet(1, 1, ndim=3, depth=2, base_channels=4)
-    for net, x in ((net2, torch.randn(1, 1, 8, 8)), (net2, torch.randn(2, 8, 8)), (net2, torch.randn(1, 2, 4, 8, 8)),
-                   (net3, torch.randn(1, 1, 8, 8)), (net3, torch.randn(1, 2, 4, 8, 8))):
+    for net, x in (
+        (net2, torch.randn(1, 1, 8, 8)),
+        (net2, torch.randn(2, 8, 8)),
+        (net2, torch.randn(1, 2, 4, 8, 8)),
+        (net3, torch.randn(1, 1, 8, 8)),
+        (net3, torch.randn(1, 2, 4, 8, 8)),
+    ):
         with pytest.raises(ValueError, match="expects input of shape"):
             net(x)
 
@@ -155,9 +167,10 @@ def test_receptive_field_bounds_the_influence_of_one_pixel(depth):
 
 
 def test_gradient_reaches_every_parameter():
-    for net, x in ((UNet(2, 3, depth=2, base_channels=4), torch.randn(2, 2, 13, 18)),
-                   (UNet(1, 2, ndim=3, depth=2, base_channels=4, norm="none", anisotropic_levels=1),
-                    torch.randn(2, 1, 3, 9, 10))):
+    for net, x in (
+        (UNet(2, 3, depth=2, base_channels=4), torch.randn(2, 2, 13, 18)),
+        (UNet(1, 2, ndim=3, depth=2, base_channels=4, norm="none", anisotropic_levels=1), torch.randn(2, 1, 3, 9, 10)),
+    ):
         net.train()
         y = net(x)
         loss = nn.functional.cross_entropy(y, torch.randint(0, y.shape[1], (x.shape[0], *x.shape[2:])))

@@ -38,7 +38,6 @@ def _predict(model: torch.nn.Module, normalization, image: np.ndarray) -> np.nda
         return model.eval()(x).argmax(1)[0].numpy() + 1
 
 
-
 @pytest.fixture(scope="session")
 def make_task():
     """:func:`_make_task`, the checkerboard task builder."""

@@ -59,9 +59,19 @@ def _zarr(tmp_path, name, data, chunks):
 
 # -- slabs ---------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("shape", "pixels"), [
-    ((10, 7), 21), ((10, 7), 20), ((10, 7), 1), ((10, 7), 10**6), ((5, 4, 3), 24), ((13,), 4), ((0, 5), 10),
-])
+
+@pytest.mark.parametrize(
+    ("shape", "pixels"),
+    [
+        ((10, 7), 21),
+        ((10, 7), 20),
+        ((10, 7), 1),
+        ((10, 7), 10**6),
+        ((5, 4, 3), 24),
+        ((13,), 4),
+        ((0, 5), 10),
+    ],
+)
 def test_slabs_cover_the_first_axis_once_with_at_most_pixels_per_slab(shape, pixels):
     parts = list(slabs(shape, pixels))
     covered = np.zeros(shape[0], int)
@@ -81,6 +91,7 @@ def test_slabs_of_a_scalar_shape_raise():
 
 
 # -- corrections ---------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("shape", [(40, 37), (6, 19, 23)])
 @pytest.mark.parametrize("dtype", [np.uint8, np.int32])
@@ -150,8 +161,9 @@ def test_corrections_read_one_slab_at_a_time():
     e, p = _Recording(edited), _Recording(predicted)
     pixels = 60  # two rows of 30
     indices, values = corrections(e, p, pixels=pixels)
-    np.testing.assert_array_equal(_as_image(indices, values, edited.shape, edited.dtype),
-                                  _expected(edited, predicted)[1])
+    np.testing.assert_array_equal(
+        _as_image(indices, values, edited.shape, edited.dtype), _expected(edited, predicted)[1]
+    )
     for arr in (e, p):
         assert max(arr.sizes) <= pixels
         assert sum(arr.sizes) == edited.size  # each pixel read once
@@ -173,8 +185,7 @@ def test_corrections_of_zarr_arrays(tmp_path):
     zp = _zarr(tmp_path, "predicted.zarr", predicted, (3, 20, 9))
     indices, values = corrections(ze, zp, pixels=2 * 20 * 18)
     assert values.dtype == np.uint16
-    np.testing.assert_array_equal(_as_image(indices, values, edited.shape, np.uint16),
-                                  _expected(edited, predicted)[1])
+    np.testing.assert_array_equal(_as_image(indices, values, edited.shape, np.uint16), _expected(edited, predicted)[1])
     empty_idx, empty_val = corrections(ze, ze)
     assert empty_val.dtype == np.uint16 and len(empty_idx) == 3 and empty_val.size == 0
 
@@ -184,8 +195,9 @@ def test_corrections_of_dask_arrays():
     de, dp = da.from_array(edited, chunks=(7, 10)), da.from_array(predicted, chunks=(11, 28))
     indices, values = corrections(de, dp, pixels=5 * 28)
     assert isinstance(values, np.ndarray) and all(isinstance(i, np.ndarray) for i in indices)
-    np.testing.assert_array_equal(_as_image(indices, values, edited.shape, edited.dtype),
-                                  _expected(edited, predicted)[1])
+    np.testing.assert_array_equal(
+        _as_image(indices, values, edited.shape, edited.dtype), _expected(edited, predicted)[1]
+    )
     mixed_idx, mixed_val = corrections(de, predicted)  # dask against numpy
     np.testing.assert_array_equal(mixed_val, values)
 
@@ -198,6 +210,7 @@ def test_shape_mismatch_raises_one_line_naming_both_shapes():
 
 
 # -- split_since ---------------------------------------------------------------------------------------
+
 
 def _since(shape=(24, 20), seed=0):
     """Labels at training time (snapshot) and now: strokes added, some repainted, some erased."""
@@ -252,8 +265,7 @@ def test_split_since_writes_zarr_outputs(tmp_path):
     labels, snapshot = _since((6, 16, 14), seed=2)
     zl, zs = _zarr(tmp_path, "labels.zarr", labels, (2, 8, 8)), _zarr(tmp_path, "snap.zarr", snapshot, (3, 16, 7))
     new = zarr.create_array(store=str(tmp_path / "new.zarr"), shape=labels.shape, chunks=(1, 8, 8), dtype=np.uint8)
-    kept = zarr.create_array(store=str(tmp_path / "kept.zarr"), shape=labels.shape, chunks=(4, 16, 14),
-                             dtype=np.uint8)
+    kept = zarr.create_array(store=str(tmp_path / "kept.zarr"), shape=labels.shape, chunks=(4, 16, 14), dtype=np.uint8)
     counts = split_since(zl, zs, new, kept, pixels=16 * 14)
     reopened = zarr.open_array(str(tmp_path / "new.zarr"), mode="r")
     _check_split(labels, snapshot, np.asarray(reopened[...]), np.asarray(kept[...]), counts)
@@ -262,8 +274,9 @@ def test_split_since_writes_zarr_outputs(tmp_path):
 def test_split_since_of_dask_inputs():
     labels, snapshot = _since((20, 18), seed=4)
     new, kept = np.zeros_like(labels), np.zeros_like(labels)
-    counts = split_since(da.from_array(labels, chunks=(6, 9)), da.from_array(snapshot, chunks=5), new, kept,
-                         pixels=3 * 18)
+    counts = split_since(
+        da.from_array(labels, chunks=(6, 9)), da.from_array(snapshot, chunks=5), new, kept, pixels=3 * 18
+    )
     _check_split(labels, snapshot, new, kept, counts)
 
 
@@ -296,6 +309,7 @@ def test_split_since_shape_mismatches_raise():
 
 
 # -- copy_slabs ----------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("pixels", [1, 33, 10**6])
 def test_copy_slabs_copies_exactly(tmp_path, pixels):

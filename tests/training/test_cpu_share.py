@@ -9,10 +9,21 @@ from napari_msd.training import cpu_share as cpu_share_module
 from napari_msd.training.cpu_share import CpuShare, free_threads
 
 
-@pytest.mark.parametrize(("cores", "busy", "threads"), [
-    (2, 0.0, 2), (2, 0.4, 2), (2, 0.6, 1), (2, 1.0, 1), (2, 2.0, 1), (2, 5.0, 1),
-    (8, 0.0, 8), (8, 3.2, 5), (8, 2.5, 6), (1, 0.9, 1),
-])
+@pytest.mark.parametrize(
+    ("cores", "busy", "threads"),
+    [
+        (2, 0.0, 2),
+        (2, 0.4, 2),
+        (2, 0.6, 1),
+        (2, 1.0, 1),
+        (2, 2.0, 1),
+        (2, 5.0, 1),
+        (8, 0.0, 8),
+        (8, 3.2, 5),
+        (8, 2.5, 6),
+        (1, 0.9, 1),
+    ],
+)
 def test_free_threads_rounds_the_free_cores(cores, busy, threads):
     assert free_threads(cores, busy) == threads
 
@@ -74,8 +85,16 @@ def test_the_engine_sizes_its_team_and_says_so(cpu, make_task):
     from napari_msd.training.sampling import TrainingData
 
     image, labels, _ = make_task()
-    config = TrainConfig(model={"depth": 4}, patch_size=32, batch_size=2, steps=4, validate_every=2,
-                         teacher_weight=0, prior_correction=False, measure_halo=False)
+    config = TrainConfig(
+        model={"depth": 4},
+        patch_size=32,
+        batch_size=2,
+        steps=4,
+        validate_every=2,
+        teacher_weight=0,
+        prior_correction=False,
+        measure_halo=False,
+    )
     before = torch.get_num_threads()
     try:
         cpu.per_cpu, cpu.mine = [100.0, 100.0], 100.0

@@ -27,8 +27,18 @@ UNET = {"arch": "unet", "model": {"depth": 2, "base_channels": 4}, "learning_rat
 def _config(**overrides) -> TrainConfig:
     """Tiny, fast settings: 48 px patches, one torch thread (the machine is shared); no forest teacher and no prior
     correction (on by default, tested in test_teacher and test_prior), so the mechanics here see plain training."""
-    settings = {**MSD, "patch_size": 48, "batch_size": 4, "steps": 30, "validate_every": 10,
-                "learning_rate": 1e-2, "threads": 1, "seed": 0, "teacher_weight": 0.0, "prior_correction": False}
+    settings = {
+        **MSD,
+        "patch_size": 48,
+        "batch_size": 4,
+        "steps": 30,
+        "validate_every": 10,
+        "learning_rate": 1e-2,
+        "threads": 1,
+        "seed": 0,
+        "teacher_weight": 0.0,
+        "prior_correction": False,
+    }
     settings.update(overrides)
     return TrainConfig(**settings)
 
@@ -158,16 +168,20 @@ def test_volumes_train_in_2_5d_and_3d(make_task, tmp_path, accept_any_network):
     image, labels, _ = make_task(shape=(12, 64, 64), square=16, stroke=8)
     spec = InputSpec(mode="2.5d", slices=3, orientations=("xy", "xz"))
     out = tmp_path / "25d.msd"
-    events = list(Trainer([TrainingData(image, labels)], _config(model={"depth": 5}, input=spec, patch_size=32,
-                                                                  steps=4), output=out).run())
+    events = list(
+        Trainer(
+            [TrainingData(image, labels)], _config(model={"depth": 5}, input=spec, patch_size=32, steps=4), output=out
+        ).run()
+    )
     assert events[0].patch_size == (12, 32)  # shrunk to the 12 slices that xz planes have
     assert events[-1].steps == 4
     model, meta = load_model(out)
     assert model.in_channels == 3 and InputSpec.from_dict(meta.input) == spec
 
     three = InputSpec(mode="3d")
-    trainer = Trainer([TrainingData(image, labels)], _config(model={"depth": 4}, input=three, patch_size=16,
-                                                             steps=3, batch_size=2))
+    trainer = Trainer(
+        [TrainingData(image, labels)], _config(model={"depth": 4}, input=three, patch_size=16, steps=3, batch_size=2)
+    )
     events = list(trainer.run())
     assert events[0].patch_size == (12, 16, 16) and events[-1].steps == 3
     assert trainer.snapshot().ndim == 3
@@ -463,8 +477,13 @@ def test_early_stopping_restores_the_best_weights(tmp_path, data, monkeypatch, a
 
     def falling_metrics(cm, class_names):
         score = next(scores)
-        return {"global_accuracy": score, "class_accuracy": score, "mean_iou": score, "iou": {},
-                "pixels": int(cm.sum())}
+        return {
+            "global_accuracy": score,
+            "class_accuracy": score,
+            "mean_iou": score,
+            "iou": {},
+            "pixels": int(cm.sum()),
+        }
 
     monkeypatch.setattr(engine_module, "_metrics_from", falling_metrics)
     out = tmp_path / "model.msd"
@@ -627,8 +646,13 @@ def test_fine_tuning_with_replay_remembers_earlier_annotations(base_model, task,
     # the architecture and input settings given here are ignored: a fine-tuned model keeps A's
     # no edge-aware loss here or in the control below: it resists this drift on its own, and the pair isolates replay
     config = _config(steps=20, arch="unet", model={"depth": 2}, input=InputSpec(mode="2.5d", slices=3), edge_weight=0)
-    trainer = Trainer([TrainingData(image2, labels2, name="two")], config, init=base_model,
-                      replay=[TrainingData(image1, labels1, name="one")], output=out)
+    trainer = Trainer(
+        [TrainingData(image2, labels2, name="two")],
+        config,
+        init=base_model,
+        replay=[TrainingData(image1, labels1, name="one")],
+        output=out,
+    )
     events = list(trainer.run())
     assert events[0].fine_tuning is True and events[0].class_names == ["dark", "bright"]
     assert events[-1].reason == "steps"
@@ -660,7 +684,8 @@ def test_without_replay_the_same_fine_tuning_forgets(base_model, task, make_task
 
 
 def test_a_fine_tuning_that_changes_what_was_left_around_the_corrections_keeps_the_parent(
-        base_model, task, make_task, monkeypatch):
+    base_model, task, make_task, monkeypatch
+):
     """Corrections (new labels on the image the parent learned, whose labels are replayed) get rings
     (training.seen); a result that changes more than ``seen_tolerance`` of them gives way to the parent as saved,
     with its figures and halo and the reason in words. Here the agreement is forced; test_seen checks its measure."""
@@ -670,8 +695,12 @@ def test_a_fine_tuning_that_changes_what_was_left_around_the_corrections_keeps_t
     new, old = np.where(labels == 2, labels, 0), np.where(labels == 1, labels, 0)
     parent, meta = load_model(base_model)
     monkeypatch.setattr(seen.SeenRings, "agreement", lambda self, model: 0.9)
-    trainer = Trainer([TrainingData(image, new, "new")], _config(steps=20), init=base_model,
-                      replay=[TrainingData(image, old, "earlier")])
+    trainer = Trainer(
+        [TrainingData(image, new, "new")],
+        _config(steps=20),
+        init=base_model,
+        replay=[TrainingData(image, old, "earlier")],
+    )
     events = list(trainer.run())
     finished = _of(events, TrainingFinished)[-1]
     assert len(trainer.seen) > 0
@@ -683,8 +712,12 @@ def test_a_fine_tuning_that_changes_what_was_left_around_the_corrections_keeps_t
     assert parent_figures.step == 0
     assert {k: v for k, v in finished.best_metrics.items() if k != "health"} == parent_figures.metrics
     monkeypatch.setattr(seen.SeenRings, "agreement", lambda self, model: 0.98)  # within the tolerance: a version
-    trainer = Trainer([TrainingData(image, new, "new")], _config(steps=20), init=base_model,
-                      replay=[TrainingData(image, old, "earlier")])
+    trainer = Trainer(
+        [TrainingData(image, new, "new")],
+        _config(steps=20),
+        init=base_model,
+        replay=[TrainingData(image, old, "earlier")],
+    )
     finished = _of(list(trainer.run()), TrainingFinished)[-1]
     assert not finished.kept_parent or finished.kept_parent_because.startswith("it never beat")
     other, other_labels, _ = make_task(seed=1, levels=(90, 210), classes=(2,))  # new data, not corrections
@@ -748,13 +781,25 @@ def _bad_inputs(image, labels):
     two_d = image
     return {
         "no labeled pixel": ([TrainingData(two_d, np.zeros_like(labels))], {}, TrainingDataError, "no labeled"),
-        "one class only": ([TrainingData(two_d, np.where(labels == 2, 2, 0).astype(np.uint8))], {},
-                           TrainingDataError, "class 2"),
+        "one class only": (
+            [TrainingData(two_d, np.where(labels == 2, 2, 0).astype(np.uint8))],
+            {},
+            TrainingDataError,
+            "class 2",
+        ),
         "float labels": ([TrainingData(two_d, labels.astype(np.float32))], {}, TrainingDataError, "integer"),
-        "2.5d on a 2D image": ([TrainingData(two_d, labels)], {"input": InputSpec(mode="2.5d", slices=3)},
-                               ValueError, "2D"),
-        "RGB-like 4D image": ([TrainingData(np.zeros((2, 32, 32, 3), np.uint8), np.zeros((2, 32, 32, 3), np.uint8))],
-                              {}, ValueError, "4 dimensions"),
+        "2.5d on a 2D image": (
+            [TrainingData(two_d, labels)],
+            {"input": InputSpec(mode="2.5d", slices=3)},
+            ValueError,
+            "2D",
+        ),
+        "RGB-like 4D image": (
+            [TrainingData(np.zeros((2, 32, 32, 3), np.uint8), np.zeros((2, 32, 32, 3), np.uint8))],
+            {},
+            ValueError,
+            "4 dimensions",
+        ),
         "shape mismatch": ([TrainingData(two_d, labels[:-1])], {}, TrainingDataError, "shape"),
         "no data": ([], {}, TrainingDataError, "no training data"),
         "no bound": ([TrainingData(two_d, labels)], {"steps": None}, ValueError, "steps"),
@@ -765,9 +810,20 @@ def _bad_inputs(image, labels):
     }
 
 
-CASES = ["no labeled pixel", "one class only", "float labels", "2.5d on a 2D image", "RGB-like 4D image",
-         "shape mismatch", "no data", "no bound", "bad metric", "wrong class names", "negative edge weight",
-         "image as labels"]
+CASES = [
+    "no labeled pixel",
+    "one class only",
+    "float labels",
+    "2.5d on a 2D image",
+    "RGB-like 4D image",
+    "shape mismatch",
+    "no data",
+    "no bound",
+    "bad metric",
+    "wrong class names",
+    "negative edge weight",
+    "image as labels",
+]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -832,8 +888,9 @@ def test_fine_tuning_that_cannot_beat_its_parent_keeps_the_parent(base_model, ta
     model, meta = load_model(base_model)
     before = _state(model)
     out = tmp_path / "child.msd"
-    trainer = Trainer([TrainingData(image, labels)], _config(steps=20, learning_rate=50.0), init=(model, meta),
-                      output=out)
+    trainer = Trainer(
+        [TrainingData(image, labels)], _config(steps=20, learning_rate=50.0), init=(model, meta), output=out
+    )
     events = list(trainer.run())
     validations = _of(events, Validated)
     assert validations[0].step == 0 and validations[0].improved  # the parent, judged on the same held-out labels
@@ -866,8 +923,12 @@ def test_fine_tuning_that_forgets_the_replayed_labels_keeps_the_parent(base_mode
     model, meta = load_model(base_model)
     before = _state(model)
     monkeypatch.setattr(engine_module, "FORGET_TOLERANCE", -1.01)
-    trainer = Trainer([TrainingData(image2, labels2, "two")], _config(steps=20), init=(model, meta),
-                      replay=[TrainingData(image1, labels1, "one")])
+    trainer = Trainer(
+        [TrainingData(image2, labels2, "two")],
+        _config(steps=20),
+        init=(model, meta),
+        replay=[TrainingData(image1, labels1, "one")],
+    )
     events = list(trainer.run())
     validations = _of(events, Validated)
     assert trainer.replay_from < len(trainer.val_tiles)  # the replayed labels have held-out tiles of their own
@@ -875,8 +936,12 @@ def test_fine_tuning_that_forgets_the_replayed_labels_keeps_the_parent(base_mode
     assert validations[0].step == 0 and not any(v.improved for v in validations[1:])
     assert events[-1].kept_parent and _same_state(_state(trainer.model), before)
     monkeypatch.setattr(engine_module, "FORGET_TOLERANCE", 1.0)  # anything goes: the child wins on new labels
-    trainer = Trainer([TrainingData(image2, labels2, "two")], _config(steps=20), init=(model, meta),
-                      replay=[TrainingData(image1, labels1, "one")])
+    trainer = Trainer(
+        [TrainingData(image2, labels2, "two")],
+        _config(steps=20),
+        init=(model, meta),
+        replay=[TrainingData(image1, labels1, "one")],
+    )
     assert not list(trainer.run())[-1].kept_parent
 
 

@@ -113,8 +113,9 @@ def test_volume_with_strokes_on_one_slice_predicts_the_others():
 def test_lazy_image_is_read_only_on_labeled_slices(tmp_path):
     image, strokes, truth = halves(shape=(5, 48, 80), seed=2)
     strokes[[0, 1, 4]] = 0  # labels on slices 2 and 3
-    stored = zarr.open_array(str(tmp_path / "image.zarr"), mode="w", shape=image.shape, chunks=(1, 48, 80),
-                             dtype=image.dtype)
+    stored = zarr.open_array(
+        str(tmp_path / "image.zarr"), mode="w", shape=image.shape, chunks=(1, 48, 80), dtype=image.dtype
+    )
     stored[:] = image
     lazy = RecordingArray(stored)
     forest = PixelForest.fit([TrainingData(lazy, strokes)], **FAST)
@@ -135,8 +136,7 @@ def test_predict_region_equals_crop_of_whole_plane():
         region = forest.predict_region(image, None, y0, y1, x0, x1)
         np.testing.assert_allclose(region, whole[:, y0:y1, x0:x1], atol=1e-5)
     volume = np.stack([image[::-1], image])
-    np.testing.assert_allclose(forest.predict_region(volume, 1, 80, 120, 90, 150), whole[:, 80:120, 90:150],
-                               atol=1e-5)
+    np.testing.assert_allclose(forest.predict_region(volume, 1, 80, 120, 90, 150), whole[:, 80:120, 90:150], atol=1e-5)
     forest.tile_pixels = 3000  # row bands of 13 rows, each with exact context
     np.testing.assert_allclose(forest.predict_proba(image), whole, atol=1e-5)
 
@@ -154,8 +154,12 @@ def test_max_per_class_caps_and_is_seeded():
     n1 = int((small == 1).sum())
     assert PixelForest.fit([TrainingData(image, small)], max_per_class=n1 + 1, **FAST).n_fit_pixels == n1 + n1 + 1
     split = np.stack([dense, dense])  # the cap is over all slices and images together
-    assert PixelForest.fit([TrainingData(np.stack([image, image]), split), TrainingData(image, dense)],
-                           max_per_class=500, **FAST).n_fit_pixels == 1000
+    assert (
+        PixelForest.fit(
+            [TrainingData(np.stack([image, image]), split), TrainingData(image, dense)], max_per_class=500, **FAST
+        ).n_fit_pixels
+        == 1000
+    )
 
 
 def _bad_inputs():

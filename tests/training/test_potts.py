@@ -22,7 +22,9 @@ def _step_image(column: int, shape=(1, 1, 16, 24)):
     return image
 
 
-@pytest.mark.parametrize("ndim, radius, expected", [(2, 1, 2), (2, 2, 6), (3, 1, 3), (3, 2, (6 + 12 + 8 + 6) // 2), (1, 3, 3)])
+@pytest.mark.parametrize(
+    "ndim, radius, expected", [(2, 1, 2), (2, 2, 6), (3, 1, 3), (3, 2, (6 + 12 + 8 + 6) // 2), (1, 3, 3)]
+)
 def test_half_offsets_hold_each_neighbour_pair_once(ndim, radius, expected):
     offsets = half_offsets(ndim, radius)
     assert len(offsets) == expected
@@ -86,7 +88,9 @@ def test_default_radius_is_3_in_2d_and_2_in_3d(monkeypatch):
 
     used = []
     original = potts.half_offsets
-    monkeypatch.setattr(potts, "half_offsets", lambda ndim, radius: used.append((ndim, radius)) or original(ndim, radius))
+    monkeypatch.setattr(
+        potts, "half_offsets", lambda ndim, radius: used.append((ndim, radius)) or original(ndim, radius)
+    )
     EdgePotts(1.0)(torch.randn(1, 2, 8, 8), torch.rand(1, 1, 8, 8))
     EdgePotts(1.0)(torch.randn(1, 2, 4, 8, 8), torch.rand(1, 1, 4, 8, 8))
     EdgePotts(1.0, radius=1)(torch.randn(1, 2, 4, 8, 8), torch.rand(1, 1, 4, 8, 8))

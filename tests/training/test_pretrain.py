@@ -12,8 +12,8 @@ from napari_msd.training.pretrain import (
     NEIGHBOURHOOD,
     PretrainConfig,
     PretrainedBody,
-    PretrainError,
     Pretrainer,
+    PretrainError,
     apply_pretrained,
     blind_spot_mask,
     cache_key,
@@ -42,8 +42,9 @@ def test_blind_spot_mask_hides_the_requested_fraction_with_neighbour_values():
     assert 0 < mask.sum(axis=(1, 2)).min() <= round(0.05 * 32 * 32)
     assert np.array_equal(masked[:, 0][~mask], x[:, 0][~mask])  # only the hidden pixels change
     for b, y, xx in zip(*np.nonzero(mask)):  # each hidden pixel holds a value of a neighbour, in every channel
-        window = x[b, :, max(y - NEIGHBOURHOOD, 0): y + NEIGHBOURHOOD + 1,
-                   max(xx - NEIGHBOURHOOD, 0): xx + NEIGHBOURHOOD + 1].reshape(2, -1)
+        window = x[
+            b, :, max(y - NEIGHBOURHOOD, 0) : y + NEIGHBOURHOOD + 1, max(xx - NEIGHBOURHOOD, 0) : xx + NEIGHBOURHOOD + 1
+        ].reshape(2, -1)
         assert any(np.array_equal(masked[b, :, y, xx], window[:, k]) for k in range(window.shape[1]))
 
 
@@ -55,8 +56,9 @@ def test_blind_spot_mask_never_copies_a_pixel_onto_itself():
 
 def test_pretraining_lowers_the_reconstruction_error():
     image = _image()
-    config = PretrainConfig(model=SMALL, steps=60, time_limit=None, batch_size=8, patch_size=32,
-                            mask_fraction=0.05, learning_rate=3e-3)
+    config = PretrainConfig(
+        model=SMALL, steps=60, time_limit=None, batch_size=8, patch_size=32, mask_fraction=0.05, learning_rate=3e-3
+    )
     events = list(Pretrainer([image], config).run())
     assert [e.step for e in events] == list(range(1, 61))
     assert events[-1].progress == 1.0
@@ -81,8 +83,7 @@ def test_pretrainer_stops_and_continues_from_a_body():
 
 
 def test_a_body_round_trips_through_a_file_and_initialises_a_segmentation_network(tmp_path):
-    trainer = Pretrainer([_image()], PretrainConfig(model=SMALL, steps=2, time_limit=None, batch_size=2,
-                                                    patch_size=32))
+    trainer = Pretrainer([_image()], PretrainConfig(model=SMALL, steps=2, time_limit=None, batch_size=2, patch_size=32))
     list(trainer.run())
     path = save_pretrained(tmp_path / "body.pt", trainer.body())
     body = load_pretrained(path)
@@ -94,8 +95,7 @@ def test_a_body_round_trips_through_a_file_and_initialises_a_segmentation_networ
 
 
 def test_bodies_that_do_not_fit_are_refused(tmp_path):
-    trainer = Pretrainer([_image()], PretrainConfig(model=SMALL, steps=1, time_limit=None, batch_size=1,
-                                                    patch_size=32))
+    trainer = Pretrainer([_image()], PretrainConfig(model=SMALL, steps=1, time_limit=None, batch_size=1, patch_size=32))
     list(trainer.run())
     body = trainer.body()
     with pytest.raises(PretrainError, match="pretrain again"):
@@ -125,16 +125,20 @@ def test_load_refuses_other_files_with_one_line(tmp_path):
 def test_pretraining_2_5d_and_3d_inputs():
     image = _image((5, 40, 40))
     for spec in (InputSpec("2.5d", 3), InputSpec("3d")):
-        config = PretrainConfig(model={"depth": 3}, input=spec, steps=2, time_limit=None, batch_size=2,
-                                patch_size=16)
+        config = PretrainConfig(model={"depth": 3}, input=spec, steps=2, time_limit=None, batch_size=2, patch_size=16)
         trainer = Pretrainer([image], config)
         assert len(list(trainer.run())) == 2
         assert trainer.body().input["mode"] == spec.mode
 
 
 def test_config_refuses_nonsense():
-    for bad in (dict(steps=None, time_limit=None), dict(steps=0), dict(mask_fraction=0.0), dict(mask_fraction=0.6),
-                dict(batch_size=0)):
+    for bad in (
+        dict(steps=None, time_limit=None),
+        dict(steps=0),
+        dict(mask_fraction=0.0),
+        dict(mask_fraction=0.6),
+        dict(batch_size=0),
+    ):
         with pytest.raises(PretrainError):
             PretrainConfig(**bad).check()
     with pytest.raises(PretrainError, match="no image"):
@@ -155,8 +159,15 @@ def test_cache_key_follows_the_image_content_and_the_network(monkeypatch, tmp_pa
 
 
 def test_save_is_atomic_and_replaces(tmp_path):
-    body = PretrainedBody("msd", {"depth": 1}, InputSpec().to_dict(), {"method": "percentile", "low": 0.0,
-                          "high": 1.0}, {"bias": torch.zeros(1)}, 1, 0.5)
+    body = PretrainedBody(
+        "msd",
+        {"depth": 1},
+        InputSpec().to_dict(),
+        {"method": "percentile", "low": 0.0, "high": 1.0},
+        {"bias": torch.zeros(1)},
+        1,
+        0.5,
+    )
     path = save_pretrained(tmp_path / "b.pt", body)
     save_pretrained(path, body)
     assert [p.name for p in tmp_path.iterdir()] == ["b.pt"]

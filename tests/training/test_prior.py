@@ -56,8 +56,16 @@ def test_engine_applies_and_records_the_prior(make_task, accept_any_network):
     image, strokes, _ = make_task()
     data = [TrainingData(image, strokes, "checkerboard")]
 
-    config = TrainConfig(model={"depth": 5}, steps=10, patch_size=32, batch_size=4, prior_correction=True,
-                         measure_halo=False, threads=1, validate_every=5)
+    config = TrainConfig(
+        model={"depth": 5},
+        steps=10,
+        patch_size=32,
+        batch_size=4,
+        prior_correction=True,
+        measure_halo=False,
+        threads=1,
+        validate_every=5,
+    )
     trainer = Trainer(data, config)
     for _ in trainer.run():
         pass
@@ -72,8 +80,17 @@ def test_engine_undoes_a_prior_that_costs_the_held_out_strokes(make_task, monkey
     from napari_msd.training.sampling import TrainingData
 
     image, strokes, _ = make_task()
-    config = TrainConfig(model={"depth": 5}, steps=30, patch_size=32, batch_size=4, measure_halo=False, threads=1,
-                         validate_every=10, prior_correction=False, teacher_weight=0.0)  # applied by hand below
+    config = TrainConfig(
+        model={"depth": 5},
+        steps=30,
+        patch_size=32,
+        batch_size=4,
+        measure_halo=False,
+        threads=1,
+        validate_every=10,
+        prior_correction=False,
+        teacher_weight=0.0,
+    )  # applied by hand below
     trainer = Trainer([TrainingData(image, strokes, "checkerboard")], config)
     for _ in trainer.run():
         pass
@@ -102,8 +119,9 @@ def test_undo_prior_shift_takes_back_the_recorded_correction():
     assert undo_prior_shift(model, {"class_prior": {"x": 1.0}}, ["a", "b"]) is None  # other class names
 
 
-def test_fine_tuning_starts_without_the_parents_prior_and_a_kept_parent_keeps_it(make_task, tmp_path, monkeypatch,
-                                                                                accept_any_network):
+def test_fine_tuning_starts_without_the_parents_prior_and_a_kept_parent_keeps_it(
+    make_task, tmp_path, monkeypatch, accept_any_network
+):
     """A retrained model is corrected once, not twice; a retraining that keeps the parent saves it unchanged."""
     from napari_msd.io.model_file import load_model
     from napari_msd.training import engine
@@ -113,8 +131,16 @@ def test_fine_tuning_starts_without_the_parents_prior_and_a_kept_parent_keeps_it
 
     image, strokes, _ = make_task()
     data = [TrainingData(image, strokes, "checkerboard")]
-    config = TrainConfig(model={"depth": 5}, steps=10, patch_size=32, batch_size=4, measure_halo=False, threads=1,
-                         validate_every=5, teacher_weight=0)
+    config = TrainConfig(
+        model={"depth": 5},
+        steps=10,
+        patch_size=32,
+        batch_size=4,
+        measure_halo=False,
+        threads=1,
+        validate_every=5,
+        teacher_weight=0,
+    )
     parent_path = tmp_path / "parent.msd"
     list(Trainer(data, config, output=parent_path).run())
     parent, meta = load_model(parent_path)
@@ -122,8 +148,9 @@ def test_fine_tuning_starts_without_the_parents_prior_and_a_kept_parent_keeps_it
     shift = np.log(np.maximum([recorded[n] for n in meta.class_names], 1e-3) * 2)
     child = Trainer(data, config, init=parent_path)
     np.testing.assert_allclose(child.parent_prior_undone, shift)
-    torch.testing.assert_close(output_bias(child.model).detach(),
-                               output_bias(parent).detach() - torch.as_tensor(shift, dtype=torch.float32))
+    torch.testing.assert_close(
+        output_bias(child.model).detach(), output_bias(parent).detach() - torch.as_tensor(shift, dtype=torch.float32)
+    )
     # a retraining that never beats the parent: the parent's weights, its prior shift back on, are the result
     monkeypatch.setattr(engine, "FORGET_TOLERANCE", -1.0)  # every fine-tuned validation counts as forgetting
     kept = Trainer(data, config, init=parent_path, replay=data, output=tmp_path / "kept.msd")

@@ -303,8 +303,9 @@ def test_dense_labels_on_lazy_volume_are_thinned_and_read_in_slabs(counting_arra
 
 def test_split_works_on_a_lazy_array(counting_array):
     labels = _strokes_2d()
-    index = split(TrainingData(counting_array(np.zeros(labels.shape, np.float32)), counting_array(labels)),
-                  InputSpec(), 0.15)
+    index = split(
+        TrainingData(counting_array(np.zeros(labels.shape, np.float32)), counting_array(labels)), InputSpec(), 0.15
+    )
     assert sum(index.count("train").values()) + sum(index.count("val").values()) <= int((labels > 0).sum())
     assert index.count("train")[1] > 0 and index.count("train")[2] > 0
 

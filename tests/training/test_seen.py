@@ -27,8 +27,9 @@ class Threshold(torch.nn.Module):
 def _rings(model, image, new, old, **kw):
     spec = InputSpec()
     index = split(TrainingData(image, new, "new"), spec, val_fraction=0.0)
-    return SeenRings(model, [index], [TrainingData(image, old, "old")], spec,
-                     Normalization(0.0, 1.0), torch.device("cpu"), **kw)
+    return SeenRings(
+        model, [index], [TrainingData(image, old, "old")], spec, Normalization(0.0, 1.0), torch.device("cpu"), **kw
+    )
 
 
 @pytest.fixture
@@ -69,8 +70,9 @@ def test_new_labels_on_another_image_are_not_corrections(scene):
     spec = InputSpec()
     index = split(TrainingData(image, new, "new"), spec, val_fraction=0.0)
     other = image.copy()
-    rings = SeenRings(Threshold(0.5), [index], [TrainingData(other, old, "old")], spec, Normalization(0.0, 1.0),
-                      torch.device("cpu"))
+    rings = SeenRings(
+        Threshold(0.5), [index], [TrainingData(other, old, "old")], spec, Normalization(0.0, 1.0), torch.device("cpu")
+    )
     assert len(rings) == 0 and rings.agreement(Threshold(0.9)) == 1.0
     with pytest.raises(ValueError, match="3D"):
         SeenRings(Threshold(0.5), [index], [], InputSpec(mode="3d"), Normalization(0.0, 1.0), torch.device("cpu"))

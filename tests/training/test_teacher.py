@@ -59,7 +59,9 @@ def test_a_share_of_patches_comes_from_planes_only_the_teacher_labeled(volume):
     _, y = sampler.sample(64)
     from_plane_0 = [(t == 2 + 1).all() for t in y]  # nothing but the teacher's class 2: plane 0
     assert 16 <= sum(from_plane_0) <= 48
-    assert not PatchSampler([ix], InputSpec(), (32, 32), 2, norm, pseudo=pseudo, unpainted_fraction=0).unpainted_fraction
+    assert not PatchSampler(
+        [ix], InputSpec(), (32, 32), 2, norm, pseudo=pseudo, unpainted_fraction=0
+    ).unpainted_fraction
 
 
 def test_the_forest_never_sees_held_out_strokes(volume):
@@ -98,14 +100,26 @@ def test_engine_trains_with_the_teacher_and_records_it(volume, monkeypatch):
         seen.append(int((target != IGNORE).sum()))
         return real(logits, target, *args, **kwargs)
 
-    config = TrainConfig(model={"depth": 6}, patch_size=32, batch_size=4, steps=4, validate_every=2, threads=1,
-                         teacher_weight=0.5, edge_weight=0)
+    config = TrainConfig(
+        model={"depth": 6},
+        patch_size=32,
+        batch_size=4,
+        steps=4,
+        validate_every=2,
+        threads=1,
+        teacher_weight=0.5,
+        edge_weight=0,
+    )
     trainer = Trainer([TrainingData(image, labels)], config)
     monkeypatch.setattr(torch.nn.functional, "cross_entropy", spy)
     events = list(trainer.run())
     assert trainer.teacher_active and events[-1].steps == 4
-    assert trainer.metadata().provenance["teacher"] == {"kind": "random forest", "weight": 0.5, "confidence": 0.8,
-                                                        "unpainted_planes": 0}
+    assert trainer.metadata().provenance["teacher"] == {
+        "kind": "random forest",
+        "weight": 0.5,
+        "confidence": 0.8,
+        "unpainted_planes": 0,
+    }
     assert max(seen) > 4 * 32 * 32 * 0.5  # the teacher's term covers most of each batch's pixels
 
 
@@ -118,8 +132,10 @@ def test_teacher_is_on_by_default_off_at_weight_0_and_in_3d(volume):
     trainer = Trainer([TrainingData(image, labels)], TrainConfig(**base, teacher_weight=0.0))
     list(trainer.run())
     assert not trainer.teacher_active and "teacher" not in trainer.metadata().provenance
-    trainer = Trainer([TrainingData(image, labels)], TrainConfig(**{**base, "patch_size": 3}, teacher_weight=1.0,
-                                                                 input=InputSpec(mode="3d")))
+    trainer = Trainer(
+        [TrainingData(image, labels)],
+        TrainConfig(**{**base, "patch_size": 3}, teacher_weight=1.0, input=InputSpec(mode="3d")),
+    )
     list(trainer.run())
     assert not trainer.teacher_active
 
@@ -139,7 +155,10 @@ def test_the_forest_can_learn_from_some_labels_and_teach_the_planes_of_all(volum
     earlier[2] = 0
     new[2] = np.where(labels[2] > 0, 3 - labels[2], 0)  # labels that contradict the image: a poisoned forest
     spec = InputSpec()
-    ix_new, ix_earlier = split(TrainingData(image, new), spec, 0.15, 0), split(TrainingData(image, earlier), spec, 0.15, 1)
+    ix_new, ix_earlier = (
+        split(TrainingData(image, new), spec, 0.15, 0),
+        split(TrainingData(image, earlier), spec, 0.15, 1),
+    )
     both = forest_pseudo_labels([ix_new, ix_earlier], 2, confidence=0.8, threads=1)
     kept = forest_pseudo_labels([ix_new, ix_earlier], 2, confidence=0.8, threads=1, fit_on=[ix_earlier])
     assert sorted(kept[id(ix_new)]) == [2] and sorted(kept[id(ix_earlier)]) == [1]
@@ -163,11 +182,18 @@ def test_a_retraining_fits_its_teacher_on_the_earlier_labels_unless_told_to_refi
     base = (parent.snapshot(), parent.metadata())
     seen = {}
     real = engine.forest_pseudo_labels
-    monkeypatch.setattr(engine, "forest_pseudo_labels",
-                        lambda *a, **k: seen.setdefault("fit_on", k.get("fit_on")) and False or real(*a, **k))
+    monkeypatch.setattr(
+        engine,
+        "forest_pseudo_labels",
+        lambda *a, **k: seen.setdefault("fit_on", k.get("fit_on")) and False or real(*a, **k),
+    )
     new = np.where(labels == 2, labels, 0)
-    trainer = Trainer([TrainingData(image, new, "new")], TrainConfig(steps=1, validate_every=100, teacher_refit=refit),
-                      init=base, replay=[TrainingData(image, labels, "earlier")])
+    trainer = Trainer(
+        [TrainingData(image, new, "new")],
+        TrainConfig(steps=1, validate_every=100, teacher_refit=refit),
+        init=base,
+        replay=[TrainingData(image, labels, "earlier")],
+    )
     list(trainer.run())
     assert trainer.teacher_active
     assert seen["fit_on"] is None if refit else seen["fit_on"] == trainer.replay_indices

@@ -26,8 +26,9 @@ def _model(seed=0) -> MSDNet:
 
 
 def _metadata(model, **extra) -> ModelMetadata:
-    return ModelMetadata(arch="msd", config=model.config(), class_names=["a", "b"],
-                         receptive_field=int(model.receptive_field), **extra)
+    return ModelMetadata(
+        arch="msd", config=model.config(), class_names=["a", "b"], receptive_field=int(model.receptive_field), **extra
+    )
 
 
 def _state(model) -> dict[str, torch.Tensor]:
@@ -42,6 +43,7 @@ def _assert_same_weights(model, state):
 
 
 # -- listing and selecting -----------------------------------------------------------------------------
+
 
 def test_versions_are_numbered_in_order_and_the_newest_is_current():
     versions = ModelVersions()
@@ -91,6 +93,7 @@ def test_iterating_is_safe_while_adding():
 
 # -- private copies ------------------------------------------------------------------------------------
 
+
 def test_add_keeps_a_private_cpu_copy_in_eval_mode():
     model = _model(0).train()
     before = _state(model)
@@ -129,11 +132,15 @@ def test_add_without_optional_arguments_gives_empty_defaults():
 
 # -- files ---------------------------------------------------------------------------------------------
 
+
 def test_save_writes_a_loadable_model_file_and_records_its_path(tmp_path):
     versions = ModelVersions()
     model = _model(3)
-    meta = _metadata(model, provenance={"metrics": {"mean_iou": 0.7}, "steps": 5},
-                     normalization={"method": "fixed", "low": 1.0, "high": 9.0})
+    meta = _metadata(
+        model,
+        provenance={"metrics": {"mean_iou": 0.7}, "steps": 5},
+        normalization={"method": "fixed", "low": 1.0, "high": 9.0},
+    )
     versions.add(_model(0), _metadata(_model(0)))
     v2 = versions.add(model, meta)
     versions.select("v1")
@@ -143,7 +150,11 @@ def test_save_writes_a_loadable_model_file_and_records_its_path(tmp_path):
     loaded, loaded_meta = load_model(written)
     _assert_same_weights(loaded, _state(model))
     assert (loaded_meta.arch, loaded_meta.config, loaded_meta.class_names, loaded_meta.receptive_field) == (
-        meta.arch, meta.config, meta.class_names, meta.receptive_field)
+        meta.arch,
+        meta.config,
+        meta.class_names,
+        meta.receptive_field,
+    )
     assert loaded_meta.class_colors == meta.class_colors
     assert loaded_meta.normalization == meta.normalization
     assert loaded_meta.provenance["metrics"] == {"mean_iou": 0.7} and loaded_meta.provenance["steps"] == 5
@@ -203,8 +214,9 @@ def test_load_without_usable_metrics_gives_empty_metrics(tmp_path, provenance):
 
 def test_save_then_load_round_trip(tmp_path):
     versions = ModelVersions()
-    versions.add(_model(6), _metadata(_model(6), provenance={"metrics": {"mean_iou": 0.25}}),
-                 metrics={"mean_iou": 0.25})
+    versions.add(
+        _model(6), _metadata(_model(6), provenance={"metrics": {"mean_iou": 0.25}}), metrics={"mean_iou": 0.25}
+    )
     versions.save("v1", tmp_path / "v1.msd")
     again = versions.load(tmp_path / "v1.msd")
     assert again.name == "v2" and again.metrics == {"mean_iou": 0.25}
@@ -213,11 +225,17 @@ def test_save_then_load_round_trip(tmp_path):
 
 # -- describe ------------------------------------------------------------------------------------------
 
+
 def test_describe_mentions_name_metrics_parent_steps_and_file(tmp_path):
     versions = ModelVersions()
     versions.add(_model(0), _metadata(_model(0)))
-    version = versions.add(_model(1), _metadata(_model(1)), parent="v1", steps=200,
-                           metrics={"global_accuracy": 0.94123, "mean_iou": 0.7119, "class_accuracy": 0.5})
+    version = versions.add(
+        _model(1),
+        _metadata(_model(1)),
+        parent="v1",
+        steps=200,
+        metrics={"global_accuracy": 0.94123, "mean_iou": 0.7119, "class_accuracy": 0.5},
+    )
     text = version.describe()
     assert "\n" not in text and text.startswith("v2")
     assert "accuracy 0.941" in text and "0.712" in text and "mean iou" in text.lower()

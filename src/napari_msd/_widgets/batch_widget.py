@@ -110,43 +110,57 @@ class BatchWidget(QWidget):
         self.inputs_list.setMinimumHeight(48)
         self.inputs_list.setMaximumHeight(80)
         self.inputs_list.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
-        self.inputs_list.setToolTip("TIFF, zarr (vol.zarr or vol.zarr::group/array), OME-Zarr, MRC or .npy; "
-                                    "double-click to edit")
+        self.inputs_list.setToolTip(
+            "TIFF, zarr (vol.zarr or vol.zarr::group/array), OME-Zarr, MRC or .npy; double-click to edit"
+        )
         self.add_button, self.add_zarr_button = QPushButton("Add…"), QPushButton("Add zarr…")
         self.remove_button = QPushButton("Remove")
         self.output_edit = QLineEdit()
         self.output_edit.setPlaceholderText("output folder")
-        self.output_edit.setToolTip("Each input is written to <input>_prediction.msd.zarr in this folder; running again "
-                                    "resumes an unfinished output")
+        self.output_edit.setToolTip(
+            "Each input is written to <input>_prediction.msd.zarr in this folder; running again "
+            "resumes an unfinished output"
+        )
         self.output_browse = QPushButton("Browse…")
         self.ome_zarr = QCheckBox("OME-Zarr (with a pyramid)")
-        self.ome_zarr.setToolTip("Write OME-Zarr (.ome.zarr) with smaller copies for fast zooming out, readable by "
-                                 "other OME-Zarr viewers; otherwise plain zarr")
+        self.ome_zarr.setToolTip(
+            "Write OME-Zarr (.ome.zarr) with smaller copies for fast zooming out, readable by "
+            "other OME-Zarr viewers; otherwise plain zarr"
+        )
         self.probabilities = QComboBox()
         self.probabilities.addItems(list(batch.PROBABILITY_KINDS))
-        self.probabilities.setToolTip("Also save each class's probability per pixel (uint8: 0-255, float16: "
-                                      "0-1), besides the labels; none saves labels only")
+        self.probabilities.setToolTip(
+            "Also save each class's probability per pixel (uint8: 0-255, float16: "
+            "0-1), besides the labels; none saves labels only"
+        )
         self.tile_size = QSpinBox()
         self.tile_size.setRange(0, 1 << 16)
         self.tile_size.setSpecialValueText("auto")
-        self.tile_size.setToolTip("The volume is predicted block by block; this is the block side in pixels (auto "
-                                  "fits the memory budget)")
+        self.tile_size.setToolTip(
+            "The volume is predicted block by block; this is the block side in pixels (auto fits the memory budget)"
+        )
         self.halo = QSpinBox()
         self.halo.setRange(-1, 1 << 12)
         self.halo.setSpecialValueText("model's")
         self.halo.setValue(-1)
-        self.halo.setToolTip("Halo: the margin of surrounding pixels read around each block so that block edges "
-                             "match a whole-image prediction. The model's own value (its measured effective "
-                             "receptive field: how far it really looks) is the safe default")
+        self.halo.setToolTip(
+            "Halo: the margin of surrounding pixels read around each block so that block edges "
+            "match a whole-image prediction. The model's own value (its measured effective "
+            "receptive field: how far it really looks) is the safe default"
+        )
         self.average_orientations = QCheckBox("Average xy, xz, yz (2D model)")
-        self.average_orientations.setToolTip("Predict the volume's xy, xz and yz slices with a 2D model and average "
-                                             "the three: smoother in z, for volumes with equal pixel size in x, y, z")
+        self.average_orientations.setToolTip(
+            "Predict the volume's xy, xz and yz slices with a 2D model and average "
+            "the three: smoother in z, for volumes with equal pixel size in x, y, z"
+        )
         self.device = QComboBox()
         self.device.addItems(available_devices())
         self.device.setToolTip("Where to compute: auto picks a GPU when there is one")
         self.overwrite = QCheckBox("Overwrite existing outputs")
-        self.overwrite.setToolTip("Replace outputs written by other settings; otherwise a matching unfinished "
-                                  "output is resumed and a different one is kept")
+        self.overwrite.setToolTip(
+            "Replace outputs written by other settings; otherwise a matching unfinished "
+            "output is resumed and a different one is kept"
+        )
         self.open_results = QCheckBox("Open results in the viewer")
         self.open_results.setChecked(True)
         self.run_button, self.stop_button = QPushButton("Run"), QPushButton("Stop")
@@ -204,8 +218,9 @@ class BatchWidget(QWidget):
         self.scroll.setFrameShape(QScrollArea.Shape.NoFrame)
         self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.scroll.setMinimumHeight(SETTINGS_MIN_HEIGHT)
-        self.scroll.setMinimumWidth(self.settings.minimumSizeHint().width()
-                                    + self.scroll.verticalScrollBar().sizeHint().width())
+        self.scroll.setMinimumWidth(
+            self.settings.minimumSizeHint().width() + self.scroll.verticalScrollBar().sizeHint().width()
+        )
         layout = QVBoxLayout(self)
         layout.addWidget(self.scroll, 1)
         layout.addWidget(_row(self.run_button, self.stop_button))
@@ -274,12 +289,18 @@ class BatchWidget(QWidget):
         names = [batch.output_name(spec, self.ome_zarr.isChecked()) for spec in inputs]
         for i, name in enumerate(names):
             if name in names[:i]:
-                raise _Invalid(f"the inputs {inputs[names.index(name)]} and {inputs[i]} would both write {name}; "
-                               "remove one or run them separately")
-        options = {"probabilities": self.probabilities.currentText(), "tile_size": self.tile_size.value() or None,
-                   "halo": None if self.halo.value() < 0 else self.halo.value(),
-                   "overwrite": self.overwrite.isChecked(), "device": self.device.currentText(),
-                   "average_orientations": self.average_orientations.isChecked()}
+                raise _Invalid(
+                    f"the inputs {inputs[names.index(name)]} and {inputs[i]} would both write {name}; "
+                    "remove one or run them separately"
+                )
+        options = {
+            "probabilities": self.probabilities.currentText(),
+            "tile_size": self.tile_size.value() or None,
+            "halo": None if self.halo.value() < 0 else self.halo.value(),
+            "overwrite": self.overwrite.isChecked(),
+            "device": self.device.currentText(),
+            "average_orientations": self.average_orientations.isChecked(),
+        }
         return model, inputs, [os.path.join(folder, n) for n in names], options
 
     # --- running -----------------------------------------------------------------------------------------
@@ -304,8 +325,13 @@ class BatchWidget(QWidget):
         self._set_running(True)
         self.progress_bar.setRange(0, 0)  # busy until the inputs are checked
         self.status_label.setText("Checking the model, inputs and outputs…")
-        self.work = workers.start(lambda work: batch.batch_events(model, inputs, outputs, options, stop),
-                                  self._on_event, self._on_done, "Batch", error_message=error_message)
+        self.work = workers.start(
+            lambda work: batch.batch_events(model, inputs, outputs, options, stop),
+            self._on_event,
+            self._on_done,
+            "Batch",
+            error_message=error_message,
+        )
         self.work.on_cancel.append(stop.set)
         return True
 
@@ -357,8 +383,9 @@ class BatchWidget(QWidget):
         eta = "estimating"
         if run.computed and run.started is not None:
             eta = _eta(remaining * (time.monotonic() - run.started) / run.computed)
-        self.status_label.setText(f"input {index + 1}/{len(run.blocks)}: block {event.n_done}/{event.n_blocks}, "
-                                  f"ETA {eta}")
+        self.status_label.setText(
+            f"input {index + 1}/{len(run.blocks)}: block {event.n_done}/{event.n_blocks}, ETA {eta}"
+        )
 
     def _on_done(self, work: workers.Work) -> None:
         """The run ended (done, stopped or failed; its error was shown by :mod:`.workers`): say so, open results."""
@@ -373,8 +400,10 @@ class BatchWidget(QWidget):
         if run.error is not None:
             status = f"Failed: {run.error}. Finished blocks are kept; run again to resume."
         elif not complete:
-            status = (f"Stopped at input {run.current + 1}/{len(run.inputs)} ({done} blocks done); run again with "
-                      "the same settings to resume.")
+            status = (
+                f"Stopped at input {run.current + 1}/{len(run.inputs)} ({done} blocks done); run again with "
+                "the same settings to resume."
+            )
         else:
             status = f"Done: {len(run.completed)} output(s), {run.computed} blocks computed."
         self.status_label.setText(status)

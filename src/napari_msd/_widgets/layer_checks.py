@@ -20,8 +20,10 @@ def image_array(layer: Any) -> Any:
         raise LayerError(f"'{layer.name}' is an RGB image; convert it to one grayscale channel first")
     data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
     if data.ndim not in (2, 3):
-        raise LayerError(f"'{layer.name}' has {data.ndim} dimensions; napari-msd segments YX or ZYX images: "
-                         "split channels or time points into separate layers first")
+        raise LayerError(
+            f"'{layer.name}' has {data.ndim} dimensions; napari-msd segments YX or ZYX images: "
+            "split channels or time points into separate layers first"
+        )
     if data.size == 0:
         raise LayerError(f"'{layer.name}' is empty")
     return data
@@ -33,8 +35,10 @@ def labels_array(layer: Any, image_layer: Any, image: Any) -> Any:
         raise LayerError("choose a labels layer with painted strokes, or click 'New labels layer'")
     data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
     if tuple(data.shape) != tuple(image.shape):
-        raise LayerError(f"labels '{layer.name}' {tuple(data.shape)} and image '{image_layer.name}' "
-                         f"{tuple(image.shape)} differ in shape; paint labels on a layer made for this image")
+        raise LayerError(
+            f"labels '{layer.name}' {tuple(data.shape)} and image '{image_layer.name}' "
+            f"{tuple(image.shape)} differ in shape; paint labels on a layer made for this image"
+        )
     return data
 
 

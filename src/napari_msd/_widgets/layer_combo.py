@@ -30,8 +30,11 @@ class LayerCombo(QComboBox):
         event.value.events.name.connect(self.refresh)
 
     def layers(self) -> list[Any]:
-        return [layer for layer in self.viewer.layers
-                if isinstance(layer, self.layer_type) and not (self.skip and self.skip(layer))]
+        return [
+            layer
+            for layer in self.viewer.layers
+            if isinstance(layer, self.layer_type) and not (self.skip and self.skip(layer))
+        ]
 
     def refresh(self, *_: Any) -> None:
         """Re-list the layers, keeping the current choice when it still exists."""

@@ -56,7 +56,8 @@ PRESETS = (
 
 def describe_device() -> str:
     """Where training and prediction would run, in words (the same words as the CLI)."""
-    from napari_msd.base.device import describe_device as describe, select_device
+    from napari_msd.base.device import describe_device as describe
+    from napari_msd.base.device import select_device
 
     return describe(select_device("auto"))
 
@@ -100,30 +101,39 @@ class ModelWidget(QWidget):
 
         self.preset = QComboBox()
         self.preset.addItems([p.name for p in PRESETS])
-        self.preset.setToolTip("The network a new training builds: MS-D (few parameters, learns from few strokes) "
-                               "or U-Net (a common, larger alternative)")
+        self.preset.setToolTip(
+            "The network a new training builds: MS-D (few parameters, learns from few strokes) "
+            "or U-Net (a common, larger alternative)"
+        )
         self.n_classes = QSpinBox()
         self.n_classes.setRange(2, 255)
         self.n_classes.setToolTip("Number of classes (labels 1..N); 0 means unlabeled")
         self.input_mode = QComboBox()
         self.input_mode.addItems(INPUT_MODES)
-        self.input_mode.setToolTip("2D: the network sees one slice at a time. 2.5D: it sees a slice together with "
-                                   "its neighbours above and below, and still labels one slice (the MS-D paper "
-                                   "used 5 slices). 3D: a 3D network on 3D blocks (slower)")
+        self.input_mode.setToolTip(
+            "2D: the network sees one slice at a time. 2.5D: it sees a slice together with "
+            "its neighbours above and below, and still labels one slice (the MS-D paper "
+            "used 5 slices). 3D: a 3D network on 3D blocks (slower)"
+        )
         self.slices = QSpinBox()
         self.slices.setRange(3, 31)
         self.slices.setSingleStep(2)
         self.slices.setValue(5)
-        self.slices.setToolTip("2.5D: how many neighbouring slices, the labelled one in the middle, the network sees "
-                               "together")
+        self.slices.setToolTip(
+            "2.5D: how many neighbouring slices, the labelled one in the middle, the network sees together"
+        )
         self.all_planes = QCheckBox("Also train on xz and yz planes (isotropic volumes)")
-        self.all_planes.setToolTip("Also learn from side views of the volume; useful only when pixels are as deep "
-                                   "in z as they are wide in x and y")
+        self.all_planes.setToolTip(
+            "Also learn from side views of the volume; useful only when pixels are as deep "
+            "in z as they are wide in x and y"
+        )
         self.params_label, self.rf_label = QLabel(), QLabel()
         self.params_label.setToolTip("Number of weights the network learns")
-        self.rf_label.setToolTip("Receptive field: how far around a pixel the network can look to decide its class. "
-                                 "A trained network's effective receptive field (how far it really looks) is "
-                                 "smaller, and is measured after training")
+        self.rf_label.setToolTip(
+            "Receptive field: how far around a pixel the network can look to decide its class. "
+            "A trained network's effective receptive field (how far it really looks) is "
+            "smaller, and is measured after training"
+        )
         self.device_label = QLabel(describe_device())
 
         self.versions = QListWidget()
@@ -132,8 +142,10 @@ class ModelWidget(QWidget):
         self.save_button = QPushButton("Save version…")
         self.file_label = QLabel(NO_FILE)
         self.file_label.setWordWrap(True)
-        self.file_label.setToolTip("The current version. Effective halo: how many pixels around each block a "
-                                   "prediction reads so that blocks join without seams; measured after training")
+        self.file_label.setToolTip(
+            "The current version. Effective halo: how many pixels around each block a "
+            "prediction reads so that blocks join without seams; measured after training"
+        )
 
         arch_box = QGroupBox("New network")
         form = QFormLayout(arch_box)
@@ -158,8 +170,13 @@ class ModelWidget(QWidget):
         layout.addWidget(versions_box)
         layout.addStretch(1)
 
-        for signal in (self.preset.currentIndexChanged, self.n_classes.valueChanged,
-                       self.input_mode.currentIndexChanged, self.slices.valueChanged, self.all_planes.toggled):
+        for signal in (
+            self.preset.currentIndexChanged,
+            self.n_classes.valueChanged,
+            self.input_mode.currentIndexChanged,
+            self.slices.valueChanged,
+            self.all_planes.toggled,
+        ):
             signal.connect(self._on_controls_changed)
         self.load_button.clicked.connect(self._on_load_clicked)
         self.save_button.clicked.connect(self._on_save_clicked)
@@ -184,8 +201,12 @@ class ModelWidget(QWidget):
         """Architecture name and full constructor arguments of a new network from the controls."""
         preset = PRESETS[self.preset.currentIndex()]
         spec = self.input_spec()
-        config = {"in_channels": spec.in_channels, "out_channels": self.n_classes.value(), **preset.config,
-                  "ndim": spec.model_ndim}
+        config = {
+            "in_channels": spec.in_channels,
+            "out_channels": self.n_classes.value(),
+            **preset.config,
+            "ndim": spec.model_ndim,
+        }
         return preset.arch, config
 
     def _on_controls_changed(self, *_: Any) -> None:
@@ -216,8 +237,13 @@ class ModelWidget(QWidget):
     def _on_active_layer(self, *_: Any) -> None:
         """Default the class count (and names, colours) from the selected Labels layer."""
         layer = self.viewer.layers.selection.active
-        if (not isinstance(layer, Labels) or not isinstance(layer.data, np.ndarray) or layer.data.size == 0
-                or layer.metadata.get("napari_msd_output") or layer.metadata.get("napari_msd_preview")):
+        if (
+            not isinstance(layer, Labels)
+            or not isinstance(layer.data, np.ndarray)
+            or layer.data.size == 0
+            or layer.metadata.get("napari_msd_output")
+            or layer.metadata.get("napari_msd_preview")
+        ):
             return
         meta_names = layer.metadata.get("class_names") or {}
         n = max(2, int(layer.data.max()), *(int(k) for k in meta_names))
@@ -250,8 +276,9 @@ class ModelWidget(QWidget):
         current = self.session.versions.current
         if current is None:
             return
-        path, _ = QFileDialog.getSaveFileName(self, f"Save model {current.name}", f"{current.name}.msd",
-                                              MODEL_FILE_FILTER)
+        path, _ = QFileDialog.getSaveFileName(
+            self, f"Save model {current.name}", f"{current.name}.msd", MODEL_FILE_FILTER
+        )
         if path:
             self.save_version(current.name, path)
 

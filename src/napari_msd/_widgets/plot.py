@@ -301,7 +301,9 @@ class TrainingPlot(QWidget):
             p.drawLine(QPointF(x, plot.top()), QPointF(x, plot.bottom()))
             p.setPen(Qt.PenStyle.NoPen)
             p.setBrush(QColor(BEST_COLOR))
-            p.drawPolygon(QPolygonF([QPointF(x - 5, plot.top()), QPointF(x + 5, plot.top()), QPointF(x, plot.top() + 7)]))
+            p.drawPolygon(
+                QPolygonF([QPointF(x - 5, plot.top()), QPointF(x + 5, plot.top()), QPointF(x, plot.top() + 7)])
+            )
 
         # validation curves
         p.save()

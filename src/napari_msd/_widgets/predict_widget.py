@@ -43,8 +43,10 @@ if TYPE_CHECKING:
 REFRESH_INTERVAL = 0.3  # s between layer refreshes while blocks stream in
 REVIEW_TILE = 128  # px: size of the regions "Next uncertain region" visits
 NEXT_TIP = "Go to the most uncertain region not yet reviewed: where a correction helps most"
-CORRECTIONS_TIP = ("Copy the pixels you repainted in the prediction into the training labels (undo there with "
-                   "Ctrl+Z); then Retrain in the Train dock")
+CORRECTIONS_TIP = (
+    "Copy the pixels you repainted in the prediction into the training labels (undo there with "
+    "Ctrl+Z); then Retrain in the Train dock"
+)
 NO_PREDICTION_TIP = "Predict first: this needs a prediction layer made by the Predict button"
 NO_UNCERTAINTY_TIP = "Predict with 'Uncertainty layer' checked first: this needs the uncertainty of a prediction"
 
@@ -69,18 +71,24 @@ class PredictWidget(QWidget):
         self.device.addItems(available_devices())
         self.uncertainty_check = QCheckBox("Uncertainty layer")
         self.uncertainty_check.setChecked(True)
-        self.uncertainty_check.setToolTip("Also make a layer that is bright where the network hesitates between "
-                                          "classes: the places worth checking and correcting first")
+        self.uncertainty_check.setToolTip(
+            "Also make a layer that is bright where the network hesitates between "
+            "classes: the places worth checking and correcting first"
+        )
         self.measure = QComboBox()
         self.measure.addItems(["entropy", "margin"])
-        self.measure.setToolTip("How hesitation is measured: entropy looks at all classes' probabilities, margin "
-                                "at how close the two most likely classes are")
+        self.measure.setToolTip(
+            "How hesitation is measured: entropy looks at all classes' probabilities, margin "
+            "at how close the two most likely classes are"
+        )
         self.probabilities_check = QCheckBox("Probability layers")
-        self.probabilities_check.setToolTip("Also make one layer per class with the network's confidence (0-255) "
-                                            "that a pixel belongs to it")
+        self.probabilities_check.setToolTip(
+            "Also make one layer per class with the network's confidence (0-255) that a pixel belongs to it"
+        )
         self.predict_button = QPushButton("Predict")
-        self.predict_button.setToolTip("Predict the whole image with the current model version, the part on "
-                                       "screen first, block by block")
+        self.predict_button.setToolTip(
+            "Predict the whole image with the current model version, the part on screen first, block by block"
+        )
         self.stop_button = QPushButton("Stop")
         self.status = QLabel("")
         self.status.setWordWrap(True)
@@ -146,8 +154,11 @@ class PredictWidget(QWidget):
 
     def _show_model(self, *_: Any) -> None:
         current = self.session.versions.current
-        self.model_label.setText(current.describe() if current is not None else
-                                 "none yet: train one (Train dock) or load a model file (Model dock)")
+        self.model_label.setText(
+            current.describe()
+            if current is not None
+            else "none yet: train one (Train dock) or load a model file (Model dock)"
+        )
         self.predict_button.setEnabled(current is not None and not self.running)
 
     @property
@@ -184,8 +195,12 @@ class PredictWidget(QWidget):
         placement = {"scale": source.scale, "translate": source.translate}
         names = {i + 1: name for i, name in enumerate(meta.class_names)}
         layer = self.viewer.add_labels(
-            labels, name=f"prediction ({version.name})", colormap=class_colormap(list(meta.class_colors)),
-            metadata={"napari_msd_output": "prediction", "class_names": names, "version": version.name}, **placement)
+            labels,
+            name=f"prediction ({version.name})",
+            colormap=class_colormap(list(meta.class_colors)),
+            metadata={"napari_msd_output": "prediction", "class_names": names, "version": version.name},
+            **placement,
+        )
         layer.features = {"class": ["unlabeled", *meta.class_names]}
         scores = None
         unc_layer = None
@@ -195,29 +210,61 @@ class PredictWidget(QWidget):
             scores = RegionScores(shape, tile=REVIEW_TILE)
             unc = s.scratch(shape, np.uint8, like=image)
             unc_layer = self.viewer.add_image(
-                unc, name=f"uncertainty ({version.name})", colormap="magma", contrast_limits=(0, 255), opacity=0.5,
-                blending="additive", visible=False, metadata={"napari_msd_output": "uncertainty",
-                                                             "measure": self.measure.currentText()}, **placement)
+                unc,
+                name=f"uncertainty ({version.name})",
+                colormap="magma",
+                contrast_limits=(0, 255),
+                opacity=0.5,
+                blending="additive",
+                visible=False,
+                metadata={"napari_msd_output": "uncertainty", "measure": self.measure.currentText()},
+                **placement,
+            )
         prob_layers = []
         if self.probabilities_check.isChecked():
             for k, (name, color) in enumerate(zip(meta.class_names, meta.class_colors)):
                 p = s.scratch(shape, np.uint8, like=image)
-                prob_layers.append(self.viewer.add_image(
-                    p, name=f"p({name}) ({version.name})", colormap=color if color != "#000000" else "gray",
-                    contrast_limits=(0, 255), blending="additive", visible=False,
-                    metadata={"napari_msd_output": "probability", "class_index": k + 1}, **placement))
+                prob_layers.append(
+                    self.viewer.add_image(
+                        p,
+                        name=f"p({name}) ({version.name})",
+                        colormap=color if color != "#000000" else "gray",
+                        contrast_limits=(0, 255),
+                        blending="additive",
+                        visible=False,
+                        metadata={"napari_msd_output": "probability", "class_index": k + 1},
+                        **placement,
+                    )
+                )
         # keyed by the layer itself: a plugin's viewer hands out short-lived proxies, and a weak key dies with them
-        s.predictions[getattr(layer, "__wrapped__", layer)] = PredictionRecord(predicted, source.name, version.name,
-                                                                             scores)
+        s.predictions[getattr(layer, "__wrapped__", layer)] = PredictionRecord(
+            predicted, source.name, version.name, scores
+        )
         self._update_review()
         self.viewer.layers.selection.active = layer
         model = version.model
         device = self.device.currentText()
-        self._run = {"layer": layer, "unc_layer": unc_layer, "prob_layers": prob_layers, "scores": scores,
-                     "image": image, "first": visible_region(self.viewer, source, shape), "n_blocks": 0, "done": 0,
-                     "started": time.perf_counter(), "model": model, "meta": meta, "device": device,
-                     "outputs": (labels, predicted, unc_layer.data if unc_layer is not None else None,
-                                 [p.data for p in prob_layers]), "measure": self.measure.currentText()}
+        self._run = {
+            "layer": layer,
+            "unc_layer": unc_layer,
+            "prob_layers": prob_layers,
+            "scores": scores,
+            "image": image,
+            "first": visible_region(self.viewer, source, shape),
+            "n_blocks": 0,
+            "done": 0,
+            "started": time.perf_counter(),
+            "model": model,
+            "meta": meta,
+            "device": device,
+            "outputs": (
+                labels,
+                predicted,
+                unc_layer.data if unc_layer is not None else None,
+                [p.data for p in prob_layers],
+            ),
+            "measure": self.measure.currentText(),
+        }
         self._shown_first = False
         self.status.setText(f"Predicting '{source.name}' with {version.name}…")
         self._set_running(True)
@@ -355,8 +402,10 @@ class PredictWidget(QWidget):
         image_name, labels_name = pair
         target = self.viewer.layers[labels_name]
         if record.image_name != image_name or tuple(target.data.shape) != tuple(layer.data.shape):
-            show_error(f"this prediction is of '{record.image_name}' but the Train dock trains on '{image_name}'; "
-                       "choose that image there")
+            show_error(
+                f"this prediction is of '{record.image_name}' but the Train dock trains on '{image_name}'; "
+                "choose that image there"
+            )
             return 0
         indices, values = corrections(layer.data, record.predicted)
         if values.size == 0:
@@ -365,11 +414,13 @@ class PredictWidget(QWidget):
         if isinstance(target.data, np.ndarray):
             target.data_setitem(indices, values)  # one undo step in the labels layer
         else:  # on-disk labels have no undo: fill only unlabeled pixels, never repaint the user's strokes
-            keep = np.asarray(target.data.vindex[indices] if hasattr(target.data, "vindex") else
-                              target.data[indices]) == 0
+            keep = (
+                np.asarray(target.data.vindex[indices] if hasattr(target.data, "vindex") else target.data[indices]) == 0
+            )
             indices, values = tuple(i[keep] for i in indices), values[keep]
             target.data.vindex[indices] = values
             target.refresh()
-        self.review_status.setText(f"{values.size:,} corrected pixels added to '{labels_name}'; "
-                                   "retrain in the Train dock")
+        self.review_status.setText(
+            f"{values.size:,} corrected pixels added to '{labels_name}'; retrain in the Train dock"
+        )
         return int(values.size)

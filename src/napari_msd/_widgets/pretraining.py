@@ -16,8 +16,8 @@ from typing import Any
 
 from napari_msd.training.pretrain import (
     PretrainConfig,
-    PretrainError,
     Pretrainer,
+    PretrainError,
     PretrainStep,
     cache_key,
     cache_path,
@@ -60,8 +60,9 @@ class BackgroundPretraining:
             return
         self.stop()
         self.key, self.image_name = key, name
-        self.work = workers.start(lambda work: self._events(work, image, config, key), self._on_event,
-                                  self._on_done, "Learning the image")
+        self.work = workers.start(
+            lambda work: self._events(work, image, config, key), self._on_event, self._on_done, "Learning the image"
+        )
         self.work.on_cancel.append(lambda: self.pretrainer is not None and self.pretrainer.stop())
         self._set("starting", f"Learning '{name}' (self-supervised)…")
 
@@ -155,12 +156,18 @@ class BackgroundPretraining:
             if self.pretrainer is not None and self.pretrainer.paused:
                 return
             if event.step % 10 == 0 or self.state != "running":
-                self._set("running", f"Learning '{self.image_name}' (self-supervised): {event.step} steps, "
-                          f"{_minutes(self.pretrainer.seconds if self.pretrainer else event.elapsed)}; a new "
-                          "training starts from it")
+                self._set(
+                    "running",
+                    f"Learning '{self.image_name}' (self-supervised): {event.step} steps, "
+                    f"{_minutes(self.pretrainer.seconds if self.pretrainer else event.elapsed)}; a new "
+                    "training starts from it",
+                )
         elif isinstance(event, tuple) and event[0] == "done":
-            self._set("done", f"Learned '{self.image_name}' (self-supervised): {event[1]} steps, "
-                      f"{_minutes(event[2])}; new trainings start from it")
+            self._set(
+                "done",
+                f"Learned '{self.image_name}' (self-supervised): {event[1]} steps, "
+                f"{_minutes(event[2])}; new trainings start from it",
+            )
 
     def _on_done(self, work: workers.Work) -> None:
         if self.work is work:

@@ -11,7 +11,6 @@ import shutil
 import tempfile
 import weakref
 from dataclasses import dataclass
-
 from pathlib import Path
 from typing import Any
 
@@ -97,8 +96,7 @@ class Session:
 
         chunks = tuple([1] * (len(shape) - 2) + [min(1024, n) for n in shape[-2:]])
         path = tempfile.mkdtemp(prefix="array-", suffix=".zarr", dir=self.workspace)
-        return zarr.create_array(store=path, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill,
-                                 overwrite=True)
+        return zarr.create_array(store=path, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill, overwrite=True)
 
     def close(self) -> None:
         """Drop scratch arrays now (also done when the session is garbage collected)."""

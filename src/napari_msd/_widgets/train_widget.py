@@ -21,7 +21,6 @@ from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
-    QProgressBar,
     QCheckBox,
     QComboBox,
     QDoubleSpinBox,
@@ -30,6 +29,7 @@ from qtpy.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QLineEdit,
+    QProgressBar,
     QPushButton,
     QSpinBox,
     QToolButton,
@@ -79,7 +79,6 @@ def _fmt_time(seconds: float | None) -> str:
     return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
 
 
-
 def _loss_weight(value: float, maximum: float, tooltip: str) -> QDoubleSpinBox:
     """A spin box for the weight of an optional loss term; 0 reads "off"."""
     box = QDoubleSpinBox()
@@ -89,6 +88,7 @@ def _loss_weight(value: float, maximum: float, tooltip: str) -> QDoubleSpinBox:
     box.setSpecialValueText("off")
     box.setToolTip(tooltip)
     return box
+
 
 class TrainWidget(QWidget):
     """Start / pause / stop training and retraining; loss and metrics plot; live preview of the view."""
@@ -112,9 +112,11 @@ class TrainWidget(QWidget):
         self.image_combo = LayerCombo(napari_viewer, Image)
         self.labels_combo = LayerCombo(napari_viewer, Labels, skip=self._not_training_labels)
         self.class_edit = QLineEdit(DEFAULT_CLASSES)
-        self.class_edit.setToolTip("The classes of the chosen labels layer, in label order (1, 2, ...); they name the "
-                                   "trained model's classes. Type other names to rename them, or names for "
-                                   "'New labels layer'")
+        self.class_edit.setToolTip(
+            "The classes of the chosen labels layer, in label order (1, 2, ...); they name the "
+            "trained model's classes. Type other names to rename them, or names for "
+            "'New labels layer'"
+        )
         self._typed_classes = DEFAULT_CLASSES  # shown for a labels layer that names no classes
         self.new_labels_button = QPushButton("New labels layer")
         self.length = QSpinBox()
@@ -126,11 +128,12 @@ class TrainWidget(QWidget):
         self.preview_check.setChecked(True)
         self.pretrain_check = QCheckBox("Learn the image while you paint")
         self.pretrain_check.setChecked(False)  # off by default: it did not beat training from scratch on both
-        self.pretrain_check.setToolTip(        # benchmark volumes (README, stroke benchmark)
+        self.pretrain_check.setToolTip(  # benchmark volumes (README, stroke benchmark)
             "Self-supervised pretraining: while you paint, the network learns what the image looks like by "
             "predicting hidden pixels from their surroundings (no labels needed). A new training starts from "
             "what it learned. It pauses while a training runs and is remembered per image and network. "
-            "Experimental: in our benchmarks it helped on one EM volume and not on another")
+            "Experimental: in our benchmarks it helped on one EM volume and not on another"
+        )
         self.pretrain_status = QLabel("")
         self.pretrain_status.setWordWrap(True)
         self.pretraining = BackgroundPretraining(self.session, self.pretrain_status.setText)
@@ -139,23 +142,32 @@ class TrainWidget(QWidget):
         self._pretrain_timer.setInterval(PRETRAIN_DELAY_MS)
         self._pretrain_timer.timeout.connect(self._maybe_pretrain)
         self._starts_from: Any = None  # the pretrained body the running training started from
-        self.preview_check.setToolTip("Every few seconds, predict the part of the image on screen with the "
-                                      "network as it is now, into a 'live preview' layer (between training "
-                                      "steps, taking at most a tenth of the training's time)")
+        self.preview_check.setToolTip(
+            "Every few seconds, predict the part of the image on screen with the "
+            "network as it is now, into a 'live preview' layer (between training "
+            "steps, taking at most a tenth of the training's time)"
+        )
 
         self.batch_size, self.patch_size, self.validate_every, self.patience, self.seed = (QSpinBox() for _ in range(5))
-        for box, (lo, hi, value) in zip((self.batch_size, self.patch_size, self.validate_every, self.patience, self.seed),
-                                        ((1, 1024, 16), (0, 1024, 0), (1, 100_000, 50), (0, 1000, 10), (0, 2**31 - 1, 0))):
+        for box, (lo, hi, value) in zip(
+            (self.batch_size, self.patch_size, self.validate_every, self.patience, self.seed),
+            ((1, 1024, 16), (0, 1024, 0), (1, 100_000, 50), (0, 1000, 10), (0, 2**31 - 1, 0)),
+        ):
             box.setRange(lo, hi)
             box.setValue(value)
         self.patch_size.setSpecialValueText("auto")
         self.patience.setSpecialValueText("never stop early")
-        self.validate_every.setToolTip("How often to score the network on held-out strokes: a part of your strokes "
-                                       "kept out of training, used only to check how well it does on unseen pixels")
-        self.patience.setToolTip("Stop early when this many checks on the held-out strokes in a row bring no "
-                                 "improvement; the best weights so far are kept")
-        self.patch_size.setToolTip("Side of the image pieces shown to the network in one step; auto picks one "
-                                   "that fits the network")
+        self.validate_every.setToolTip(
+            "How often to score the network on held-out strokes: a part of your strokes "
+            "kept out of training, used only to check how well it does on unseen pixels"
+        )
+        self.patience.setToolTip(
+            "Stop early when this many checks on the held-out strokes in a row bring no "
+            "improvement; the best weights so far are kept"
+        )
+        self.patch_size.setToolTip(
+            "Side of the image pieces shown to the network in one step; auto picks one that fits the network"
+        )
         self.learning_rate = QDoubleSpinBox()
         self.learning_rate.setDecimals(5)
         self.learning_rate.setRange(1e-5, 1.0)
@@ -167,29 +179,41 @@ class TrainWidget(QWidget):
         self.preview_every.setSuffix(" s")
         from napari_msd.training.engine import TrainConfig
 
-        self.edge_weight = _loss_weight(TrainConfig.edge_weight, 100.0, "Edge-aware smoothing: away from your "
-                                        "strokes, neighbouring pixels are pushed to share a class unless an image "
-                                        "edge separates them, so boundaries settle on edges (a Potts/CRF term). "
-                                        "Higher is smoother; off disables it")
-        self.teacher_weight = _loss_weight(TrainConfig.teacher_weight, 10.0, "Forest teacher: a quick random-forest "
-                                           "classifier is fitted on your strokes in a few seconds, and the network "
-                                           "also learns from the pixels of the painted slices the forest is sure "
-                                           "about. On by default (weight 1; 0 = off)")
+        self.edge_weight = _loss_weight(
+            TrainConfig.edge_weight,
+            100.0,
+            "Edge-aware smoothing: away from your "
+            "strokes, neighbouring pixels are pushed to share a class unless an image "
+            "edge separates them, so boundaries settle on edges (a Potts/CRF term). "
+            "Higher is smoother; off disables it",
+        )
+        self.teacher_weight = _loss_weight(
+            TrainConfig.teacher_weight,
+            10.0,
+            "Forest teacher: a quick random-forest "
+            "classifier is fitted on your strokes in a few seconds, and the network "
+            "also learns from the pixels of the painted slices the forest is sure "
+            "about. On by default (weight 1; 0 = off)",
+        )
         self.elastic = QCheckBox("Elastic deformation (4 px)")
         self.jitter = QCheckBox("Intensity jitter (±10%)")
         self.jitter.setChecked(True)
         self.prior_check = QCheckBox("Prior correction")
         self.prior_check.setChecked(True)
-        self.prior_check.setToolTip("Strokes show every class about equally often, real images do not: after "
-                                    "training, estimate each class's share of the image and shift the output to "
-                                    "match (undone if the network then predicts one class nearly everywhere)")
+        self.prior_check.setToolTip(
+            "Strokes show every class about equally often, real images do not: after "
+            "training, estimate each class's share of the image and shift the output to "
+            "match (undone if the network then predicts one class nearly everywhere)"
+        )
 
         self.start_button = QPushButton("Train new model")
         self.retrain_button = QPushButton("Retrain")
-        self.retrain_button.setToolTip("Fine-tune the current version with the labels painted or corrected since "
-                                       "it was trained. The earlier labels are replayed (shown again during "
-                                       "training) so that it does not forget them; it becomes a new version only "
-                                       "if it does better on held-out strokes")
+        self.retrain_button.setToolTip(
+            "Fine-tune the current version with the labels painted or corrected since "
+            "it was trained. The earlier labels are replayed (shown again during "
+            "training) so that it does not forget them; it becomes a new version only "
+            "if it does better on held-out strokes"
+        )
         self.pause_button = QPushButton("Pause")
         self.stop_button = QPushButton("Stop")
         self.status = QLabel("Paint a few strokes of each class, then train.")
@@ -200,8 +224,10 @@ class TrainWidget(QWidget):
         self.progress_bar = QProgressBar()
         self.progress_bar.setVisible(False)
         self.plot = TrainingPlot()
-        self.plot.setToolTip("Loss (falls as the network learns) and accuracy / IoU on held-out strokes: strokes "
-                             "kept out of training to check the network on pixels it has not learned from")
+        self.plot.setToolTip(
+            "Loss (falls as the network learns) and accuracy / IoU on held-out strokes: strokes "
+            "kept out of training to check the network on pixels it has not learned from"
+        )
         self._build_layout()
 
         self.new_labels_button.clicked.connect(self.new_labels_layer)
@@ -333,8 +359,13 @@ class TrainWidget(QWidget):
         data = self.session.scratch(tuple(image.shape), np.uint8 if len(names) < 255 else np.uint16, like=image)
         source = self.image_combo.layer()
         layer = self.viewer.add_labels(
-            data, name=f"{source.name} labels", colormap=class_colormap(colors), scale=source.scale,
-            translate=source.translate, metadata={"class_names": {i + 1: n for i, n in enumerate(names)}})
+            data,
+            name=f"{source.name} labels",
+            colormap=class_colormap(colors),
+            scale=source.scale,
+            translate=source.translate,
+            metadata={"class_names": {i + 1: n for i, n in enumerate(names)}},
+        )
         layer.features = {"class": ["unlabeled", *names]}
         self.session.set_classes(names, colors)
         self.labels_combo.choose(layer)
@@ -360,14 +391,27 @@ class TrainWidget(QWidget):
         colors = list(s.class_colors) if names is not None and len(s.class_colors) == n_classes else None
         model = {k: v for k, v in s.model_config.items() if k not in ("in_channels", "out_channels", "ndim")}
         return TrainConfig(
-            arch=s.arch, model=model, input=s.input_spec, patch_size=self.patch_size.value() or None,
-            batch_size=self.batch_size.value(), steps=None if minutes else self.length.value(),
-            time_limit=60.0 * self.length.value() if minutes else None, learning_rate=self.learning_rate.value(),
-            validate_every=self.validate_every.value(), patience=self.patience.value(), seed=self.seed.value(),
-            augmentation=Augmentation(elastic=4.0 if self.elastic.isChecked() else 0.0,
-                                      intensity=0.1 if self.jitter.isChecked() else 0.0),
-            edge_weight=self.edge_weight.value(), teacher_weight=self.teacher_weight.value(),
-            prior_correction=self.prior_check.isChecked(), class_names=names, class_colors=colors, n_classes=n_classes)
+            arch=s.arch,
+            model=model,
+            input=s.input_spec,
+            patch_size=self.patch_size.value() or None,
+            batch_size=self.batch_size.value(),
+            steps=None if minutes else self.length.value(),
+            time_limit=60.0 * self.length.value() if minutes else None,
+            learning_rate=self.learning_rate.value(),
+            validate_every=self.validate_every.value(),
+            patience=self.patience.value(),
+            seed=self.seed.value(),
+            augmentation=Augmentation(
+                elastic=4.0 if self.elastic.isChecked() else 0.0, intensity=0.1 if self.jitter.isChecked() else 0.0
+            ),
+            edge_weight=self.edge_weight.value(),
+            teacher_weight=self.teacher_weight.value(),
+            prior_correction=self.prior_check.isChecked(),
+            class_names=names,
+            class_colors=colors,
+            n_classes=n_classes,
+        )
 
     def start(self) -> bool:
         """Train a new network (the Model dock's choice) on the chosen image and labels."""
@@ -396,9 +440,16 @@ class TrainWidget(QWidget):
         except (LayerError, ValueError) as err:
             show_error(str(err))
             return False
-        self._job = {"image_layer": image_layer, "labels_layer": labels_layer, "image": image, "labels": labels,
-                     "parent": parent if fine_tune else None, "config": config, "name": labels_layer.name,
-                     "pretrained": not fine_tune and self.pretrain_check.isChecked()}
+        self._job = {
+            "image_layer": image_layer,
+            "labels_layer": labels_layer,
+            "image": image,
+            "labels": labels,
+            "parent": parent if fine_tune else None,
+            "config": config,
+            "name": labels_layer.name,
+            "pretrained": not fine_tune and self.pretrain_check.isChecked(),
+        }
         self.pretraining.pause()  # two thread teams on the same cores would slow both
         self._closing = False
         self._preview_model = None
@@ -437,8 +488,8 @@ class TrainWidget(QWidget):
         self.class_edit.setText(", ".join(names))
         s = self.session
         n = max(len(names), len(s.class_names))
-        colors = [*layer_classes(layer, len(names))[1], *s.class_colors[len(names):n]]
-        s.set_classes([*names, *s.class_names[len(names):n]], colors if len(colors) == n else [])
+        colors = [*layer_classes(layer, len(names))[1], *s.class_colors[len(names) : n]]
+        s.set_classes([*names, *s.class_names[len(names) : n]], colors if len(colors) == n else [])
 
     def _train_events(self, work: workers.Work):
         """Worker thread: snapshot the labels, build the trainer, run it, hand over the result."""
@@ -459,8 +510,10 @@ class TrainWidget(QWidget):
                     kept = session.scratch(tuple(snapshot.shape), snapshot.dtype, like=snapshot)
                     n_new, n_kept = split_since(snapshot, earlier.labels, new, kept)
                     if n_new == 0:
-                        raise TrainingDataError(f"no label changed in '{name}' since {parent.name} was trained; "
-                                                "paint strokes or use corrections, then retrain")
+                        raise TrainingDataError(
+                            f"no label changed in '{name}' since {parent.name} was trained; "
+                            "paint strokes or use corrections, then retrain"
+                        )
                     data = [TrainingData(image, new, f"{name} (new)")]
                     if n_kept:
                         replay.append(TrainingData(image, kept, name))
@@ -471,10 +524,15 @@ class TrainWidget(QWidget):
         if job["pretrained"]:  # a new network starts from the image's self-supervised body, when there is one
             from napari_msd.models.registry import PRESETS
 
-            net = {**PRESETS.get(config.arch, {}), **config.model, "in_channels": config.input.in_channels,
-                   "ndim": config.input.model_ndim}
-            config = dataclasses.replace(config, pretrained=self.pretraining.weights_for(image, config.arch, net,
-                                                                                         config.input))
+            net = {
+                **PRESETS.get(config.arch, {}),
+                **config.model,
+                "in_channels": config.input.in_channels,
+                "ndim": config.input.model_ndim,
+            }
+            config = dataclasses.replace(
+                config, pretrained=self.pretraining.weights_for(image, config.arch, net, config.input)
+            )
         trainer = Trainer(data, config, init=init, replay=replay)
         if work.cancelled.is_set():
             return
@@ -494,7 +552,13 @@ class TrainWidget(QWidget):
     # -- events (main thread) ---------------------------------------------------------------------
     def _on_event(self, event: Any) -> None:
         from napari_msd.training.events import (
-            CpuThreads, Paused, TrainingFinished, TrainingStarted, TrainStep, Validated)
+            CpuThreads,
+            Paused,
+            TrainingFinished,
+            TrainingStarted,
+            TrainStep,
+            Validated,
+        )
 
         if isinstance(event, tuple) and event[0] == "trainer":
             self.status.setText("Preparing…")
@@ -505,8 +569,10 @@ class TrainWidget(QWidget):
             what = "Fine-tuning" if event.fine_tuning else "Training"
             px = ", ".join(f"{k}: {v:,}" for k, v in event.train_pixels.items())
             body = self._starts_from
-            self.status.setText(f"{what} on {event.device}; labeled px {px}"
-                                + (f"; starting from {body.describe()}" if body is not None else ""))
+            self.status.setText(
+                f"{what} on {event.device}; labeled px {px}"
+                + (f"; starting from {body.describe()}" if body is not None else "")
+            )
         elif isinstance(event, TrainStep):
             self.plot.add_loss(event.step, event.loss)
             self._maybe_preview()
@@ -523,22 +589,24 @@ class TrainWidget(QWidget):
             self._finished = event
             parent = self._job["parent"]
             if event.collapsed:
-                text = (f"No new version: {event.collapsed}. Train longer or paint more strokes of the other classes"
-                        + (f"; {parent.name} stays current" if parent is not None else ""))
+                text = f"No new version: {event.collapsed}. Train longer or paint more strokes of the other classes" + (
+                    f"; {parent.name} stays current" if parent is not None else ""
+                )
                 show_error(f"napari-msd: {text}")
                 self.status.setText(text)
             elif event.kept_parent:
                 why = (event.kept_parent_because or "it never beat the parent").replace("the parent", parent.name)
-                text = (f"No new version: {why}; {parent.name} stays current. Paint more corrections or "
-                        "train longer")
+                text = f"No new version: {why}; {parent.name} stays current. Paint more corrections or train longer"
                 show_info(f"napari-msd: {text}")
                 self.status.setText(text)
             elif event.warning:
                 show_info(f"napari-msd: warning: {event.warning}")
 
     def _update_progress(self, event: Any) -> None:
-        text = (f"step {event.step} · loss {event.loss:.3f} · {event.samples_per_s:.1f} patches/s · "
-                f"ETA {_fmt_time(event.eta)}")
+        text = (
+            f"step {event.step} · loss {event.loss:.3f} · {event.samples_per_s:.1f} patches/s · "
+            f"ETA {_fmt_time(event.eta)}"
+        )
         self.status.setText(text)
         target = event.step if self._job["config"].steps else int(100 * (event.progress or 0))
         self.progress_bar.setValue(min(self.progress_bar.maximum(), target))
@@ -556,9 +624,13 @@ class TrainWidget(QWidget):
         job, finished = self._job, getattr(self, "_finished", None)
         parent = job["parent"]
         version = self.session.versions.add(
-            model, metadata, metrics=dict(finished.best_metrics) if finished else {},
-            parent=parent.name if parent is not None else None, trained_on=trained_on,
-            steps=finished.steps if finished else 0)
+            model,
+            metadata,
+            metrics=dict(finished.best_metrics) if finished else {},
+            parent=parent.name if parent is not None else None,
+            trained_on=trained_on,
+            steps=finished.steps if finished else 0,
+        )
         self.session.set_classes(list(metadata.class_names), list(metadata.class_colors))
         reason = f" ({finished.reason})" if finished else ""
         show_info(f"napari-msd: {version.describe()}{reason}")
@@ -653,8 +725,9 @@ class TrainWidget(QWidget):
             try:
                 forest = PixelForest.fit(TrainingData(image, labels, "strokes"), n_classes, n_estimators=50)
                 z = region[0].start if len(region) == 3 else None
-                probs = forest.predict_region(image, z, region[-2].start, region[-2].stop, region[-1].start,
-                                              region[-1].stop)
+                probs = forest.predict_region(
+                    image, z, region[-2].start, region[-2].stop, region[-1].start, region[-1].stop
+                )
             except (ValueError, MemoryError):  # e.g. one class painted: the network's preview will tell
                 return
             out = (probs.argmax(0) + 1).astype(np.uint8)
@@ -666,8 +739,9 @@ class TrainWidget(QWidget):
             self._show_preview(event)
             self.first_preview_after = None  # the network's first preview is still to come
             self.forest_preview_after = time.perf_counter() - self._started_at
-            self.status.setText(f"{self.status.text()} · first answer from a random forest; the network's preview "
-                                "replaces it")
+            self.status.setText(
+                f"{self.status.text()} · first answer from a random forest; the network's preview replaces it"
+            )
 
         self.preview_work = workers.start(predict, show, lambda work: None, "Forest preview")
 
@@ -713,9 +787,15 @@ class TrainWidget(QWidget):
         if layer is None:
             colors = self.session.class_colors or default_class_colors(16)
             active = self.viewer.layers.selection.active
-            self.viewer.add_labels(np.zeros(shape, np.uint8), name=PREVIEW_LAYER, opacity=0.45, scale=source.scale,
-                                   translate=self._placement(source, region), colormap=class_colormap(list(colors)),
-                                   metadata={"napari_msd_preview": True})
+            self.viewer.add_labels(
+                np.zeros(shape, np.uint8),
+                name=PREVIEW_LAYER,
+                opacity=0.45,
+                scale=source.scale,
+                translate=self._placement(source, region),
+                colormap=class_colormap(list(colors)),
+                metadata={"napari_msd_preview": True},
+            )
             if active is not None and active in self.viewer.layers:  # keep painting where the user was
                 self.viewer.layers.selection.active = active
 

@@ -38,8 +38,9 @@ def current_plane(viewer: Any, layer: Any) -> int | None:
     axis = _world_axes(viewer, layer)[0]
     world = viewer.dims.point[axis]
     z = _to_data(layer, np.array([world]), [0])[0]
-    return int(np.clip(round(float(z)), 0, layer.data.shape[0] - 1) if hasattr(layer.data, "shape")
-               else round(float(z)))
+    return int(
+        np.clip(round(float(z)), 0, layer.data.shape[0] - 1) if hasattr(layer.data, "shape") else round(float(z))
+    )
 
 
 def visible_region(viewer: Any, layer: Any, shape: tuple[int, ...], max_side: int = 768) -> Region:

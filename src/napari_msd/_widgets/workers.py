@@ -87,9 +87,13 @@ def lower_thread_priority(increment: int = BACKGROUND_NICENESS) -> bool:
     return True
 
 
-def start(generator: Callable[[Work], Iterator[Any]], on_event: Callable[[Any], None],
-          on_done: Callable[[Work], None], name: str,
-          error_message: Callable[[BaseException], str] | None = None) -> Work:
+def start(
+    generator: Callable[[Work], Iterator[Any]],
+    on_event: Callable[[Any], None],
+    on_done: Callable[[Work], None],
+    name: str,
+    error_message: Callable[[BaseException], str] | None = None,
+) -> Work:
     """Run ``generator(work)`` in a thread worker; see the module docstring. An exception it raises is shown as
     ``error_message(err)`` (default: ``"<name> failed: <its one line>"``) and kept in ``work.error``. The thread
     runs at a lower priority than the interface, and Python switches threads every millisecond (not 5), so
@@ -125,8 +129,11 @@ def start(generator: Callable[[Work], Iterator[Any]], on_event: Callable[[Any], 
         work._ending = True
         try:
             if work.error is not None:
-                show_error(error_message(work.error) if error_message is not None
-                           else f"{name} failed: {one_line(work.error, typed=True)}")
+                show_error(
+                    error_message(work.error)
+                    if error_message is not None
+                    else f"{name} failed: {one_line(work.error, typed=True)}"
+                )
             on_done(work)
         finally:
             work.finished = True

@@ -31,7 +31,9 @@ class InputSpec:
         if self.mode not in MODES:
             raise ValueError(f"input mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.mode == "2.5d" and (self.slices < 3 or self.slices % 2 == 0):
-            raise ValueError(f"2.5D input needs an odd number of slices >= 3 (the MS-D paper used 5), got {self.slices}")
+            raise ValueError(
+                f"2.5D input needs an odd number of slices >= 3 (the MS-D paper used 5), got {self.slices}"
+            )
         if self.mode != "2.5d" and self.slices != 1:
             raise ValueError(f"{self.mode} input uses one slice; pass mode='2.5d' to stack {self.slices} slices")
         unknown = set(self.orientations) - set(ORIENTATIONS)
@@ -62,8 +64,11 @@ class InputSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> InputSpec:
-        return cls(mode=data.get("mode", "2d"), slices=int(data.get("slices", 1)),
-                   orientations=tuple(data.get("orientations", ("xy",))))
+        return cls(
+            mode=data.get("mode", "2d"),
+            slices=int(data.get("slices", 1)),
+            orientations=tuple(data.get("orientations", ("xy",))),
+        )
 
 
 def plane_axes(ndim: int, orientation: str) -> tuple[tuple[int, int], int | None]:

@@ -48,8 +48,9 @@ def _sample_blocks(image: Any, budget: int, rng: np.random.Generator) -> np.ndar
     side = max(8, int(round((budget / 16) ** (1 / len(shape)))))  # 16 blocks of side**ndim values
     pieces, taken = [], 0
     while taken < budget:
-        box = tuple(slice(s, s + min(side, n)) for s, n in
-                    ((int(rng.integers(0, max(n - side, 0) + 1)), n) for n in shape))
+        box = tuple(
+            slice(s, s + min(side, n)) for s, n in ((int(rng.integers(0, max(n - side, 0) + 1)), n) for n in shape)
+        )
         block = np.asarray(image[box]).ravel()
         pieces.append(block)
         taken += block.size

@@ -21,5 +21,12 @@ from .halo import measure_effective_halo
 from .predictor import DEFAULT_MEMORY_BUDGET, BlockDone, Predictor
 from .tiling import Block, order_blocks, plan_blocks
 
-__all__ = ["DEFAULT_MEMORY_BUDGET", "Block", "BlockDone", "Predictor", "measure_effective_halo", "order_blocks",
-           "plan_blocks"]
+__all__ = [
+    "DEFAULT_MEMORY_BUDGET",
+    "Block",
+    "BlockDone",
+    "Predictor",
+    "measure_effective_halo",
+    "order_blocks",
+    "plan_blocks",
+]

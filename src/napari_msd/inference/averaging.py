@@ -30,9 +30,18 @@ class OrientationAverage:
         if predictor.spec.model_ndim != 2:
             raise ValueError("averaging orientations needs a 2D (or 2.5D) model; 3D models see all axes already")
         self.base = predictor
-        self.views = [Predictor(predictor.model, predictor.metadata, predictor.device, predictor.batch_size,
-                                orientation=o, memory_budget=predictor.memory_budget, readers=predictor.readers)
-                      for o in ORIENTATION_NAMES]
+        self.views = [
+            Predictor(
+                predictor.model,
+                predictor.metadata,
+                predictor.device,
+                predictor.batch_size,
+                orientation=o,
+                memory_budget=predictor.memory_budget,
+                readers=predictor.readers,
+            )
+            for o in ORIENTATION_NAMES
+        ]
         self.spec, self.metadata, self.n_classes = predictor.spec, predictor.metadata, predictor.n_classes
 
     def _check(self, shape: Sequence[int]) -> None:
@@ -60,8 +69,12 @@ class OrientationAverage:
             side -= 16
         return tuple(min(side, n) for n in shape)
 
-    def plan(self, shape: Sequence[int], block_shape: int | Sequence[int] | None = None,
-             halo: int | Sequence[int] | None = None) -> list[Block]:
+    def plan(
+        self,
+        shape: Sequence[int],
+        block_shape: int | Sequence[int] | None = None,
+        halo: int | Sequence[int] | None = None,
+    ) -> list[Block]:
         self._check(shape)
         halo = self.default_halo(len(shape)) if halo is None else self.halo_per_axis(halo, len(shape))
         block_shape = self.default_block_shape(shape, halo) if block_shape is None else block_shape
@@ -90,10 +103,18 @@ class OrientationAverage:
         total = sum(view.predict(image).astype(np.float64) for view in self.views)
         return (total / len(self.views)).astype(np.float32)
 
-    def blocks(self, image: Any, block_shape: int | Sequence[int] | None = None,
-               halo: int | Sequence[int] | None = None, first: Sequence[slice | int] | None = None,
-               skip: Sequence[tuple[int, ...]] = (), stop: StopFlag = None, *, labels: bool = True,
-               probabilities: bool = True) -> Iterator[BlockDone]:
+    def blocks(
+        self,
+        image: Any,
+        block_shape: int | Sequence[int] | None = None,
+        halo: int | Sequence[int] | None = None,
+        first: Sequence[slice | int] | None = None,
+        skip: Sequence[tuple[int, ...]] = (),
+        stop: StopFlag = None,
+        *,
+        labels: bool = True,
+        probabilities: bool = True,
+    ) -> Iterator[BlockDone]:
         """Blocks in plan (or ``first``) order, like :meth:`Predictor.blocks`."""
         done, stopped = {tuple(i) for i in skip}, _stopper(stop)
         for block in order_blocks(self.plan(image.shape, block_shape, halo), first):
@@ -103,7 +124,8 @@ class OrientationAverage:
                 return
             yield self.compute_block(image, block, labels=labels, probabilities=probabilities)
 
-    def run(self, image: Any, labels_out: Any = None, probabilities_out: Any = None,
-            **blocks_kwargs: Any) -> Iterator[BlockDone]:
+    def run(
+        self, image: Any, labels_out: Any = None, probabilities_out: Any = None, **blocks_kwargs: Any
+    ) -> Iterator[BlockDone]:
         """:meth:`blocks`, writing into ``labels_out`` / ``probabilities_out`` like :meth:`Predictor.run`."""
         yield from write_blocks(self, image, labels_out, probabilities_out, **blocks_kwargs)

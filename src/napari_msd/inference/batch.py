@@ -108,10 +108,21 @@ def output_format(path: str | os.PathLike[str], requested: str | None = None) ->
     return "ome-zarr" if str(path).rstrip("/").lower().endswith(".ome.zarr") else "zarr"
 
 
-def prepare(model_path: str | os.PathLike[str], image_spec: str, output_path: str | os.PathLike[str], *,
-            probabilities: str = "none", labels: bool = True, tile_size: int | None = None,
-            halo: int | None = None, fmt: str | None = None, overwrite: bool = False, device: str = "cpu",
-            batch_size: int = 4, average_orientations: bool = False) -> Job:
+def prepare(
+    model_path: str | os.PathLike[str],
+    image_spec: str,
+    output_path: str | os.PathLike[str],
+    *,
+    probabilities: str = "none",
+    labels: bool = True,
+    tile_size: int | None = None,
+    halo: int | None = None,
+    fmt: str | None = None,
+    overwrite: bool = False,
+    device: str = "cpu",
+    batch_size: int = 4,
+    average_orientations: bool = False,
+) -> Job:
     """Open and check model, input and output; create the output or resume the same job in it."""
     if probabilities not in PROBABILITY_KINDS:
         raise BatchError(f"--probabilities takes {', '.join(PROBABILITY_KINDS)}, got {probabilities!r}")
@@ -133,8 +144,10 @@ def prepare(model_path: str | os.PathLike[str], image_spec: str, output_path: st
         raise BatchError(str(err)) from None
     shape = tuple(int(n) for n in image.shape)
     if len(shape) == 2 and predictor.spec.mode != "2d":
-        raise BatchError(f"{image_spec} is 2D but the model was trained on {predictor.spec.mode} input; "
-                         "give it a ZYX volume or use a 2D model")
+        raise BatchError(
+            f"{image_spec} is 2D but the model was trained on {predictor.spec.mode} input; "
+            "give it a ZYX volume or use a 2D model"
+        )
     try:
         predictor.spec.check_image(len(shape), image_spec)
     except ValueError as err:
@@ -152,9 +165,16 @@ def prepare(model_path: str | os.PathLike[str], image_spec: str, output_path: st
         block_shape = tuple(1 if axis == normal else min(int(tile_size), n) for axis, n in enumerate(shape))
     meta = predictor.metadata
     job = JobSpec(
-        model_sha256=file_sha256(model_path), input=str(image_spec), input_shape=shape, block_shape=block_shape,
-        n_classes=predictor.n_classes, halo=halo_axes, class_names=list(meta.class_names),
-        class_colors=list(meta.class_colors), probabilities=probabilities, labels=labels,
+        model_sha256=file_sha256(model_path),
+        input=str(image_spec),
+        input_shape=shape,
+        block_shape=block_shape,
+        n_classes=predictor.n_classes,
+        halo=halo_axes,
+        class_names=list(meta.class_names),
+        class_colors=list(meta.class_colors),
+        probabilities=probabilities,
+        labels=labels,
         output_format=output_format(output_path, fmt),
         options={"average_orientations": True} if average_orientations else {},
     )
@@ -176,8 +196,13 @@ def output_name(image_spec: str, ome_zarr: bool = False) -> str:
     return f"{stem}_prediction{OUTPUT_SUFFIXES[1] if ome_zarr else OUTPUT_SUFFIXES[0]}"  # napari opens them with us
 
 
-def batch_events(model_path: str | os.PathLike[str], inputs: Sequence[str], outputs: Sequence[str | os.PathLike[str]],
-                 options: Mapping[str, Any], stop: Any = None) -> Iterator[Prepared | InputEvent]:
+def batch_events(
+    model_path: str | os.PathLike[str],
+    inputs: Sequence[str],
+    outputs: Sequence[str | os.PathLike[str]],
+    options: Mapping[str, Any],
+    stop: Any = None,
+) -> Iterator[Prepared | InputEvent]:
     """Predict several inputs, each into its output: :func:`prepare` all first (``options`` are its keywords),
     so a bad one fails before any work, then :func:`run` them in turn. Yields :class:`Prepared`, then an
     :class:`InputEvent` per event of :func:`run`; ``stop`` (an Event) ends it between inputs and blocks."""
@@ -186,8 +211,9 @@ def batch_events(model_path: str | os.PathLike[str], inputs: Sequence[str], outp
         if stop is not None and stop.is_set():
             return
         jobs.append(prepare(model_path, spec, out, **options))
-    yield Prepared(tuple((j.spec.n_blocks, len(j.output.done())) for j in jobs),
-                   tuple(str(j.output.path) for j in jobs))
+    yield Prepared(
+        tuple((j.spec.n_blocks, len(j.output.done())) for j in jobs), tuple(str(j.output.path) for j in jobs)
+    )
     for i in range(len(jobs)):
         if stop is not None and stop.is_set():
             return
@@ -225,8 +251,11 @@ def run(job: Job, *, scheduler: str | None = None, workers: int = 2, stop: Any =
     where = "this process" if scheduler is None else scheduler
     yield BatchStarted(n_blocks, len(done), str(job.output.path), spec.block_shape, spec.halo, where)
     count, computed = len(done), 0
-    blocks = (_local_blocks(job, done, stop) if scheduler is None
-              else _distributed_blocks(job, done, scheduler, workers, stop))
+    blocks = (
+        _local_blocks(job, done, stop)
+        if scheduler is None
+        else _distributed_blocks(job, done, scheduler, workers, stop)
+    )
     for index in blocks:
         count += 1
         computed += 1
@@ -238,8 +267,15 @@ def run(job: Job, *, scheduler: str | None = None, workers: int = 2, stop: Any =
 
 def _local_blocks(job: Job, done: set, stop: Any) -> Iterator[tuple[int, ...]]:
     spec = job.spec
-    for result in job.predictor.blocks(job.image, spec.block_shape, spec.halo, skip=done, stop=stop,
-                                       labels=spec.labels, probabilities=spec.probabilities != "none"):
+    for result in job.predictor.blocks(
+        job.image,
+        spec.block_shape,
+        spec.halo,
+        skip=done,
+        stop=stop,
+        labels=spec.labels,
+        probabilities=spec.probabilities != "none",
+    ):
         block = result.block
         job.output.write_block(block.index, block.out, result.labels, result.probabilities)
         yield block.index
@@ -252,8 +288,7 @@ def _distributed_blocks(job: Job, done: set, scheduler: str, workers: int, stop:
         raise BatchError("--scheduler needs dask.distributed: pip install 'dask[distributed]'") from None
     cluster = None
     if scheduler == "local":
-        cluster = LocalCluster(n_workers=max(1, workers), threads_per_worker=1, processes=True,
-                               dashboard_address=None)
+        cluster = LocalCluster(n_workers=max(1, workers), threads_per_worker=1, processes=True, dashboard_address=None)
         client = Client(cluster)
     else:
         try:
@@ -263,8 +298,19 @@ def _distributed_blocks(job: Job, done: set, scheduler: str, workers: int, stop:
     spec = job.spec
     missing = [index for index in job.output.missing() if index not in done]
     try:
-        futures = [client.submit(predict_and_write_block, job.model_path, spec.model_sha256, job.image_spec,
-                                 str(job.output.path), index, job.device, pure=False) for index in missing]
+        futures = [
+            client.submit(
+                predict_and_write_block,
+                job.model_path,
+                spec.model_sha256,
+                job.image_spec,
+                str(job.output.path),
+                index,
+                job.device,
+                pure=False,
+            )
+            for index in missing
+        ]
         for future in as_completed(futures):
             if stop is not None and (stop() if callable(stop) else stop.is_set()):
                 client.cancel(futures)
@@ -294,15 +340,21 @@ def _worker_output(output_path: str) -> PredictionOutput:
     return open_output(output_path)
 
 
-def predict_and_write_block(model_path: str, digest: str, image_spec: str, output_path: str,
-                            index: tuple[int, ...], device: str = "cpu") -> tuple[int, ...]:
+def predict_and_write_block(
+    model_path: str, digest: str, image_spec: str, output_path: str, index: tuple[int, ...], device: str = "cpu"
+) -> tuple[int, ...]:
     """The task a dask worker runs: predict one block of the job stored at ``output_path`` and write it."""
     output = _worker_output(output_path)
     spec = output.job
     predictor = _worker_predictor(model_path, digest, device, bool(spec.options.get("average_orientations")))
     image = _worker_image(image_spec)
-    block = make_block(spec.input_shape, spec.block_slices(tuple(index)), spec.halo,
-                       predictor.align(len(spec.input_shape)), index=tuple(index))
+    block = make_block(
+        spec.input_shape,
+        spec.block_slices(tuple(index)),
+        spec.halo,
+        predictor.align(len(spec.input_shape)),
+        index=tuple(index),
+    )
     result = predictor.compute_block(image, block, labels=spec.labels, probabilities=spec.probabilities != "none")
     output.write_block(tuple(index), block.out, result.labels, result.probabilities)
     return tuple(index)

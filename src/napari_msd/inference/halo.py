@@ -69,8 +69,9 @@ def default_region(predictor: Predictor, shape: Sequence[int]) -> Region:
     return tuple(region)
 
 
-def _sub_blocks(predictor: Predictor, shape: Sequence[int], region: Region, block_shape: Sequence[int] | int | None,
-                halo: int) -> list[Block]:
+def _sub_blocks(
+    predictor: Predictor, shape: Sequence[int], region: Region, block_shape: Sequence[int] | int | None, halo: int
+) -> list[Block]:
     """``region`` cut into blocks of ``block_shape``, each with ``halo`` of context within the image."""
     ndim = len(shape)
     if block_shape is None:
@@ -86,8 +87,9 @@ class _OutOfTime(Exception):
     """The measurement's deadline passed."""
 
 
-def _labels(predictor: Predictor, image: Any, blocks: list[Block], region: Region,
-            deadline: float | None = None) -> np.ndarray:
+def _labels(
+    predictor: Predictor, image: Any, blocks: list[Block], region: Region, deadline: float | None = None
+) -> np.ndarray:
     """Argmax labels (0..K-1) of ``region`` stitched from ``blocks``; :class:`_OutOfTime` once ``deadline`` passed."""
     out = np.empty([r.stop - r.start for r in region], np.int32)
     for block in blocks:

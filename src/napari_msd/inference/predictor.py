@@ -53,7 +53,7 @@ DEFAULT_MEMORY_BUDGET = 600 * 2**20
 MAX_PLANE = 1024
 MAX_CUBE = 64
 CPU_BATCH_PIXELS = 2**17  # MS-D d=100 on 2 cores: 4 x 128^2 per pass 0.51 Mpx/s vs 0.45 one by one; 4 x 512^2 0.46
-                          # vs 0.66 (256^2: 0.45 vs 0.79)
+# vs 0.66 (256^2: 0.45 vs 0.79)
 
 StopFlag = Callable[[], bool] | threading.Event | None
 
@@ -110,9 +110,17 @@ class Predictor:
     ``readers``: threads prefetching block inputs.
     """
 
-    def __init__(self, model: torch.nn.Module, metadata: ModelMetadata, device: str | torch.device = "cpu",
-                 batch_size: int = 4, *, orientation: str | None = None,
-                 memory_budget: int = DEFAULT_MEMORY_BUDGET, readers: int = 2):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        metadata: ModelMetadata,
+        device: str | torch.device = "cpu",
+        batch_size: int = 4,
+        *,
+        orientation: str | None = None,
+        memory_budget: int = DEFAULT_MEMORY_BUDGET,
+        readers: int = 2,
+    ):
         self.metadata = metadata
         self.spec = InputSpec.from_dict(metadata.input or {})
         self.normalization = Normalization.from_dict(metadata.normalization) if metadata.normalization else None
@@ -121,8 +129,10 @@ class Predictor:
             raise ValueError(f"orientation must be one of {', '.join(ORIENTATIONS)}, got {self.orientation!r}")
         in_channels, ndim = getattr(model, "in_channels", None), getattr(model, "ndim", None)
         if in_channels not in (None, self.spec.in_channels) or ndim not in (None, self.spec.model_ndim):
-            raise ValueError(f"the model ({in_channels} input channels, {ndim}D) does not match its input "
-                             f"description {self.spec.to_dict()}; re-save the model with the right input mode")
+            raise ValueError(
+                f"the model ({in_channels} input channels, {ndim}D) does not match its input "
+                f"description {self.spec.to_dict()}; re-save the model with the right input mode"
+            )
         self.n_classes = int(getattr(model, "out_channels", len(metadata.class_names)))
         if batch_size < 1 or readers < 1:
             raise ValueError(f"batch_size and readers must be >= 1, got {batch_size} and {readers}")
@@ -201,16 +211,21 @@ class Predictor:
             side -= step
         return tuple(1 if a == normal else min(side, shape[a]) for a in range(ndim))
 
-    def plan(self, shape: Sequence[int], block_shape: int | Sequence[int] | None = None,
-             halo: int | Sequence[int] | None = None) -> list[Block]:
+    def plan(
+        self,
+        shape: Sequence[int],
+        block_shape: int | Sequence[int] | None = None,
+        halo: int | Sequence[int] | None = None,
+    ) -> list[Block]:
         """The blocks of an image of ``shape`` (defaults: :meth:`default_block_shape`, :meth:`default_halo`)."""
         shape = tuple(int(n) for n in shape)
         halo = self.default_halo(len(shape)) if halo is None else self.halo_per_axis(halo, len(shape))
         block_shape = self.default_block_shape(shape, halo) if block_shape is None else block_shape
         return plan_blocks(shape, block_shape, halo, self.align(len(shape)))
 
-    def region_block(self, shape: Sequence[int], region: Sequence[slice | int],
-                     halo: int | Sequence[int] | None = None) -> Block:
+    def region_block(
+        self, shape: Sequence[int], region: Sequence[slice | int], halo: int | Sequence[int] | None = None
+    ) -> Block:
         """One block whose output is ``region``, with ``halo`` (default :meth:`default_halo`)."""
         shape = tuple(int(n) for n in shape)
         halo = self.default_halo(len(shape)) if halo is None else self.halo_per_axis(halo, len(shape))
@@ -259,8 +274,10 @@ class Predictor:
             logits = self.model(torch.from_numpy(x).to(self.device)).float()
             p = torch.softmax(logits, dim=1) if probabilities else None
             lab = (logits.argmax(dim=1) + 1).to(torch.int32) if labels else None
-            return (None if lab is None else lab.cpu().numpy().astype(_labels_dtype(self.n_classes)),
-                    None if p is None else p.cpu().numpy())
+            return (
+                None if lab is None else lab.cpu().numpy().astype(_labels_dtype(self.n_classes)),
+                None if p is None else p.cpu().numpy(),
+            )
 
     def _assemble(self, items: np.ndarray, block: Block, ndim: int, channel_axis: bool) -> np.ndarray:
         """Per-input results ``(items, [K,] *plane)`` of ``block`` to its output region ``([K,] *out)``."""
@@ -279,8 +296,9 @@ class Predictor:
             limit = min(limit, CPU_BATCH_PIXELS // max(pixels, 1))
         return max(1, limit)
 
-    def _compute(self, group: list[tuple[Block, np.ndarray]], ndim: int, labels: bool,
-                 probabilities: bool) -> Iterator[BlockDone]:
+    def _compute(
+        self, group: list[tuple[Block, np.ndarray]], ndim: int, labels: bool, probabilities: bool
+    ) -> Iterator[BlockDone]:
         """Run the network over a group of blocks whose inputs share one shape; yield them in order."""
         x = np.concatenate([g[1] for g in group]) if len(group) > 1 else group[0][1]
         limit = self._batch_limit(x)
@@ -307,8 +325,9 @@ class Predictor:
         """Probabilities ``(K, *block.shape)`` of one block's output region (reads only its input)."""
         return self.compute_block(image, block, labels=False).probabilities
 
-    def predict_region(self, image: Any, region: Sequence[slice | int],
-                       halo: int | Sequence[int] | None = None) -> np.ndarray:
+    def predict_region(
+        self, image: Any, region: Sequence[slice | int], halo: int | Sequence[int] | None = None
+    ) -> np.ndarray:
         """Probabilities ``(K, *region)`` of one region predicted with ``halo`` of context in one block."""
         return self.predict_block(image, self.region_block(image.shape, region, halo))
 
@@ -327,15 +346,25 @@ class Predictor:
             center[normal] = z
             x, _ = read_input(image, self.spec, center, (shape[a], shape[b]), self.orientation)
             planes.append(self._normalise(x))
-        probs = [self._forward(np.stack(planes[i : i + self.batch_size]), False, True)[1]
-                 for i in range(0, len(planes), self.batch_size)]
+        probs = [
+            self._forward(np.stack(planes[i : i + self.batch_size]), False, True)[1]
+            for i in range(0, len(planes), self.batch_size)
+        ]
         return np.moveaxis(np.concatenate(probs), 0, normal + 1)
 
     # -- streaming -----------------------------------------------------------------------------
-    def blocks(self, image: Any, block_shape: int | Sequence[int] | None = None,
-               halo: int | Sequence[int] | None = None, first: Sequence[slice | int] | None = None,
-               skip: Sequence[tuple[int, ...]] = (), stop: StopFlag = None, *, labels: bool = True,
-               probabilities: bool = True) -> Iterator[BlockDone]:
+    def blocks(
+        self,
+        image: Any,
+        block_shape: int | Sequence[int] | None = None,
+        halo: int | Sequence[int] | None = None,
+        first: Sequence[slice | int] | None = None,
+        skip: Sequence[tuple[int, ...]] = (),
+        stop: StopFlag = None,
+        *,
+        labels: bool = True,
+        probabilities: bool = True,
+    ) -> Iterator[BlockDone]:
         """Predict ``image`` block by block, yielding :class:`BlockDone` in plan order, or blocks meeting the
         region ``first`` first and the rest nearest-first; ``skip``: block indices already done (resuming);
         ``stop`` (callable or ``threading.Event``) is checked between blocks."""
@@ -360,8 +389,14 @@ class Predictor:
         finally:
             reader.close()  # stops the readers now, also when the caller abandons this generator
 
-    def _emit(self, group: list[tuple[Block, np.ndarray]], ndim: int, labels: bool, probabilities: bool,
-              stopped: Callable[[], bool]) -> Iterator[BlockDone]:
+    def _emit(
+        self,
+        group: list[tuple[Block, np.ndarray]],
+        ndim: int,
+        labels: bool,
+        probabilities: bool,
+        stopped: Callable[[], bool],
+    ) -> Iterator[BlockDone]:
         """Compute a group and yield its blocks, unless stopped (checked before each block)."""
         if stopped():
             return
@@ -370,8 +405,9 @@ class Predictor:
                 return
             yield done
 
-    def _prefetch(self, image: Any, plan: list[Block], stopped: Callable[[], bool]
-                  ) -> Iterator[tuple[Block, np.ndarray]]:
+    def _prefetch(
+        self, image: Any, plan: list[Block], stopped: Callable[[], bool]
+    ) -> Iterator[tuple[Block, np.ndarray]]:
         """``(block, inputs)`` in plan order, the next few blocks being read by ``readers`` threads."""
         lookahead = max(2 * self.readers, self.batch_size + self.readers)
         pool = ThreadPoolExecutor(self.readers, thread_name_prefix="napari-msd-read")
@@ -388,24 +424,28 @@ class Predictor:
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
-    def run(self, image: Any, labels_out: Any = None, probabilities_out: Any = None,
-            **blocks_kwargs: Any) -> Iterator[BlockDone]:
+    def run(
+        self, image: Any, labels_out: Any = None, probabilities_out: Any = None, **blocks_kwargs: Any
+    ) -> Iterator[BlockDone]:
         """:meth:`blocks`, also writing each finished block into ``labels_out`` (shape of the image) and
         ``probabilities_out`` (``(K, *image.shape)``; uint8 outputs get ``round(p * 255)``, float ones a cast):
         numpy arrays, zarr arrays or any array-like that supports slice assignment."""
         yield from write_blocks(self, image, labels_out, probabilities_out, **blocks_kwargs)
 
 
-def write_blocks(source: Any, image: Any, labels_out: Any = None, probabilities_out: Any = None,
-                 **blocks_kwargs: Any) -> Iterator[BlockDone]:
+def write_blocks(
+    source: Any, image: Any, labels_out: Any = None, probabilities_out: Any = None, **blocks_kwargs: Any
+) -> Iterator[BlockDone]:
     """``source.blocks(image, **blocks_kwargs)`` (a :class:`Predictor` or anything with its ``blocks`` and
     ``n_classes``), writing each finished block into ``labels_out`` / ``probabilities_out`` as it comes."""
     shape = tuple(image.shape)
     if labels_out is not None and tuple(labels_out.shape) != shape:
         raise ValueError(f"labels_out has shape {tuple(labels_out.shape)}; it must match the image, {shape}")
     if probabilities_out is not None and tuple(probabilities_out.shape) != (source.n_classes, *shape):
-        raise ValueError(f"probabilities_out has shape {tuple(probabilities_out.shape)}; it must be "
-                         f"(classes, *image shape) = {(source.n_classes, *shape)}")
+        raise ValueError(
+            f"probabilities_out has shape {tuple(probabilities_out.shape)}; it must be "
+            f"(classes, *image shape) = {(source.n_classes, *shape)}"
+        )
     if labels_out is not None or probabilities_out is not None:  # compute only what is written
         blocks_kwargs.setdefault("labels", labels_out is not None)
         blocks_kwargs.setdefault("probabilities", probabilities_out is not None)
@@ -413,6 +453,7 @@ def write_blocks(source: Any, image: Any, labels_out: Any = None, probabilities_
         if labels_out is not None:
             labels_out[done.block.out] = done.labels
         if probabilities_out is not None:
-            probabilities_out[(slice(None),) + done.block.out] = to_output_dtype(done.probabilities,
-                                                                                 probabilities_out.dtype)
+            probabilities_out[(slice(None),) + done.block.out] = to_output_dtype(
+                done.probabilities, probabilities_out.dtype
+            )
         yield done

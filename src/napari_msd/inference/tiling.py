@@ -47,7 +47,10 @@ def per_axis(value: int | Sequence[int], ndim: int, name: str) -> tuple[int, ...
 
 
 def make_block(
-    shape: Sequence[int], out: Region, halo: int | Sequence[int] = 0, align: int | Sequence[int] = 1,
+    shape: Sequence[int],
+    out: Region,
+    halo: int | Sequence[int] = 0,
+    align: int | Sequence[int] = 1,
     index: tuple[int, ...] = (),
 ) -> Block:
     """The block whose output region is ``out`` (slices with explicit bounds inside ``shape``)."""
@@ -66,7 +69,9 @@ def make_block(
 
 
 def plan_blocks(
-    shape: Sequence[int], block_shape: int | Sequence[int], halo: int | Sequence[int] = 0,
+    shape: Sequence[int],
+    block_shape: int | Sequence[int],
+    halo: int | Sequence[int] = 0,
     align: int | Sequence[int] = 1,
 ) -> list[Block]:
     """Blocks of ``block_shape`` tiling ``shape`` exactly (the last ones along an axis may be smaller), C order."""

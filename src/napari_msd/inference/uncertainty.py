@@ -133,7 +133,7 @@ class RegionScores:
         region = self._region3(region)
         size = tuple(s.stop - s.start for s in region)
         if values.shape != (size if len(self.shape) == 3 else size[1:]):
-            raise ValueError(f"values of shape {values.shape} do not match region {region[-len(self.shape):]}")
+            raise ValueError(f"values of shape {values.shape} do not match region {region[-len(self.shape) :]}")
         if 0 in size:
             return
         values = values.reshape(size)
@@ -186,7 +186,7 @@ class RegionScores:
         zs, ys, xs = self._region3(region)
         if zs.stop > zs.start and ys.stop > ys.start and xs.stop > xs.start:
             t = self.tile
-            self._reviewed[zs, ys.start // t:(ys.stop - 1) // t + 1, xs.start // t:(xs.stop - 1) // t + 1] = True
+            self._reviewed[zs, ys.start // t : (ys.stop - 1) // t + 1, xs.start // t : (xs.stop - 1) // t + 1] = True
 
     @property
     def reviewed_fraction(self) -> float:

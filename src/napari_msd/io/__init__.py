@@ -6,7 +6,20 @@ from .model_file import FORMAT_VERSION, ModelFileError, ModelMetadata, load_mode
 from .outputs import OutputError, PredictionOutput, create_or_resume, open_output
 
 __all__ = [
-    "FORMAT_VERSION", "ModelFileError", "ModelMetadata", "load_model", "read_metadata", "save_model",
-    "ImageReadError", "LazyArray", "image_info", "open_image", "read_labels",
-    "JobSpec", "OutputError", "PredictionOutput", "create_or_resume", "open_output",
+    "FORMAT_VERSION",
+    "ModelFileError",
+    "ModelMetadata",
+    "load_model",
+    "read_metadata",
+    "save_model",
+    "ImageReadError",
+    "LazyArray",
+    "image_info",
+    "open_image",
+    "read_labels",
+    "JobSpec",
+    "OutputError",
+    "PredictionOutput",
+    "create_or_resume",
+    "open_output",
 ]

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from ..errors import NapariMsdError, one_line
 
 ZARR_SEPARATOR = "::"
@@ -214,14 +215,11 @@ def image_info(spec: str | os.PathLike) -> dict[str, Any]:
 # -- helpers -----------------------------------------------------------------------------------------------------------
 
 
-
 def _is_zarr(path: Path) -> bool:
     return path.is_dir() and any((path / marker).exists() for marker in _ZARR_MARKERS)
 
 
-def _check_image(
-    spec: str, shape: tuple[int, ...], dtype: np.dtype, axes: str | None = None
-) -> tuple[int, ...]:
+def _check_image(spec: str, shape: tuple[int, ...], dtype: np.dtype, axes: str | None = None) -> tuple[int, ...]:
     """Validate dtype and dimensionality; return the size-1 axes to drop so that 2 or 3 remain.
 
     ``axes`` (one letter per axis, tifffile style: C channel, S sample, T time) is used when known.
@@ -243,7 +241,10 @@ def _check_image(
                 )
             _log.warning(  # planar samples (SYX): grey pages tagged RGB; napari shows them as slices, so do we
                 "%s: tagged as planar RGB (axes %s, shape %s) but read as %d grey slices (ZYX), as napari shows it",
-                spec, axes, shape, shape[samples],
+                spec,
+                axes,
+                shape,
+                shape[samples],
             )
         for letter, what in (("C", "channels"), ("T", "time points")):
             if letter in axes and shape[axes.index(letter)] > 1:
@@ -315,7 +316,9 @@ def _open_tiff(path: Path, spec: str) -> LazyArray:
             except ImageReadError:
                 raise
             except Exception as exc:
-                raise ImageReadError(f"{spec}: cannot read TIFF ({one_line(exc, typed=True)}); check the file is a complete TIFF")
+                raise ImageReadError(
+                    f"{spec}: cannot read TIFF ({one_line(exc, typed=True)}); check the file is a complete TIFF"
+                ) from exc
         damage = [m for m in log.messages if any(s in m.lower() for s in _TIFF_CORRUPT_LOGS)]
         contiguous_end = series.dataoffset + series.nbytes if series.dataoffset is not None else 0
         if damage or missing or max(compressed_end, contiguous_end) > file_size:
@@ -342,14 +345,16 @@ def _open_tiff(path: Path, spec: str) -> LazyArray:
         except Exception as exc:
             if series.nbytes > MAX_EAGER_TIFF_BYTES:
                 raise ImageReadError(
-                    f"{spec}: cannot read this TIFF lazily ({one_line(exc, typed=True)}) and at {series.nbytes / 1024**3:.1f} GiB "
-                    f"it is too large to load whole; convert it to a zarr array"
+                    f"{spec}: cannot read this TIFF lazily ({one_line(exc, typed=True)}) and at "
+                    f"{series.nbytes / 1024**3:.1f} GiB it is too large to load whole; convert it to a zarr array"
                 ) from None
             try:
                 with _tifffile_log():
                     data = series.asarray()
             except Exception as exc2:
-                raise ImageReadError(f"{spec}: cannot read TIFF pixels ({one_line(exc2, typed=True)}); re-export it") from None
+                raise ImageReadError(
+                    f"{spec}: cannot read TIFF pixels ({one_line(exc2, typed=True)}); re-export it"
+                ) from None
             tif.close()
             return LazyArray(data, format="tiff", spec=spec, drop_axes=drop)
         return LazyArray(data, format="tiff", spec=spec, drop_axes=drop, chunks=tuple(data.chunks), keepalive=tif)
@@ -398,7 +403,9 @@ def _open_zarr(path: Path, name: str, spec: str) -> LazyArray:
     try:
         node = zarr.open(store=str(path), mode="r")
     except Exception as exc:
-        raise ImageReadError(f"{spec}: cannot open zarr store ({one_line(exc, typed=True)}); check its metadata") from None
+        raise ImageReadError(
+            f"{spec}: cannot open zarr store ({one_line(exc, typed=True)}); check its metadata"
+        ) from None
     root = path
     if name:
         if not isinstance(node, zarr.Group):
@@ -471,9 +478,13 @@ def _open_npy(path: Path, spec: str) -> LazyArray:
             raise ImageReadError(
                 f"{spec}: .npy holds Python objects (object dtype), not pixels; save a numeric array"
             ) from None
-        raise ImageReadError(f"{spec}: cannot read .npy ({one_line(exc, typed=True)}); check the file is complete") from None
+        raise ImageReadError(
+            f"{spec}: cannot read .npy ({one_line(exc, typed=True)}); check the file is complete"
+        ) from None
     except Exception as exc:
-        raise ImageReadError(f"{spec}: cannot read .npy ({one_line(exc, typed=True)}); check the file is complete") from None
+        raise ImageReadError(
+            f"{spec}: cannot read .npy ({one_line(exc, typed=True)}); check the file is complete"
+        ) from None
     if not isinstance(data, np.ndarray):
         raise ImageReadError(f"{spec}: is not a single .npy array; save one array with numpy.save")
     drop = _check_image(spec, tuple(data.shape), data.dtype)

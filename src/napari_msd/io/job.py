@@ -112,9 +112,7 @@ class JobSpec:
         index = tuple(int(i) for i in block_index)
         if len(index) != self.ndim or any(not 0 <= i < n for i, n in zip(index, self.grid)):
             raise ValueError(f"block index {tuple(block_index)} is outside the block grid {self.grid}")
-        return tuple(
-            slice(i * b, min((i + 1) * b, s)) for i, b, s in zip(index, self.block_shape, self.input_shape)
-        )
+        return tuple(slice(i * b, min((i + 1) * b, s)) for i, b, s in zip(index, self.block_shape, self.input_shape))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, JSON-ready copy (tuples become lists)."""
@@ -126,8 +124,11 @@ class JobSpec:
         if not isinstance(data, dict):
             raise ValueError(f"a job must be a JSON object, got {type(data).__name__}")
         fields = dataclasses.fields(cls)
-        missing = [f.name for f in fields if f.name not in data and f.default is dataclasses.MISSING
-                   and f.default_factory is dataclasses.MISSING]
+        missing = [
+            f.name
+            for f in fields
+            if f.name not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        ]
         if missing:
             raise ValueError(f"job lacks {', '.join(missing)}")
         names = {f.name for f in fields}
@@ -136,7 +137,7 @@ class JobSpec:
 
 def spatial_names(job: JobSpec) -> tuple[str, ...]:
     """Dimension names of the job's spatial axes: ``("y", "x")`` or ``("z", "y", "x")``."""
-    return ("z", "y", "x")[-job.ndim:]
+    return ("z", "y", "x")[-job.ndim :]
 
 
 def job_difference(stored: Any, wanted: dict[str, Any]) -> str:

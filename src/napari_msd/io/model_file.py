@@ -23,7 +23,7 @@ import platform
 import re
 import secrets
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +32,8 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from ..errors import NapariMsdError, one_line
 from .. import __version__
+from ..errors import NapariMsdError, one_line
 from ..models.registry import ARCHITECTURES, build_model
 
 FORMAT_VERSION = 1
@@ -42,8 +42,22 @@ DIGEST_KEY = "napari_msd.sha256"
 
 # Distinct, dark-background-friendly colours; class i gets PALETTE[i % len(PALETTE)].
 PALETTE = (
-    "#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6",
-    "#bfef45", "#fabed4", "#469990", "#dcbeff", "#9a6324", "#fffac8", "#800000", "#aaffc3",
+    "#e6194b",
+    "#3cb44b",
+    "#ffe119",
+    "#4363d8",
+    "#f58231",
+    "#911eb4",
+    "#42d4f4",
+    "#f032e6",
+    "#bfef45",
+    "#fabed4",
+    "#469990",
+    "#dcbeff",
+    "#9a6324",
+    "#fffac8",
+    "#800000",
+    "#aaffc3",
 )
 _HEX_COLOR = re.compile(r"^#[0-9a-fA-F]{6}$")
 
@@ -113,8 +127,11 @@ class ModelMetadata:
         if not isinstance(data, dict):
             raise ValueError(f"metadata must be a JSON object, got {type(data).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
-        missing = [f.name for f in dataclasses.fields(cls) if f.name not in data and f.default is dataclasses.MISSING
-                   and f.default_factory is dataclasses.MISSING]
+        missing = [
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.name not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        ]
         if missing:
             raise ValueError(f"metadata lacks {', '.join(missing)}")
         return cls(**{k: v for k, v in data.items() if k in names})
@@ -208,13 +225,16 @@ def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu")
     try:
         model = build_model(meta.arch, meta.config)
     except ValueError as err:
-        raise ModelFileError(f"cannot load model file {path}: {one_line(err)}; upgrade napari-msd or re-export "
-                             "the model") from None
+        raise ModelFileError(
+            f"cannot load model file {path}: {one_line(err)}; upgrade napari-msd or re-export the model"
+        ) from None
     expected = model.state_dict()
     problem = _state_mismatch(expected, tensors)
     if problem:
-        raise ModelFileError(f"model file {path} has weights that do not match its {meta.arch} configuration "
-                             f"({problem}); re-save or re-export the model")
+        raise ModelFileError(
+            f"model file {path} has weights that do not match its {meta.arch} configuration "
+            f"({problem}); re-save or re-export the model"
+        )
     float_dtypes = {t.dtype for t in tensors.values() if t.is_floating_point()}
     if len(float_dtypes) == 1:
         model.to(float_dtypes.pop())
@@ -234,11 +254,15 @@ def _read(path: Path) -> tuple[ModelMetadata, dict[str, torch.Tensor]]:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as err:  # SafetensorError, OSError: not safetensors, truncated or unreadable
         hint = _sniff(path)
-        raise ModelFileError(f"{path} is not a valid napari-msd model file ({hint or one_line(err)}); "
-                             "choose a model file saved by napari-msd, or re-save it if it was truncated") from None
+        raise ModelFileError(
+            f"{path} is not a valid napari-msd model file ({hint or one_line(err)}); "
+            "choose a model file saved by napari-msd, or re-save it if it was truncated"
+        ) from None
     if METADATA_KEY not in header or DIGEST_KEY not in header:
-        raise ModelFileError(f"{path} is not a napari-msd model file (a safetensors file without napari-msd "
-                             "metadata); choose a model file saved by napari-msd")
+        raise ModelFileError(
+            f"{path} is not a napari-msd model file (a safetensors file without napari-msd "
+            "metadata); choose a model file saved by napari-msd"
+        )
     corrupted = f"model file {path} is corrupted or was modified"
     try:
         data = json.loads(header[METADATA_KEY])
@@ -246,15 +270,18 @@ def _read(path: Path) -> tuple[ModelMetadata, dict[str, torch.Tensor]]:
     except (ValueError, TypeError, KeyError):
         raise ModelFileError(f"{corrupted} (unreadable metadata); re-save or re-export the model") from None
     if isinstance(version, int) and version > FORMAT_VERSION:
-        raise ModelFileError(f"model file {path} was written by a newer napari-msd (format {version} > "
-                             f"{FORMAT_VERSION}); upgrade napari-msd")
+        raise ModelFileError(
+            f"model file {path} was written by a newer napari-msd (format {version} > "
+            f"{FORMAT_VERSION}); upgrade napari-msd"
+        )
     if _digest(tensors, header[METADATA_KEY]) != header[DIGEST_KEY]:
         raise ModelFileError(f"{corrupted} (checksum mismatch); re-save or re-export the model")
     try:
         return ModelMetadata.from_dict(data), tensors
     except (ValueError, TypeError) as err:
-        raise ModelFileError(f"model file {path} has invalid metadata ({one_line(err)}); re-save or re-export "
-                             "the model") from None
+        raise ModelFileError(
+            f"model file {path} has invalid metadata ({one_line(err)}); re-save or re-export the model"
+        ) from None
 
 
 def _digest(tensors: dict[str, torch.Tensor], meta_json: str) -> str:
@@ -286,7 +313,7 @@ def _default_provenance() -> dict[str, Any]:
         "torch_version": torch.__version__,
         "safetensors_version": getattr(safetensors, "__version__", "unknown"),
         "python_version": platform.python_version(),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
 
@@ -313,7 +340,6 @@ def _sniff(path: Path) -> str:
     if head.startswith(b"\x89PNG"):
         return "a PNG image"
     return ""
-
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from ..errors import NapariMsdError, one_line
 from .job import JobSpec, job_difference, spatial_names
 from .ome import LABELS_NAME, create_ome
@@ -79,10 +80,14 @@ class PredictionOutput:
         self._root = root
         self._record = record
         self._labels_group, self._probabilities_group = _group_paths(job)
-        self.labels = root[f"{self._labels_group}s0" if job.output_format == "ome-zarr" else "labels"] \
-            if job.labels else None
-        self.probabilities = (root[f"{self._probabilities_group}s0" if job.output_format == "ome-zarr"
-                                   else "probabilities"] if job.probabilities != "none" else None)
+        self.labels = (
+            root[f"{self._labels_group}s0" if job.output_format == "ome-zarr" else "labels"] if job.labels else None
+        )
+        self.probabilities = (
+            root[f"{self._probabilities_group}s0" if job.output_format == "ome-zarr" else "probabilities"]
+            if job.probabilities != "none"
+            else None
+        )
         self._done = root[DONE_ARRAY]
 
     def __repr__(self) -> str:
@@ -120,11 +125,13 @@ class PredictionOutput:
         if labels is not None:
             labels = np.asarray(labels)
             if labels.shape != shape or labels.dtype.kind not in "biu":
-                raise ValueError(f"labels for block {index} must be integers of shape {shape}, "
-                                 f"got {labels.dtype} {labels.shape}")
+                raise ValueError(
+                    f"labels for block {index} must be integers of shape {shape}, got {labels.dtype} {labels.shape}"
+                )
             if labels.size and (labels.min() < 0 or labels.max() > job.n_classes):
-                raise ValueError(f"labels for block {index} must lie in 0..{job.n_classes}, "
-                                 f"got {labels.min()}..{labels.max()}")
+                raise ValueError(
+                    f"labels for block {index} must lie in 0..{job.n_classes}, got {labels.min()}..{labels.max()}"
+                )
             labels = labels.astype(job.labels_dtype, copy=False)
         if probabilities is not None:
             probabilities = _to_stored_probabilities(np.asarray(probabilities), job, index, shape)
@@ -135,8 +142,10 @@ class PredictionOutput:
                 self.probabilities[(slice(None), *region)] = probabilities
             self._done[index] = 1  # one chunk per block, written atomically by zarr, only after the data
         except OSError as err:
-            raise OutputError(f"cannot write block {index} to {self.path} ({one_line(err)}); free disk space or "
-                              "fix permissions, then resume the prediction") from None
+            raise OutputError(
+                f"cannot write block {index} to {self.path} ({one_line(err)}); free disk space or "
+                "fix permissions, then resume the prediction"
+            ) from None
 
     def _check_arrays(self) -> None:
         """Refuse a store whose arrays do not match its job (edited or damaged)."""
@@ -145,14 +154,17 @@ class PredictionOutput:
         if self.labels is not None:
             expected.append((self.labels, job.input_shape, job.labels_dtype, job.block_shape))
         if self.probabilities is not None:
-            expected.append((self.probabilities, (job.n_classes, *job.input_shape), job.probabilities_dtype,
-                             (1, *job.block_shape)))
+            expected.append(
+                (self.probabilities, (job.n_classes, *job.input_shape), job.probabilities_dtype, (1, *job.block_shape))
+            )
         for arr, shape, dtype, chunks in expected:
             found = (tuple(arr.shape), np.dtype(arr.dtype), tuple(arr.chunks))
             if found != (shape, dtype, chunks):
-                raise OutputError(f"{self.path} is a damaged prediction output (array {arr.path} has shape {found[0]}, "
-                                  f"{found[1]}, chunks {found[2]}; its job needs {shape}, {dtype}, chunks {chunks}); "
-                                  f"{_OVERWRITE_HINT}")
+                raise OutputError(
+                    f"{self.path} is a damaged prediction output (array {arr.path} has shape {found[0]}, "
+                    f"{found[1]}, chunks {found[2]}; its job needs {shape}, {dtype}, chunks {chunks}); "
+                    f"{_OVERWRITE_HINT}"
+                )
 
     # -- state -----------------------------------------------------------------------------------------------------
 
@@ -202,35 +214,47 @@ class PredictionOutput:
         """
         missing = self.job.n_blocks - len(self.done())
         if missing:
-            raise OutputError(f"{self.path}: {missing} of {self.job.n_blocks} blocks are not written yet; "
-                              "resume the prediction before finalizing")
+            raise OutputError(
+                f"{self.path}: {missing} of {self.job.n_blocks} blocks are not written yet; "
+                "resume the prediction before finalizing"
+            )
         levels = 1
         try:
             if self.job.output_format == "ome-zarr":
-                levels = build_pyramid(self._root, self.job, self._labels_group, self._probabilities_group,
-                                       downsample_z=downsample_z, max_levels=max(1, int(max_levels)))
+                levels = build_pyramid(
+                    self._root,
+                    self.job,
+                    self._labels_group,
+                    self._probabilities_group,
+                    downsample_z=downsample_z,
+                    max_levels=max(1, int(max_levels)),
+                )
             self._root = _open_root(self.path, "r+")
             record = {**dict(self._root.attrs).get(ATTRS_KEY, {}), "finalized": True, "levels": levels}
             self._root.attrs[ATTRS_KEY] = record
             self._record = record
         except OSError as err:
-            raise OutputError(f"cannot finalize {self.path} ({one_line(err)}); check the disk and permissions") \
-                from None
+            raise OutputError(
+                f"cannot finalize {self.path} ({one_line(err)}); check the disk and permissions"
+            ) from None
 
     # -- reading ---------------------------------------------------------------------------------------------------
 
     def open_labels(self, *, multiscale: bool = False) -> Any:
         """The labels, read-only and lazy: a zarr array, or the list of pyramid levels (largest first)."""
         if not self.job.labels:
-            raise OutputError(f"{self.path} holds no labels (the job wrote probabilities only); open the "
-                              "probabilities instead")
+            raise OutputError(
+                f"{self.path} holds no labels (the job wrote probabilities only); open the probabilities instead"
+            )
         return self._open_levels(self._labels_group, "labels", multiscale)
 
     def open_probabilities(self, *, multiscale: bool = False) -> Any:
         """The (K, *shape) probabilities, read-only and lazy: a zarr array, or the list of pyramid levels."""
         if self.job.probabilities == "none":
-            raise OutputError(f"{self.path} holds no probabilities (the job wrote labels only); rerun the "
-                              "prediction with probabilities to get them")
+            raise OutputError(
+                f"{self.path} holds no probabilities (the job wrote labels only); rerun the "
+                "prediction with probabilities to get them"
+            )
         return self._open_levels(self._probabilities_group, "probabilities", multiscale)
 
     def _open_levels(self, group_path: str, plain_name: str, multiscale: bool) -> Any:
@@ -260,11 +284,15 @@ def create_or_resume(path: str | os.PathLike[str], job: JobSpec, *, overwrite: b
     path = Path(os.path.expanduser(os.fspath(path)))
     kind, detail = _inspect(path)
     if kind == "file":
-        raise OutputError(f"{path} is a file, not a prediction output; choose another output (napari-msd never "
-                          "replaces files, not even with --overwrite)")
+        raise OutputError(
+            f"{path} is a file, not a prediction output; choose another output (napari-msd never "
+            "replaces files, not even with --overwrite)"
+        )
     if kind == "foreign":
-        raise OutputError(f"{path} exists and is not a napari-msd prediction output ({detail}); choose another "
-                          "output or remove it yourself (--overwrite only replaces napari-msd outputs)")
+        raise OutputError(
+            f"{path} exists and is not a napari-msd prediction output ({detail}); choose another "
+            "output or remove it yourself (--overwrite only replaces napari-msd outputs)"
+        )
     if kind == "ours":
         record = _read_record(path)
         stored = record.get("job")
@@ -288,8 +316,10 @@ def create_or_resume(path: str | os.PathLike[str], job: JobSpec, *, overwrite: b
         try:
             shutil.rmtree(path)
         except OSError as err:
-            raise OutputError(f"cannot remove the old prediction at {path} ({one_line(err)}); remove it yourself "
-                              "or choose another output") from None
+            raise OutputError(
+                f"cannot remove the old prediction at {path} ({one_line(err)}); remove it yourself "
+                "or choose another output"
+            ) from None
     return _create(path, job)
 
 
@@ -299,12 +329,15 @@ def open_output(path: str | os.PathLike[str], *, writable: bool = True) -> Predi
     kind, detail = _inspect(path)
     if kind != "ours":
         what = {"missing": "does not exist", "file": "is a file", "empty": "is an empty directory"}.get(
-            kind, f"is not a napari-msd prediction output ({detail})")
+            kind, f"is not a napari-msd prediction output ({detail})"
+        )
         raise OutputError(f"{path} {what}; give the output path of a napari-msd prediction")
     stored = _read_record(path).get("job")
     if stored is None:
-        raise OutputError(f"{path} is an unfinished napari-msd output (its creation was interrupted); run the "
-                          "prediction again to recreate it")
+        raise OutputError(
+            f"{path} is an unfinished napari-msd output (its creation was interrupted); run the "
+            "prediction again to recreate it"
+        )
     out = _open_existing(path, "r+" if writable else "r", stored)
     out._check_arrays()
     return out
@@ -336,23 +369,31 @@ def _create(path: Path, job: JobSpec) -> PredictionOutput:
     except FileExistsError:
         raise OutputError(f"cannot create {path}: a file is in the way; choose another output") from None
     except NotADirectoryError:
-        raise OutputError(f"cannot create {path}: a parent of it is a file, not a directory; choose an output "
-                          "inside a directory") from None
+        raise OutputError(
+            f"cannot create {path}: a parent of it is a file, not a directory; choose an output inside a directory"
+        ) from None
     except PermissionError:
         raise OutputError(f"cannot create {path}: permission denied; choose a writable location") from None
     except OSError as err:
         raise OutputError(f"cannot create {path} ({one_line(err)}); choose another output") from None
     _check_writable(path)
     try:
-        root = zarr.open_group(str(path), mode="w-", zarr_format=3,
-                               attributes={ATTRS_KEY: {"layout": LAYOUT_VERSION, "job": None}})
+        root = zarr.open_group(
+            str(path), mode="w-", zarr_format=3, attributes={ATTRS_KEY: {"layout": LAYOUT_VERSION, "job": None}}
+        )
         if job.output_format == "zarr":
             _create_plain(root, job)
         else:
             create_ome(root, job)
         root.create_array(
-            DONE_ARRAY, shape=job.grid, chunks=(1,) * job.ndim, dtype="uint8", fill_value=0, compressors=None,
-            chunk_key_encoding={"name": "default", "separator": "."}, dimension_names=spatial_names(job),
+            DONE_ARRAY,
+            shape=job.grid,
+            chunks=(1,) * job.ndim,
+            dtype="uint8",
+            fill_value=0,
+            compressors=None,
+            chunk_key_encoding={"name": "default", "separator": "."},
+            dimension_names=spatial_names(job),
             attributes={"description": "napari-msd: 1 where the block's data is fully written"},
         )
         record = {"layout": LAYOUT_VERSION, "job": job.to_dict(), "finalized": False, "levels": 1}
@@ -360,21 +401,32 @@ def _create(path: Path, job: JobSpec) -> PredictionOutput:
     except PermissionError:
         raise OutputError(f"cannot write to {path}: permission denied; choose a writable location") from None
     except OSError as err:
-        raise OutputError(f"cannot create {path} ({one_line(err)}); check the disk or choose another output") \
-            from None
+        raise OutputError(f"cannot create {path} ({one_line(err)}); check the disk or choose another output") from None
     return PredictionOutput(path, root, job, record)
 
 
 def _create_plain(root: Any, job: JobSpec) -> None:
     names = spatial_names(job)
     if job.labels:
-        root.create_array("labels", shape=job.input_shape, chunks=job.block_shape, dtype=job.labels_dtype,
-                          fill_value=0, dimension_names=names,
-                          attributes={"class_names": job.class_names, "class_colors": job.class_colors})
+        root.create_array(
+            "labels",
+            shape=job.input_shape,
+            chunks=job.block_shape,
+            dtype=job.labels_dtype,
+            fill_value=0,
+            dimension_names=names,
+            attributes={"class_names": job.class_names, "class_colors": job.class_colors},
+        )
     if job.probabilities != "none":
-        root.create_array("probabilities", shape=(job.n_classes, *job.input_shape), chunks=(1, *job.block_shape),
-                          dtype=job.probabilities_dtype, fill_value=0, dimension_names=("c", *names),
-                          attributes={"class_names": job.class_names, "scale": _prob_scale(job)})
+        root.create_array(
+            "probabilities",
+            shape=(job.n_classes, *job.input_shape),
+            chunks=(1, *job.block_shape),
+            dtype=job.probabilities_dtype,
+            fill_value=0,
+            dimension_names=("c", *names),
+            attributes={"class_names": job.class_names, "scale": _prob_scale(job)},
+        )
 
 
 # -- helpers -----------------------------------------------------------------------------------------------------------
@@ -389,8 +441,9 @@ def _inspect(path: Path) -> tuple[str, str]:
     try:
         entries = os.listdir(path)
     except OSError as err:
-        raise OutputError(f"cannot read {path} ({one_line(err)}); check its permissions or choose another output") \
-            from None
+        raise OutputError(
+            f"cannot read {path} ({one_line(err)}); check its permissions or choose another output"
+        ) from None
     if not entries:
         return "empty", ""
     meta = _read_json(path / "zarr.json")
@@ -448,8 +501,7 @@ def _group_paths(job: JobSpec) -> tuple[str, str]:
     return (f"labels/{LABELS_NAME}/" if job.probabilities != "none" else ""), ""
 
 
-def _to_stored_probabilities(p: np.ndarray, job: JobSpec, index: tuple[int, ...],
-                             shape: tuple[int, ...]) -> np.ndarray:
+def _to_stored_probabilities(p: np.ndarray, job: JobSpec, index: tuple[int, ...], shape: tuple[int, ...]) -> np.ndarray:
     want = (job.n_classes, *shape)
     if p.shape != want:
         raise ValueError(f"probabilities for block {index} must have shape {want}, got {p.shape}")

@@ -15,8 +15,9 @@ from .job import JobSpec
 from .ome import write_pyramid_metadata
 
 
-def build_pyramid(root: Any, job: JobSpec, labels_group: str, probabilities_group: str, *, downsample_z: bool,
-                  max_levels: int) -> int:
+def build_pyramid(
+    root: Any, job: JobSpec, labels_group: str, probabilities_group: str, *, downsample_z: bool, max_levels: int
+) -> int:
     """Compute levels ``s1``, ``s2``, ... of the job's pyramids from ``s0`` and write their metadata.
 
     Returns the number of levels, ``s0`` included.
@@ -43,16 +44,21 @@ def build_pyramid(root: Any, job: JobSpec, labels_group: str, probabilities_grou
             source = group[f"s{level - 1}"]
             chunks = (1,) * len(lead) + tuple(min(b, s) for b, s in zip(job.block_shape, shapes[level]))
             target = group.create_array(
-                f"s{level}", shape=lead + shapes[level], chunks=chunks, dtype=source.dtype, fill_value=0,
-                dimension_names=source.metadata.dimension_names, overwrite=True,
+                f"s{level}",
+                shape=lead + shapes[level],
+                chunks=chunks,
+                dtype=source.dtype,
+                fill_value=0,
+                dimension_names=source.metadata.dimension_names,
+                overwrite=True,
             )
             full_step = (1,) * len(lead) + step
             src = da.from_zarr(source, chunks=tuple(c * f for c, f in zip(chunks, full_step)))
             out_chunks = tuple(tuple(-(-c // f) for c in axis) for axis, f in zip(src.chunks, full_step))
-            fn = functools.partial(_mean_downsample if method == "mean" else _stride_downsample,
-                                   factors=full_step)
-            out = src.map_blocks(fn, chunks=out_chunks, dtype=source.dtype,
-                                 meta=np.empty((0,) * src.ndim, source.dtype))
+            fn = functools.partial(_mean_downsample if method == "mean" else _stride_downsample, factors=full_step)
+            out = src.map_blocks(
+                fn, chunks=out_chunks, dtype=source.dtype, meta=np.empty((0,) * src.ndim, source.dtype)
+            )
             da.store(out, target, lock=False)
         stale = len(steps) + 1
         while f"s{stale}" in group:
@@ -62,8 +68,9 @@ def build_pyramid(root: Any, job: JobSpec, labels_group: str, probabilities_grou
     return len(shapes)
 
 
-def _level_steps(shape: tuple[int, ...], block: tuple[int, ...], downsample_z: bool,
-                 max_levels: int) -> list[tuple[int, ...]]:
+def _level_steps(
+    shape: tuple[int, ...], block: tuple[int, ...], downsample_z: bool, max_levels: int
+) -> list[tuple[int, ...]]:
     """Per-axis factors (1 or 2) from each pyramid level to the next."""
     steps: list[tuple[int, ...]] = []
     current = shape

@@ -227,8 +227,13 @@ class MSDNet(nn.Module):
         super().__init__()
         if ndim not in (2, 3):
             raise ValueError(f"ndim must be 2 or 3, got {ndim}")
-        for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("depth", depth),
-                            ("width", width), ("block", block)):
+        for name, value in (
+            ("in_channels", in_channels),
+            ("out_channels", out_channels),
+            ("depth", depth),
+            ("width", width),
+            ("block", block),
+        ):
             if int(value) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value}")
         dilations = tuple(int(d) for d in dilations)
@@ -284,5 +289,7 @@ class MSDNet(nn.Module):
             )
 
     def extra_repr(self) -> str:
-        return (f"in={self.in_channels}, out={self.out_channels}, depth={self.depth}, width={self.width}, "
-                f"ndim={self.ndim}, dilations={list(self.dilations)}")
+        return (
+            f"in={self.in_channels}, out={self.out_channels}, depth={self.depth}, width={self.width}, "
+            f"ndim={self.ndim}, dilations={list(self.dilations)}"
+        )

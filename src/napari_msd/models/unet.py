@@ -91,8 +91,12 @@ class UNet(nn.Module):
         super().__init__()
         if ndim not in (2, 3):
             raise ValueError(f"ndim must be 2 or 3, got {ndim}")
-        for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("depth", depth),
-                            ("base_channels", base_channels)):
+        for name, value in (
+            ("in_channels", in_channels),
+            ("out_channels", out_channels),
+            ("depth", depth),
+            ("base_channels", base_channels),
+        ):
             if int(value) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value}")
         norm = _parse_norm(norm)
@@ -185,5 +189,7 @@ class UNet(nn.Module):
         return x[(slice(None), slice(None), *(slice(0, n) for n in spatial))]
 
     def extra_repr(self) -> str:
-        return (f"in={self.in_channels}, out={self.out_channels}, ndim={self.ndim}, depth={self.depth}, "
-                f"base_channels={self.base_channels}, norm={self.norm}, anisotropic_levels={self.anisotropic_levels}")
+        return (
+            f"in={self.in_channels}, out={self.out_channels}, ndim={self.ndim}, depth={self.depth}, "
+            f"base_channels={self.base_channels}, norm={self.norm}, anisotropic_levels={self.anisotropic_levels}"
+        )

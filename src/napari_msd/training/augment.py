@@ -22,7 +22,9 @@ class Augmentation:
     elastic: float = 0.0  # displacement amplitude in pixels, e.g. 4
     elastic_grid: int = 8  # control points per axis of the random displacement field
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(
+        self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Augment ``x`` (B, C, *spatial) and ``y`` (B, *spatial) alike, per sample."""
         out_x, out_y = [], []
         for xi, yi in zip(x, y):
@@ -59,8 +61,9 @@ class Augmentation:
         field = F.interpolate(coarse, size=hw, mode="bicubic", align_corners=True)  # (B, 2, H, W) in pixels/amp
         scale = torch.tensor([2.0 / max(hw[1] - 1, 1), 2.0 / max(hw[0] - 1, 1)], device=x.device)
         disp = field.permute(0, 2, 3, 1) * self.elastic * scale  # (B, H, W, 2) as (dx, dy) in [-1, 1] units
-        ys, xs = torch.meshgrid(torch.linspace(-1, 1, hw[0], device=x.device),
-                                torch.linspace(-1, 1, hw[1], device=x.device), indexing="ij")
+        ys, xs = torch.meshgrid(
+            torch.linspace(-1, 1, hw[0], device=x.device), torch.linspace(-1, 1, hw[1], device=x.device), indexing="ij"
+        )
         grid = torch.stack((xs, ys), dim=-1)[None] + disp
         if len(spatial) == 3:  # 3D: the same in-plane field for every slice of the patch
             d = spatial[0]

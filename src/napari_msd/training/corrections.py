@@ -33,8 +33,9 @@ def slabs(shape: tuple[int, ...], pixels: int = SLAB_PIXELS) -> Iterator[slice]:
 
 def _same_shape(a: Any, b: Any, what: str) -> tuple[int, ...]:
     if tuple(a.shape) != tuple(b.shape):
-        raise ValueError(f"{what}: shapes {tuple(a.shape)} and {tuple(b.shape)} differ; "
-                         "compare layers of the same image")
+        raise ValueError(
+            f"{what}: shapes {tuple(a.shape)} and {tuple(b.shape)} differ; compare layers of the same image"
+        )
     return tuple(int(n) for n in a.shape)
 
 

@@ -59,8 +59,10 @@ class CpuShare:
     def describe(self) -> str:
         if self.threads == self.cores:
             return f"{self.threads} threads on {self.cores} free cores"
-        return (f"{self.threads} thread{'s' if self.threads > 1 else ''}: other processes keep {self.busy:.1f} of "
-                f"{self.cores} cores busy")
+        return (
+            f"{self.threads} thread{'s' if self.threads > 1 else ''}: other processes keep {self.busy:.1f} of "
+            f"{self.cores} cores busy"
+        )
 
 
 __all__ = ["CpuShare", "free_threads"]

@@ -104,7 +104,9 @@ class TrainConfig:
     fine_tune_warmup: int = 0  # steps over which a fine-tuning's learning rate rises linearly to its value; 0 = off
     seen_tolerance: float = 0.03  # fine-tuning: share of the prediction left as it was around the corrections it may
     #                               change, or the parent is kept (training.seen); 1 = not checked
-    distill_weight: float = 0.0  # fine-tuning: weight of the parent's predictions on unlabeled pixels (training.distill),
+    distill_weight: float = (
+        0.0  # fine-tuning: weight of the parent's predictions on unlabeled pixels (training.distill),
+    )
     #                              which then replace the forest teacher; 0 = off
 
     def check(self) -> None:
@@ -121,10 +123,14 @@ class TrainConfig:
         if self.n_classes is not None and self.n_classes < 2:
             raise ValueError(f"a model needs at least 2 classes, got n_classes={self.n_classes}")
         if self.teacher_planes < 0:
-            raise ValueError(f"teacher_planes is a number of planes (0 = only the painted ones), got {self.teacher_planes}")
+            raise ValueError(
+                f"teacher_planes is a number of planes (0 = only the painted ones), got {self.teacher_planes}"
+            )
         if self.teacher_weight < 0 or not 0 < self.teacher_confidence <= 1:
-            raise ValueError(f"the teacher needs a weight >= 0 (0 = off) and a confidence in (0, 1], got "
-                             f"{self.teacher_weight} and {self.teacher_confidence}")
+            raise ValueError(
+                f"the teacher needs a weight >= 0 (0 = off) and a confidence in (0, 1], got "
+                f"{self.teacher_weight} and {self.teacher_confidence}"
+            )
         if self.edge_weight < 0:
             raise ValueError(f"the edge-aware loss weight must be >= 0 (0 = off), got {self.edge_weight}")
         if not 0 <= self.seen_tolerance <= 1:
@@ -153,8 +159,9 @@ def _check_data(data: Sequence[TrainingData], spec: InputSpec) -> None:
             )
         kind = np.dtype(d.labels.dtype).kind
         if kind not in "iub":
-            raise TrainingDataError(f"labels of {d.name} are {d.labels.dtype}; labels must be integers "
-                                    "(0 = unlabeled, 1..K = classes)")
+            raise TrainingDataError(
+                f"labels of {d.name} are {d.labels.dtype}; labels must be integers (0 = unlabeled, 1..K = classes)"
+            )
         if np.dtype(d.image.dtype).kind not in "iuf":
             raise TrainingDataError(f"image {d.name} has dtype {d.image.dtype}; use a grey-value image")
 
@@ -183,9 +190,16 @@ class Trainer:
     forgotten. ``output``, if given, must not exist unless ``overwrite``.
     """
 
-    def __init__(self, data: Sequence[TrainingData], config: TrainConfig | None = None, *,
-                 init: str | Path | tuple[torch.nn.Module, ModelMetadata] | None = None,
-                 replay: Sequence[TrainingData] = (), output: str | Path | None = None, overwrite: bool = False):
+    def __init__(
+        self,
+        data: Sequence[TrainingData],
+        config: TrainConfig | None = None,
+        *,
+        init: str | Path | tuple[torch.nn.Module, ModelMetadata] | None = None,
+        replay: Sequence[TrainingData] = (),
+        output: str | Path | None = None,
+        overwrite: bool = False,
+    ):
         self.config = config = copy.deepcopy(config) if config is not None else TrainConfig()
         config.check()
         self.output = Path(output) if output is not None else None
@@ -204,14 +218,15 @@ class Trainer:
         _check_data(self.data + self.replay, config.input)
 
         self.indices = [split(d, config.input, config.val_fraction, config.seed + i) for i, d in enumerate(self.data)]
-        self.replay_indices = [split(d, config.input, config.val_fraction, config.seed + 1000 + i)
-                               for i, d in enumerate(self.replay)]
+        self.replay_indices = [
+            split(d, config.input, config.val_fraction, config.seed + 1000 + i) for i, d in enumerate(self.replay)
+        ]
         all_indices = self.indices + self.replay_indices
         counts: dict[int, int] = {}
         for ix in all_indices:
             for c, n in ix.count("train").items():
                 counts[c] = counts.get(c, 0) + n
-            for c, n in ix.count("val").items():
+            for c in ix.count("val"):
                 counts.setdefault(c, 0)
         if not counts:
             raise TrainingDataError("no labeled pixel found; paint a few strokes of each class (label 0 is unlabeled)")
@@ -220,22 +235,28 @@ class Trainer:
         n_classes = max(counts)
         if init is None and config.n_classes is not None:
             if n_classes > config.n_classes:
-                raise TrainingDataError(f"labels use class {n_classes} but {config.n_classes} classes are defined; "
-                                        "add a class or repaint those pixels")
+                raise TrainingDataError(
+                    f"labels use class {n_classes} but {config.n_classes} classes are defined; "
+                    "add a class or repaint those pixels"
+                )
             n_classes = config.n_classes
         if init is not None:
             n_out = int(model.out_channels)
             if n_classes > n_out:
-                raise TrainingDataError(f"labels use class {n_classes} but the model predicts {n_out} classes; "
-                                        "train a new model for more classes")
+                raise TrainingDataError(
+                    f"labels use class {n_classes} but the model predicts {n_out} classes; "
+                    "train a new model for more classes"
+                )
             n_classes = n_out
         if self.base_metadata is not None and self.base_metadata.normalization:
             self.normalization = Normalization.from_dict(self.base_metadata.normalization)
         else:  # a new model, or one saved without normalisation: estimate it from the data
             self.normalization = estimate_normalization([d.image for d in self.data + self.replay], seed=config.seed)
         self.n_classes, self.counts = n_classes, counts
-        self.class_names = list(config.class_names or (self.base_metadata.class_names if self.base_metadata else
-                                                       [f"class {i + 1}" for i in range(n_classes)]))
+        self.class_names = list(
+            config.class_names
+            or (self.base_metadata.class_names if self.base_metadata else [f"class {i + 1}" for i in range(n_classes)])
+        )
         if len(self.class_names) != n_classes:
             raise ValueError(f"{len(self.class_names)} class names given for {n_classes} classes; give one per class")
         self.class_colors = config.class_colors or (self.base_metadata.class_colors if self.base_metadata else None)
@@ -249,9 +270,13 @@ class Trainer:
         torch.manual_seed(config.seed)
         self.pretrained = None
         if init is None:
-            model_config = {**PRESETS.get(config.arch, {}), **config.model,
-                            "in_channels": config.input.in_channels, "out_channels": n_classes,
-                            "ndim": config.input.model_ndim}
+            model_config = {
+                **PRESETS.get(config.arch, {}),
+                **config.model,
+                "in_channels": config.input.in_channels,
+                "out_channels": n_classes,
+                "ndim": config.input.model_ndim,
+            }
             model = build_model(config.arch, model_config)
             if config.pretrained:
                 self.pretrained = body = load_pretrained(config.pretrained)
@@ -265,21 +290,37 @@ class Trainer:
         if self.base_metadata is not None:
             self._parent_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}  # as saved
             if config.input.mode != "3d" and config.seen_tolerance < 1:
-                self.seen = SeenRings(self.model, self.indices, self.replay, config.input, self.normalization,
-                                      self.device, seed=config.seed)
-            self.parent_prior_undone = undo_prior_shift(self.model, self.base_metadata.provenance,
-                                                        self.base_metadata.class_names)
-        self.distill = (ParentTeacher(self.model, config.distill_weight)
-                        if self.base_metadata is not None and config.distill_weight > 0 else None)
+                self.seen = SeenRings(
+                    self.model,
+                    self.indices,
+                    self.replay,
+                    config.input,
+                    self.normalization,
+                    self.device,
+                    seed=config.seed,
+                )
+            self.parent_prior_undone = undo_prior_shift(
+                self.model, self.base_metadata.provenance, self.base_metadata.class_names
+            )
+        self.distill = (
+            ParentTeacher(self.model, config.distill_weight)
+            if self.base_metadata is not None and config.distill_weight > 0
+            else None
+        )
         self.patch_size = _patch_size(self.data + self.replay, config.input, config.patch_size)
         if init is not None and self.replay_indices:
             # fine-tuning: the earlier labels' held-out tiles come last and are also scored apart (see _validate)
-            tiles = [validation_tiles(group, config.input, self.patch_size, n_classes, self.normalization,
-                                      max_tiles=16, seed=config.seed) for group in (self.indices, self.replay_indices)]
+            tiles = [
+                validation_tiles(
+                    group, config.input, self.patch_size, n_classes, self.normalization, max_tiles=16, seed=config.seed
+                )
+                for group in (self.indices, self.replay_indices)
+            ]
             self.val_tiles, self.replay_from = tiles[0] + tiles[1], len(tiles[0])
         else:
-            self.val_tiles = validation_tiles(all_indices, config.input, self.patch_size, n_classes,
-                                              self.normalization, seed=config.seed)
+            self.val_tiles = validation_tiles(
+                all_indices, config.input, self.patch_size, n_classes, self.normalization, seed=config.seed
+            )
             self.replay_from = len(self.val_tiles)  # no replayed tiles
         self.parent_replay_accuracy: float | None = None
         weights = config.class_weights
@@ -294,8 +335,9 @@ class Trainer:
         # estimated): a warm-up keeps those first steps from throwing a fine-tuned parent far from where it was
         self.warmup = config.fine_tune_warmup if init is not None else 0
         # fine-tuning: the average starts at the parent and moves at its full decay from the first step
-        self.average = (WeightAverage(self.model, config.weight_average, ramp=init is None)
-                        if config.weight_average > 0 else None)
+        self.average = (
+            WeightAverage(self.model, config.weight_average, ramp=init is None) if config.weight_average > 0 else None
+        )
         self.use_amp = bool(config.amp and self.device.type == "cuda")
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
 
@@ -318,7 +360,9 @@ class Trainer:
         self.teacher_active = False
         self.kept_parent = False  # after run(): fine-tuning gave no better network; the parent's weights are the result
         self.kept_parent_because: str | None = None  # why, in words
-        self.seen_agreement: float | None = None  # after run(): the result's agreement with the parent around corrections
+        self.seen_agreement: float | None = (
+            None  # after run(): the result's agreement with the parent around corrections
+        )
         self._parent_metrics: dict = {}  # the parent's figures on the held-out labels (a fine-tuning's step 0)
         self._parent_health: net_health.Health | None = None
         self.halo_skipped = False  # after run(): the time limit left no time to measure the halo (receptive field used)
@@ -356,11 +400,17 @@ class Trainer:
 
     def metadata(self) -> ModelMetadata:
         """Metadata of the model as it would be saved now."""
-        return ModelMetadata(arch=self.model.arch, config=self.model.config(), class_names=self.class_names,
-                             receptive_field=int(self.model.receptive_field),
-                             class_colors=list(self.class_colors or []), normalization=self.normalization.to_dict(),
-                             provenance=self._provenance(), input=self.config.input.to_dict(),
-                             effective_halo=self.effective_halo)
+        return ModelMetadata(
+            arch=self.model.arch,
+            config=self.model.config(),
+            class_names=self.class_names,
+            receptive_field=int(self.model.receptive_field),
+            class_colors=list(self.class_colors or []),
+            normalization=self.normalization.to_dict(),
+            provenance=self._provenance(),
+            input=self.config.input.to_dict(),
+            effective_halo=self.effective_halo,
+        )
 
     # -- the run ---------------------------------------------------------------------------------
     def run(self) -> Iterator[Any]:
@@ -368,8 +418,10 @@ class Trainer:
         cfg = self.config
         names = self.class_names
         yield TrainingStarted(
-            device=describe_device(self.device), n_parameters=sum(p.numel() for p in self.model.parameters()),
-            patch_size=self.patch_size, class_names=names,
+            device=describe_device(self.device),
+            n_parameters=sum(p.numel() for p in self.model.parameters()),
+            patch_size=self.patch_size,
+            class_names=names,
             train_pixels={names[c - 1]: n for c, n in sorted(self._pixels("train").items()) if c <= len(names)},
             val_pixels={names[c - 1]: n for c, n in sorted(self._pixels("val").items()) if c <= len(names)},
             fine_tuning=self.base_metadata is not None,
@@ -382,15 +434,22 @@ class Trainer:
             yield event
         pseudo = None
         painted = {c for ix in self.indices + self.replay_indices for c, xy in ix.train.items() if len(xy)}
-        if (cfg.teacher_weight > 0 and self.distill is None and cfg.input.mode != "3d"
-                and len(painted) >= 2):  # a forest needs two classes; a parent teaching a fine-tuning replaces it
+        if (
+            cfg.teacher_weight > 0 and self.distill is None and cfg.input.mode != "3d" and len(painted) >= 2
+        ):  # a forest needs two classes; a parent teaching a fine-tuning replaces it
             t0 = time.perf_counter()  # the forest's seconds count against the time limit
             earlier = [ix for ix in self.replay_indices if ix.train]
             if len({c for ix in earlier for c, xy in ix.train.items() if len(xy)}) < 2:
                 earlier = []  # a forest needs two classes: it learns the new labels too
-            pseudo = forest_pseudo_labels(self.indices + self.replay_indices, self.n_classes,
-                                          cfg.teacher_confidence, cfg.seed, cfg.threads, cfg.teacher_planes,
-                                          fit_on=None if cfg.teacher_refit or not earlier else earlier)
+            pseudo = forest_pseudo_labels(
+                self.indices + self.replay_indices,
+                self.n_classes,
+                cfg.teacher_confidence,
+                cfg.seed,
+                cfg.threads,
+                cfg.teacher_planes,
+                fit_on=None if cfg.teacher_refit or not earlier else earlier,
+            )
             elapsed += time.perf_counter() - t0
         self.teacher_active = pseudo is not None
         if self.cpu_share is not None:
@@ -442,15 +501,22 @@ class Trainer:
         finally:
             self._between.close()
             batches.close()
-        if self.val_tiles and validated_at != self.step and self.step > 0 and not (
-                validated_at > 0 and self._over_time(elapsed, TIME_GRACE)):
+        if (
+            self.val_tiles
+            and validated_at != self.step
+            and self.step > 0
+            and not (validated_at > 0 and self._over_time(elapsed, TIME_GRACE))
+        ):
             t0 = time.perf_counter()
             event = self._validate()
             elapsed += time.perf_counter() - t0
             yield event
         # the halo measurement (and prior correction) get what is left of the time limit plus the grace
-        deadline = (None if cfg.time_limit is None else
-                    time.perf_counter() + max(0.0, cfg.time_limit * (1 + TIME_GRACE) - elapsed))
+        deadline = (
+            None
+            if cfg.time_limit is None
+            else time.perf_counter() + max(0.0, cfg.time_limit * (1 + TIME_GRACE) - elapsed)
+        )
         if self.average is not None:  # from here on the result is one network: the average, or the best below
             with self._lock:
                 self.model.load_state_dict(self.average.model.state_dict())
@@ -477,8 +543,10 @@ class Trainer:
                 self.best_metrics["seen_agreement"] = agreement
                 if agreement < 1 - cfg.seen_tolerance:
                     self.kept_parent = kept_parent = True
-                    self.kept_parent_because = (f"it changed {100 * (1 - agreement):.0f}% of the prediction left as "
-                                                "it was around the corrections")
+                    self.kept_parent_because = (
+                        f"it changed {100 * (1 - agreement):.0f}% of the prediction left as "
+                        "it was around the corrections"
+                    )
             if cfg.measure_halo and self.step > 0 and not kept_parent:
                 self.effective_halo = self._measure_halo(deadline)
                 self.halo_skipped = self.effective_halo is None
@@ -491,18 +559,30 @@ class Trainer:
             saved = self._save()
             path = saved.path
             yield saved
-        yield TrainingFinished(reason, self.step, elapsed, self.best_step, dict(self.best_metrics), path,
-                               self.effective_halo, collapsed,
-                               self.health.warning if self.health is not None else None, kept_parent,
-                               self.kept_parent_because)
+        yield TrainingFinished(
+            reason,
+            self.step,
+            elapsed,
+            self.best_step,
+            dict(self.best_metrics),
+            path,
+            self.effective_halo,
+            collapsed,
+            self.health.warning if self.health is not None else None,
+            kept_parent,
+            self.kept_parent_because,
+        )
 
     def _restore_parent(self) -> None:
         """The parent as it was saved (its prior correction included) is the result, with its figures and halo."""
         with self._lock:
             self.model.load_state_dict(self._parent_state)
         recorded = self.base_metadata.provenance.get("class_prior")
-        self.class_prior = ([float(recorded[name]) for name in self.base_metadata.class_names]
-                            if self.parent_prior_undone is not None and recorded else None)
+        self.class_prior = (
+            [float(recorded[name]) for name in self.base_metadata.class_names]
+            if self.parent_prior_undone is not None and recorded
+            else None
+        )
         self.effective_halo = self.base_metadata.effective_halo
         self.best_step, self.best_metrics = 0, dict(self._parent_metrics)
         if self._parent_health is not None:
@@ -532,9 +612,17 @@ class Trainer:
         return out
 
     def _make_sampler(self, pseudo: dict | None = None) -> PatchSampler:
-        return PatchSampler(self.indices, self.config.input, self.patch_size, self.n_classes, self.normalization,
-                            seed=self.config.seed, replay=self.replay_indices,
-                            replay_fraction=self.config.replay_fraction, pseudo=pseudo)
+        return PatchSampler(
+            self.indices,
+            self.config.input,
+            self.patch_size,
+            self.n_classes,
+            self.normalization,
+            seed=self.config.seed,
+            replay=self.replay_indices,
+            replay_fraction=self.config.replay_fraction,
+            pseudo=pseudo,
+        )
 
     def _share_cpu(self, measured: bool = False) -> CpuThreads:
         """Size the compute team of this (the training) thread to the cores other processes leave free."""
@@ -569,7 +657,8 @@ class Trainer:
                     loss = self.loss_fn(logits, y.masked_fill(taught, IGNORE))
                     if taught.any():
                         loss = loss + self.config.teacher_weight * torch.nn.functional.cross_entropy(
-                            logits.float(), torch.where(taught, y - self.n_classes, IGNORE), ignore_index=IGNORE)
+                            logits.float(), torch.where(taught, y - self.n_classes, IGNORE), ignore_index=IGNORE
+                        )
                 else:
                     loss = self.loss_fn(logits, y)
                 if self.distill is not None:
@@ -603,8 +692,9 @@ class Trainer:
                     y = torch.from_numpy(np.stack([t[1] for t in chunk])).to(self.device)
                     with torch.autocast(device_type=self.device.type, enabled=self.use_amp):
                         logits = model(x).float()
-                    loss_sum += float(torch.nn.functional.cross_entropy(logits, y, ignore_index=IGNORE,
-                                                                        reduction="sum"))
+                    loss_sum += float(
+                        torch.nn.functional.cross_entropy(logits, y, ignore_index=IGNORE, reduction="sum")
+                    )
                     loss_pixels += int((y != IGNORE).sum())
                     pred = logits.argmax(1).cpu().numpy()
                     predicted += np.bincount(pred.ravel(), minlength=self.n_classes)
@@ -623,8 +713,9 @@ class Trainer:
         cm, loss, predicted, replay_cm = self._evaluate_tiles()
         metrics = _metrics_from(cm, self.class_names)
         metrics["loss"] = loss
-        self.last_health = health = net_health.check(predicted, sorted(self.counts), self.class_names,
-                                                     seg_metrics.recall(cm))
+        self.last_health = health = net_health.check(
+            predicted, sorted(self.counts), self.class_names, seg_metrics.recall(cm)
+        )
         score = float(metrics[self.config.metric])
         usable = health.collapsed is None
         if self.replay_from < len(self.val_tiles):  # fine-tuning: the earlier labels' held-out part, judged apart
@@ -638,18 +729,33 @@ class Trainer:
             self._parent_metrics, self._parent_health = dict(metrics), health
         if score > self.best_score and usable:
             self.last_gain_step = self.step  # early stopping watches the metric alone
-        improved = usable and (score > self.best_score or (score == self.best_score and metrics["loss"] < self.best_loss))
+        improved = usable and (
+            score > self.best_score or (score == self.best_score and metrics["loss"] < self.best_loss)
+        )
         if improved:
-            self.best_score, self.best_loss, self.best_step, self.best_metrics = score, metrics["loss"], self.step, metrics
+            self.best_score, self.best_loss, self.best_step, self.best_metrics = (
+                score,
+                metrics["loss"],
+                self.step,
+                metrics,
+            )
             self.best_health = health
             with self._lock:
                 self.best_state = {k: v.detach().clone() for k, v in self._judged.state_dict().items()}
-        return Validated(self.step, metrics, score, improved, int(self.best_step or 0),
-                         float(self.best_score) if self.best_step is not None else float("nan"), health.collapsed)
+        return Validated(
+            self.step,
+            metrics,
+            score,
+            improved,
+            int(self.best_step or 0),
+            float(self.best_score) if self.best_step is not None else float("nan"),
+            health.collapsed,
+        )
 
     @torch.no_grad()
-    def correct_prior(self, windows: int = 8, side: int = 256, max_loss: float | None = PRIOR_MAX_LOSS
-                      ) -> list[float] | None:
+    def correct_prior(
+        self, windows: int = 8, side: int = 256, max_loss: float | None = PRIOR_MAX_LOSS
+    ) -> list[float] | None:
         """Estimate the class prior on random unlabeled windows of the training images and shift the
         output bias to it (strokes teach a uniform prior; see :mod:`.prior`). EM prior estimates trust
         the network's calibration: an undertrained network can be pushed the wrong way, so the shift is undone
@@ -666,9 +772,12 @@ class Trainer:
         worse = False
         if before is not None:
             cm, _, predicted, _ = self._evaluate_tiles()
-            collapsed = net_health.check(predicted, sorted(self.counts), self.class_names,
-                                         seg_metrics.recall(cm)).collapsed
-            worse = collapsed is not None or (max_loss is not None and seg_metrics.class_accuracy(cm) < before - max_loss)
+            collapsed = net_health.check(
+                predicted, sorted(self.counts), self.class_names, seg_metrics.recall(cm)
+            ).collapsed
+            worse = collapsed is not None or (
+                max_loss is not None and seg_metrics.class_accuracy(cm) < before - max_loss
+            )
         if worse:
             with self._lock, torch.no_grad():  # the network is not calibrated: the shift does more harm than good
                 bias = output_bias(self._judged)
@@ -727,8 +836,9 @@ class Trainer:
             "steps": self.step,
             "best_step": self.best_step,
             "metrics": self.best_metrics,
-            "labeled_pixels": {self.class_names[c - 1]: n for c, n in sorted(self.counts.items())
-                               if c <= len(self.class_names)},
+            "labeled_pixels": {
+                self.class_names[c - 1]: n for c, n in sorted(self.counts.items()) if c <= len(self.class_names)
+            },
             "device": describe_device(self.device),
             "seed": self.config.seed,
             "patch_size": list(self.patch_size),
@@ -736,21 +846,29 @@ class Trainer:
         if self.halo_skipped:
             prov["halo"] = "not measured: the time limit was reached; prediction uses the receptive field"
         if self.pretrained is not None:
-            prov["pretrained"] = {"method": "blind-spot masked reconstruction (training.pretrain)",
-                                  "steps": self.pretrained.steps, "seconds": round(self.pretrained.seconds, 1),
-                                  "file": Path(str(self.config.pretrained)).name}
+            prov["pretrained"] = {
+                "method": "blind-spot masked reconstruction (training.pretrain)",
+                "steps": self.pretrained.steps,
+                "seconds": round(self.pretrained.seconds, 1),
+                "file": Path(str(self.config.pretrained)).name,
+            }
         if self.teacher_active:
-            prov["teacher"] = {"kind": "random forest", "weight": self.config.teacher_weight,
-                               "confidence": self.config.teacher_confidence,
-                               "unpainted_planes": self.config.teacher_planes}
+            prov["teacher"] = {
+                "kind": "random forest",
+                "weight": self.config.teacher_weight,
+                "confidence": self.config.teacher_confidence,
+                "unpainted_planes": self.config.teacher_planes,
+            }
         if self.distill is not None:
             prov["teacher"] = {"kind": "parent network", "weight": self.distill.weight}
         if self.class_prior is not None:
             prov["class_prior"] = dict(zip(self.class_names, self.class_prior))
         if self.base_metadata is not None:
-            prov["fine_tuned_from"] = {"source": self.init_source,
-                                       "created": self.base_metadata.provenance.get("created"),
-                                       "steps": self.base_metadata.provenance.get("steps")}
+            prov["fine_tuned_from"] = {
+                "source": self.init_source,
+                "created": self.base_metadata.provenance.get("created"),
+                "steps": self.base_metadata.provenance.get("steps"),
+            }
             prov["replayed_images"] = len(self.replay)
         return prov
 
@@ -772,8 +890,9 @@ class _Prefetcher:
     def __init__(self, sampler: PatchSampler, batch_size: int, augmentation: Augmentation, seed: int, depth: int = 3):
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._closed = threading.Event()
-        self._thread = threading.Thread(target=self._work, args=(sampler, batch_size, augmentation, seed),
-                                        name="napari-msd-patches", daemon=True)
+        self._thread = threading.Thread(
+            target=self._work, args=(sampler, batch_size, augmentation, seed), name="napari-msd-patches", daemon=True
+        )
         self._thread.start()
 
     def _work(self, sampler: PatchSampler, batch_size: int, augmentation: Augmentation, seed: int) -> None:

@@ -92,19 +92,26 @@ def _check_data(data: Sequence[TrainingData]) -> None:
     for d in data:
         ishape, lshape = tuple(d.image.shape), tuple(d.labels.shape)
         if len(ishape) not in (2, 3):
-            raise TrainingDataError(f"image {d.name} has shape {ishape}; the random forest needs a grey YX or ZYX "
-                                    "image (split channels into separate images first)")
+            raise TrainingDataError(
+                f"image {d.name} has shape {ishape}; the random forest needs a grey YX or ZYX "
+                "image (split channels into separate images first)"
+            )
         if ishape != lshape:
             rgb = len(ishape) == 3 and ishape[:2] == lshape and ishape[2] in (3, 4)
             raise TrainingDataError(
                 f"labels {lshape} and image {ishape} of {d.name} differ in shape; "
-                + ("the image looks RGB: convert it to grey first" if rgb
-                   else "paint the labels on a layer of the image's shape"))
+                + (
+                    "the image looks RGB: convert it to grey first"
+                    if rgb
+                    else "paint the labels on a layer of the image's shape"
+                )
+            )
         if np.dtype(d.image.dtype).kind not in "iuf":
             raise TrainingDataError(f"image {d.name} has dtype {d.image.dtype}; use a grey-value image")
         if np.dtype(d.labels.dtype).kind not in "iub":
-            raise TrainingDataError(f"labels of {d.name} are {d.labels.dtype}; labels must be integers "
-                                    "(0 = unlabeled, 1..K = classes)")
+            raise TrainingDataError(
+                f"labels of {d.name} are {d.labels.dtype}; labels must be integers (0 = unlabeled, 1..K = classes)"
+            )
 
 
 def _labels_slice(d: TrainingData, z: int) -> np.ndarray:
@@ -123,8 +130,14 @@ class PixelForest:
     ``n_fit_pixels``: pixels the forest was fitted on (after subsampling).
     """
 
-    def __init__(self, model: Any, n_classes: int, n_fit_pixels: int, sigmas: tuple[float, ...] = SIGMAS,
-                 tile_pixels: int = 2**22):
+    def __init__(
+        self,
+        model: Any,
+        n_classes: int,
+        n_fit_pixels: int,
+        sigmas: tuple[float, ...] = SIGMAS,
+        tile_pixels: int = 2**22,
+    ):
         self.model = model
         self.n_classes = int(n_classes)
         self.classes_present = tuple(int(c) for c in model.classes_)
@@ -133,9 +146,16 @@ class PixelForest:
         self.tile_pixels = int(tile_pixels)  # planes larger than this are predicted in row bands
 
     @classmethod
-    def fit(cls, data: TrainingData | Sequence[TrainingData], n_classes: int | None = None, *,
-            n_estimators: int = 100, max_per_class: int = 20_000, seed: int = 0,
-            threads: int | None = None) -> PixelForest:
+    def fit(
+        cls,
+        data: TrainingData | Sequence[TrainingData],
+        n_classes: int | None = None,
+        *,
+        n_estimators: int = 100,
+        max_per_class: int = 20_000,
+        seed: int = 0,
+        threads: int | None = None,
+    ) -> PixelForest:
         """Fit on the labeled pixels of ``data`` (0 = unlabeled, 1..K = classes).
 
         Features are computed only on labeled xy slices, around their labels; each class is
@@ -168,15 +188,20 @@ class PixelForest:
         highest = present[-1]
         n_classes = highest if n_classes is None else int(n_classes)
         if n_classes < highest:
-            raise TrainingDataError(f"labels use class {highest} but {n_classes} classes are defined; "
-                                    "add a class or repaint those pixels")
+            raise TrainingDataError(
+                f"labels use class {highest} but {n_classes} classes are defined; add a class or repaint those pixels"
+            )
         if n_classes > 255:
             raise TrainingDataError(f"{n_classes} classes; the random forest predicts at most 255")
 
         # which pixels of each class to keep: a seeded subset of their raster order over all slices
         rng = np.random.default_rng(seed)
-        chosen = {c: (np.sort(rng.choice(int(totals[c]), max_per_class, replace=False))
-                      if totals[c] > max_per_class else None) for c in present}
+        chosen = {
+            c: (
+                np.sort(rng.choice(int(totals[c]), max_per_class, replace=False)) if totals[c] > max_per_class else None
+            )
+            for c in present
+        }
         offset = dict.fromkeys(present, 0)
 
         # pass 2: features of the kept pixels, computed on a crop around them with exact context
@@ -220,8 +245,9 @@ class PixelForest:
         classes get 0). Large planes are done in row bands with exact context."""
         plane = np.asarray(plane)
         if plane.ndim != 2:
-            raise ValueError(f"predict_proba takes one 2D plane, got shape {plane.shape}; "
-                             "predict volumes slice by slice")
+            raise ValueError(
+                f"predict_proba takes one 2D plane, got shape {plane.shape}; predict volumes slice by slice"
+            )
         h, w = plane.shape
         if h * w <= self.tile_pixels:
             return self._proba(filter_features(plane, self.sigmas))
@@ -231,8 +257,9 @@ class PixelForest:
             out[:, y0 : y0 + band] = self.predict_region(plane, None, y0, min(h, y0 + band), 0, w)
         return out
 
-    def predict_region(self, image: Any, z: int | None, y0: int, y1: int, x0: int, x1: int,
-                       margin: int = CONTEXT) -> np.ndarray:
+    def predict_region(
+        self, image: Any, z: int | None, y0: int, y1: int, x0: int, x1: int, margin: int = CONTEXT
+    ) -> np.ndarray:
         """``(n_classes, y1 - y0, x1 - x0)`` probabilities of a region of slice ``z`` (ignored for YX images).
 
         Only the region plus ``margin`` (clipped to the image) is read; with the default margin the
@@ -243,13 +270,15 @@ class PixelForest:
             raise ValueError(f"image has shape {shape}; predict_region takes a grey YX or ZYX image")
         h, w = shape[-2:]
         if not (0 <= y0 < y1 <= h and 0 <= x0 < x1 <= w):
-            raise ValueError(f"region y {y0}:{y1}, x {x0}:{x1} is empty or outside the {h} x {w} plane; "
-                             "clip it to the image")
+            raise ValueError(
+                f"region y {y0}:{y1}, x {x0}:{x1} is empty or outside the {h} x {w} plane; clip it to the image"
+            )
         if len(shape) == 3 and (z is None or not 0 <= int(z) < shape[0]):
             raise ValueError(f"slice z={z} is outside the volume's {shape[0]} slices")
         ya, yb, xa, xb = max(0, y0 - margin), min(h, y1 + margin), max(0, x0 - margin), min(w, x1 + margin)
-        feats = filter_features(_read_plane(image, None if z is None else int(z), slice(ya, yb), slice(xa, xb)),
-                                self.sigmas)
+        feats = filter_features(
+            _read_plane(image, None if z is None else int(z), slice(ya, yb), slice(xa, xb)), self.sigmas
+        )
         return self._proba(np.ascontiguousarray(feats[y0 - ya : y1 - ya, x0 - xa : x1 - xa]))
 
     def predict(self, plane: np.ndarray) -> np.ndarray:

@@ -26,12 +26,19 @@ class Health:
     warning: str | None = None  # what a person should know about an otherwise usable network
 
     def to_dict(self, class_names: Sequence[str]) -> dict:
-        return {"predicted_fractions": {n: round(f, 5) for n, f in zip(class_names, self.fractions)},
-                "collapsed": self.collapsed, "warning": self.warning}
+        return {
+            "predicted_fractions": {n: round(f, 5) for n, f in zip(class_names, self.fractions)},
+            "collapsed": self.collapsed,
+            "warning": self.warning,
+        }
 
 
-def check(predicted_counts: Sequence[int] | np.ndarray, painted: Sequence[int], class_names: Sequence[str],
-          recall: Sequence[float] | None = None) -> Health:
+def check(
+    predicted_counts: Sequence[int] | np.ndarray,
+    painted: Sequence[int],
+    class_names: Sequence[str],
+    recall: Sequence[float] | None = None,
+) -> Health:
     """Judge a prediction from its per-class pixel counts (index ``k`` = class ``k + 1``) and the classes painted
     (1-based). Collapsed: several classes painted, one of them predicted on >= 98% of the pixels and, when the
     per-class ``recall`` of held-out labels is known (NaN: none held out), another class's held-out pixels mostly
@@ -45,15 +52,20 @@ def check(predicted_counts: Sequence[int] | np.ndarray, painted: Sequence[int], 
     collapsed = warning = None
     if len(painted) >= 2:
         top = int(fractions.argmax())
-        missed = recall is None or any(c - 1 != top and np.isfinite(recall[c - 1]) and recall[c - 1] < 0.5
-                                       for c in painted)
+        missed = recall is None or any(
+            c - 1 != top and np.isfinite(recall[c - 1]) and recall[c - 1] < 0.5 for c in painted
+        )
         if fractions[top] >= DOMINANT and missed:
-            collapsed = (f"the network predicts {class_names[top]} on {fractions[top]:.1%} of the pixels although "
-                         f"{len(painted)} classes are painted")
+            collapsed = (
+                f"the network predicts {class_names[top]} on {fractions[top]:.1%} of the pixels although "
+                f"{len(painted)} classes are painted"
+            )
         missing = [class_names[c - 1] for c in painted if fractions[c - 1] < ABSENT]
         if missing and collapsed is None:
-            warning = (f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} painted but (almost) never "
-                       "predicted; paint more of it or train longer")
+            warning = (
+                f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} painted but (almost) never "
+                "predicted; paint more of it or train longer"
+            )
     return Health(tuple(float(f) for f in fractions), collapsed, warning)
 
 

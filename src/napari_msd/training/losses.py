@@ -37,7 +37,9 @@ class SparseLoss(torch.nn.Module):
     def __init__(self, n_classes: int, class_weights: Sequence[float] | None = None, dice_weight: float = 0.0):
         super().__init__()
         self.n_classes, self.dice_weight = n_classes, float(dice_weight)
-        weights = torch.ones(n_classes) if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
+        weights = (
+            torch.ones(n_classes) if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
+        )
         if weights.shape != (n_classes,):
             raise ValueError(f"need {n_classes} class weights, got {len(weights)}")
         self.register_buffer("class_weights", weights)

@@ -19,8 +19,13 @@ import torch
 class Adam:
     """Adam (Kingma & Ba 2015) with bias correction, as ``torch.optim.Adam`` computes it."""
 
-    def __init__(self, params: Iterable[torch.nn.Parameter], lr: float = 1e-3,
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+    def __init__(
+        self,
+        params: Iterable[torch.nn.Parameter],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+    ):
         params = [p for p in params if p.requires_grad]
         if not params:
             raise ValueError("Adam got no trainable parameters")

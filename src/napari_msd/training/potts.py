@@ -4,7 +4,8 @@ Strokes leave most pixels unlabeled, and between a membrane stroke and a cell-in
 network is free to put the class boundary anywhere. The regularised-loss approach to scribble
 supervision (Tang et al., ECCV 2018; the local "gated CRF" form of Obukhov et al., 2019) adds
 
-    mean over pixels i and neighbours j:  w_ij * (1 - p_i . p_j),   w_ij = exp(-|I_i - I_j|^2 / 2 s_I^2 - |i - j|^2 / 2 s_xy^2)
+    mean over pixels i and neighbours j:  w_ij * (1 - p_i . p_j),
+    w_ij = exp(-|I_i - I_j|^2 / 2 s_I^2 - |i - j|^2 / 2 s_xy^2)
 
 with ``p`` the softmax probabilities and ``I`` the (normalised) image. Disagreeing neighbours cost
 much where the image is flat and little across an intensity edge, so boundaries in unlabeled
@@ -23,8 +24,11 @@ import torch
 @functools.cache
 def half_offsets(ndim: int, radius: int) -> tuple[tuple[int, ...], ...]:
     """Offsets within ``radius`` (Euclidean) in one half-space, so each unordered pair appears once."""
-    return tuple(d for d in itertools.product(range(-radius, radius + 1), repeat=ndim)
-                 if any(d) and sum(v * v for v in d) <= radius * radius and d > (0,) * ndim)
+    return tuple(
+        d
+        for d in itertools.product(range(-radius, radius + 1), repeat=ndim)
+        if any(d) and sum(v * v for v in d) <= radius * radius and d > (0,) * ndim
+    )
 
 
 def _pair(t: torch.Tensor, offset: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,8 +50,9 @@ class EdgePotts(torch.nn.Module):
     per voxel instead of 61). The guide image is the centre input channel.
     """
 
-    def __init__(self, weight: float = 1.0, radius: int | None = None, sigma_intensity: float = 0.1,
-                 sigma_space: float = 3.0):
+    def __init__(
+        self, weight: float = 1.0, radius: int | None = None, sigma_intensity: float = 0.1, sigma_space: float = 3.0
+    ):
         super().__init__()
         if weight < 0 or (radius is not None and radius < 1) or sigma_intensity <= 0 or sigma_space <= 0:
             raise ValueError("the edge-aware loss needs weight >= 0, radius >= 1 and positive sigmas")
@@ -63,8 +68,8 @@ class EdgePotts(torch.nn.Module):
         for offset in half_offsets(ndim, radius):
             g0, g1 = _pair(guide, offset)
             p0, p1 = _pair(probs, offset)
-            spatial = math.exp(-sum(v * v for v in offset) / (2 * self.sigma_space ** 2))
-            w = spatial * torch.exp(-(g0 - g1).square() / (2 * self.sigma_intensity ** 2))
+            spatial = math.exp(-sum(v * v for v in offset) / (2 * self.sigma_space**2))
+            w = spatial * torch.exp(-(g0 - g1).square() / (2 * self.sigma_intensity**2))
             total = total + (w * (1 - (p0 * p1).sum(dim=1))).sum()
             count += g0.numel()
         return self.weight * total / max(count, 1.0)

@@ -75,8 +75,12 @@ class PretrainConfig:
     def model_config(self) -> dict[str, Any]:
         """The network's full configuration, as a segmentation model of the same architecture would have it
         (apart from its number of outputs)."""
-        return {**PRESETS.get(self.arch, {}), **self.model, "in_channels": self.input.in_channels,
-                "ndim": self.input.model_ndim}
+        return {
+            **PRESETS.get(self.arch, {}),
+            **self.model,
+            "in_channels": self.input.in_channels,
+            "ndim": self.input.model_ndim,
+        }
 
 
 @dataclass(frozen=True)
@@ -130,9 +134,17 @@ def blind_spot_mask(x: np.ndarray, fraction: float, rng: np.random.Generator) ->
 def save_pretrained(path: str | os.PathLike[str], body: PretrainedBody) -> Path:
     """Write ``body`` to ``path`` (atomically: a partly written file never replaces a good one)."""
     path = Path(path)
-    meta = {"format": FORMAT, "version": FORMAT_VERSION, "arch": body.arch, "model_config": body.model_config,
-            "input": body.input, "normalization": body.normalization, "steps": body.steps, "seconds": body.seconds,
-            "image_key": body.image_key}
+    meta = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "arch": body.arch,
+        "model_config": body.model_config,
+        "input": body.input,
+        "normalization": body.normalization,
+        "steps": body.steps,
+        "seconds": body.seconds,
+        "image_key": body.image_key,
+    }
     tmp = path.with_name(path.name + ".part")
     torch.save({"meta": json.dumps(meta), "state": {k: v.detach().cpu() for k, v in body.state.items()}}, tmp)
     os.replace(tmp, path)
@@ -143,20 +155,31 @@ def load_pretrained(path: str | os.PathLike[str]) -> PretrainedBody:
     """Read a file written by :func:`save_pretrained`; :class:`PretrainError` if it is anything else."""
     path = Path(path)
     if not path.is_file():
-        raise PretrainError(f"pretrained weights {path} not found; make them with 'napari-msd pretrain IMAGE -o {path}'")
+        raise PretrainError(
+            f"pretrained weights {path} not found; make them with 'napari-msd pretrain IMAGE -o {path}'"
+        )
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
         meta = json.loads(raw["meta"])
         state = dict(raw["state"])
     except Exception:  # noqa: BLE001 - any failure means the same to the user
-        raise PretrainError(f"{path} is not a napari-msd pretrained-weights file (made by 'napari-msd pretrain')") \
-            from None
+        raise PretrainError(
+            f"{path} is not a napari-msd pretrained-weights file (made by 'napari-msd pretrain')"
+        ) from None
     if meta.get("format") != FORMAT:
         raise PretrainError(f"{path} is not a napari-msd pretrained-weights file (made by 'napari-msd pretrain')")
     if int(meta.get("version", 0)) > FORMAT_VERSION:
         raise PretrainError(f"{path} was written by a newer napari-msd; update napari-msd to use it")
-    return PretrainedBody(meta["arch"], meta["model_config"], meta["input"], meta["normalization"], state,
-                          int(meta["steps"]), float(meta["seconds"]), meta.get("image_key"))
+    return PretrainedBody(
+        meta["arch"],
+        meta["model_config"],
+        meta["input"],
+        meta["normalization"],
+        state,
+        int(meta["steps"]),
+        float(meta["seconds"]),
+        meta.get("image_key"),
+    )
 
 
 def image_fingerprint(image: Any, samples: int = 64) -> str:
@@ -171,8 +194,9 @@ def image_fingerprint(image: Any, samples: int = 64) -> str:
 
 def cache_key(image: Any, arch: str, model_config: dict[str, Any], spec: InputSpec) -> str:
     """Key of the pretrained body for ``image`` and a network: the image's fingerprint and the architecture."""
-    net = json.dumps([arch, {k: v for k, v in sorted(model_config.items()) if k != "out_channels"},
-                      spec.to_dict()], default=str)
+    net = json.dumps(
+        [arch, {k: v for k, v in sorted(model_config.items()) if k != "out_channels"}, spec.to_dict()], default=str
+    )
     return f"{image_fingerprint(image)}-{hashlib.blake2b(net.encode(), digest_size=8).hexdigest()}"
 
 
@@ -193,13 +217,18 @@ def check_compatible(body: PretrainedBody, arch: str, model_config: dict[str, An
     """:class:`PretrainError` unless ``body`` was pretrained for this architecture, configuration and input."""
     want = {k: v for k, v in model_config.items() if k != "out_channels"}
     have = {k: v for k, v in body.model_config.items() if k != "out_channels"}
-    if body.arch != arch or json.dumps(want, sort_keys=True, default=list) != json.dumps(have, sort_keys=True,
-                                                                                           default=list):
-        raise PretrainError(f"the pretrained weights are for {body.arch} {have}, not {arch} {want}; pretrain "
-                            "again for this network (or choose the network they were made for)")
+    if body.arch != arch or json.dumps(want, sort_keys=True, default=list) != json.dumps(
+        have, sort_keys=True, default=list
+    ):
+        raise PretrainError(
+            f"the pretrained weights are for {body.arch} {have}, not {arch} {want}; pretrain "
+            "again for this network (or choose the network they were made for)"
+        )
     if InputSpec.from_dict(body.input) != spec:
-        raise PretrainError(f"the pretrained weights take {body.input['mode']} input, this network "
-                            f"{spec.mode}; pretrain again with the same input")
+        raise PretrainError(
+            f"the pretrained weights take {body.input['mode']} input, this network "
+            f"{spec.mode}; pretrain again with the same input"
+        )
 
 
 def apply_pretrained(model: torch.nn.Module, body: PretrainedBody) -> int:
@@ -208,8 +237,10 @@ def apply_pretrained(model: torch.nn.Module, body: PretrainedBody) -> int:
     missing = [k for k in own if k not in HEAD_PARAMETERS and k not in body.state]
     wrong = [k for k, v in body.state.items() if k in own and tuple(own[k].shape) != tuple(v.shape)]
     if missing or wrong:
-        raise PretrainError(f"the pretrained weights do not fit this network ({len(missing)} missing, {len(wrong)} "
-                            "of another shape); pretrain again for this network")
+        raise PretrainError(
+            f"the pretrained weights do not fit this network ({len(missing)} missing, {len(wrong)} "
+            "of another shape); pretrain again for this network"
+        )
     with torch.no_grad():
         for k, v in body.state.items():
             if k in own and k not in HEAD_PARAMETERS:
@@ -223,8 +254,13 @@ class Pretrainer:
     :class:`PretrainStep` events, :meth:`pause`, :meth:`resume` and :meth:`stop` work from any thread, and
     :meth:`body` is the result. ``start``: a body to continue (e.g. the cached one)."""
 
-    def __init__(self, images: Sequence[Any], config: PretrainConfig, start: PretrainedBody | None = None,
-                 image_key: str | None = None):
+    def __init__(
+        self,
+        images: Sequence[Any],
+        config: PretrainConfig,
+        start: PretrainedBody | None = None,
+        image_key: str | None = None,
+    ):
         config.check()
         if not images:
             raise PretrainError("no image given to pretrain on")
@@ -291,8 +327,11 @@ class Pretrainer:
         x = np.stack([self._patch() for _ in range(self.config.batch_size)])
         masked, mask = blind_spot_mask(x, self.config.mask_fraction, self.rng)
         target = x[:, x.shape[1] // 2]  # the centre slice of 2.5D input, the only channel otherwise
-        return (torch.from_numpy(masked).to(self.device), torch.from_numpy(np.ascontiguousarray(target)).to(
-            self.device), torch.from_numpy(mask).to(self.device))
+        return (
+            torch.from_numpy(masked).to(self.device),
+            torch.from_numpy(np.ascontiguousarray(target)).to(self.device),
+            torch.from_numpy(mask).to(self.device),
+        )
 
     def _progress(self, elapsed: float) -> float | None:
         parts = []
@@ -330,12 +369,35 @@ class Pretrainer:
     def body(self) -> PretrainedBody:
         """The network body as it is now (copied to the CPU)."""
         with self._lock:
-            state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()
-                     if k not in HEAD_PARAMETERS}
-        return PretrainedBody(self.config.arch, dict(self.model_config), self.config.input.to_dict(),
-                              self.normalization.to_dict(), state, self.step, self.seconds, self.image_key)
+            state = {
+                k: v.detach().to("cpu", copy=True)
+                for k, v in self.model.state_dict().items()
+                if k not in HEAD_PARAMETERS
+            }
+        return PretrainedBody(
+            self.config.arch,
+            dict(self.model_config),
+            self.config.input.to_dict(),
+            self.normalization.to_dict(),
+            state,
+            self.step,
+            self.seconds,
+            self.image_key,
+        )
 
 
-__all__ = ["PretrainConfig", "PretrainError", "PretrainStep", "PretrainedBody", "Pretrainer", "apply_pretrained",
-           "blind_spot_mask", "cache_key", "cache_path", "check_compatible", "image_fingerprint", "load_pretrained",
-           "save_pretrained"]
+__all__ = [
+    "PretrainConfig",
+    "PretrainError",
+    "PretrainStep",
+    "PretrainedBody",
+    "Pretrainer",
+    "apply_pretrained",
+    "blind_spot_mask",
+    "cache_key",
+    "cache_path",
+    "check_compatible",
+    "image_fingerprint",
+    "load_pretrained",
+    "save_pretrained",
+]

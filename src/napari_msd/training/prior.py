@@ -14,8 +14,9 @@ import numpy as np
 import torch
 
 
-def estimate_prior(probabilities: np.ndarray, train_prior: np.ndarray, iterations: int = 200,
-                   tol: float = 1e-6) -> np.ndarray:
+def estimate_prior(
+    probabilities: np.ndarray, train_prior: np.ndarray, iterations: int = 200, tol: float = 1e-6
+) -> np.ndarray:
     """EM estimate of the class prior of pixels whose posteriors ``(K, N)`` were made under ``train_prior``."""
     p = np.asarray(probabilities, np.float64)
     train_prior = np.asarray(train_prior, np.float64)
@@ -40,8 +41,9 @@ def output_bias(model: torch.nn.Module) -> torch.nn.Parameter:
     return bias
 
 
-def shift_output_bias(model: torch.nn.Module, prior: np.ndarray, train_prior: np.ndarray,
-                      floor: float = 1e-3) -> np.ndarray:
+def shift_output_bias(
+    model: torch.nn.Module, prior: np.ndarray, train_prior: np.ndarray, floor: float = 1e-3
+) -> np.ndarray:
     """Add ``log(prior / train_prior)`` to the output bias; returns the shift (classes below ``floor`` are kept
     at ``floor``, so a class never becomes impossible)."""
     prior = np.maximum(np.asarray(prior, np.float64), floor)
@@ -52,8 +54,9 @@ def shift_output_bias(model: torch.nn.Module, prior: np.ndarray, train_prior: np
     return shift
 
 
-def undo_prior_shift(model: torch.nn.Module, provenance: dict, class_names: list[str], floor: float = 1e-3
-                     ) -> np.ndarray | None:
+def undo_prior_shift(
+    model: torch.nn.Module, provenance: dict, class_names: list[str], floor: float = 1e-3
+) -> np.ndarray | None:
     """Take back the correction recorded in a model's ``provenance["class_prior"]`` (see :func:`shift_output_bias`,
     from a uniform training prior), so fine-tuning starts from the network as trained: fine-tuned on
     class-balanced strokes and corrected again afterwards, the shift would otherwise count twice. Returns the
@@ -67,4 +70,3 @@ def undo_prior_shift(model: torch.nn.Module, provenance: dict, class_names: list
         bias = output_bias(model)
         bias -= torch.as_tensor(shift, dtype=bias.dtype, device=bias.device)
     return shift
-

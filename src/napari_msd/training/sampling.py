@@ -67,8 +67,9 @@ def _slab_rows(labels: Any) -> int:
     return max(1, int(2**24 // max(1, int(np.prod(labels.shape[1:])))))
 
 
-def scan_labels(labels: Any, max_per_class: int = 2_000_000, seed: int = 0, name: str = "labels"
-                ) -> dict[int, np.ndarray]:
+def scan_labels(
+    labels: Any, max_per_class: int = 2_000_000, seed: int = 0, name: str = "labels"
+) -> dict[int, np.ndarray]:
     """Coordinates of every labeled pixel by class, read slab by slab.
 
     A class with more than ``max_per_class`` pixels is thinned uniformly at random as the
@@ -88,12 +89,16 @@ def scan_labels(labels: Any, max_per_class: int = 2_000_000, seed: int = 0, name
             continue
         values = block[nz]
         if int(values.min()) < 0:
-            raise TrainingDataError(f"labels of {name} contain the negative value {int(values.min())}; labels are "
-                                    f"0 = unlabeled, 1..K = classes: repaint those pixels or choose another layer")
+            raise TrainingDataError(
+                f"labels of {name} contain the negative value {int(values.min())}; labels are "
+                f"0 = unlabeled, 1..K = classes: repaint those pixels or choose another layer"
+            )
         top = int(values.max())
         if top > MAX_CLASSES:
-            raise TrainingDataError(f"labels of {name} contain the value {top}: is this the image? labels are "
-                                    f"0 = unlabeled, 1..K = classes; K must be below {MAX_CLASSES + 1}")
+            raise TrainingDataError(
+                f"labels of {name} contain the value {top}: is this the image? labels are "
+                f"0 = unlabeled, 1..K = classes; K must be below {MAX_CLASSES + 1}"
+            )
         coords = np.stack(nz, axis=1).astype(np.int32)
         coords[:, 0] += start
         for c in np.unique(values):
@@ -240,17 +245,32 @@ class PatchSampler:
     fine-tuning), a ``replay_fraction`` of patches come from them.
     """
 
-    def __init__(self, indices: list[LabelIndex], spec: InputSpec, size: tuple[int, ...], n_classes: int,
-                 normalization: Normalization, seed: int = 0, replay: list[LabelIndex] | None = None,
-                 replay_fraction: float = 0.5, pseudo: dict | None = None, unpainted_fraction: float = 0.25):
+    def __init__(
+        self,
+        indices: list[LabelIndex],
+        spec: InputSpec,
+        size: tuple[int, ...],
+        n_classes: int,
+        normalization: Normalization,
+        seed: int = 0,
+        replay: list[LabelIndex] | None = None,
+        replay_fraction: float = 0.5,
+        pseudo: dict | None = None,
+        unpainted_fraction: float = 0.25,
+    ):
         self.spec, self.size, self.n_classes, self.normalization = spec, tuple(size), n_classes, normalization
         self.pseudo = pseudo or {}  # teacher labels of xy planes (training.teacher): targets K..2K-1 where unpainted
         self.rng = np.random.default_rng(seed)
         self.groups = [g for g in (indices, replay or []) if any(ix.train for ix in g)]
         self.fractions = [1.0] if len(self.groups) == 1 else [1 - replay_fraction, replay_fraction]
         # planes only the teacher labeled (no stroke on them): a share of the patches comes from there
-        self.unpainted = [(ix, z) for ix in indices + (replay or []) if len(ix.data.image.shape) == 3
-                          for z in self.pseudo.get(id(ix), {}) if z is not None and not _painted(ix, z)]
+        self.unpainted = [
+            (ix, z)
+            for ix in indices + (replay or [])
+            if len(ix.data.image.shape) == 3
+            for z in self.pseudo.get(id(ix), {})
+            if z is not None and not _painted(ix, z)
+        ]
         self.unpainted_fraction = unpainted_fraction if self.unpainted and spec.mode != "3d" else 0.0
 
     def _pick(self, group: list[LabelIndex]) -> tuple[LabelIndex, np.ndarray]:
@@ -304,9 +324,15 @@ def _painted(ix: LabelIndex, z: int) -> bool:
     return any(len(xy) and bool((xy[:, 0] == z).any()) for group in (ix.train, ix.val) for xy in group.values())
 
 
-def validation_tiles(indices: list[LabelIndex], spec: InputSpec, size: tuple[int, ...], n_classes: int,
-                     normalization: Normalization, max_tiles: int = 32, seed: int = 0
-                     ) -> list[tuple[np.ndarray, np.ndarray]]:
+def validation_tiles(
+    indices: list[LabelIndex],
+    spec: InputSpec,
+    size: tuple[int, ...],
+    n_classes: int,
+    normalization: Normalization,
+    max_tiles: int = 32,
+    seed: int = 0,
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """Fixed ``(input, target)`` tiles covering held-out pixels (xy orientation, no augmentation).
 
     Each tile is centred on one validation cell and scores only that cell's validation pixels,

@@ -33,9 +33,20 @@ class SeenRings:
     """Windows around the new labels of ``indices`` with the pixels a person saw and left, and ``parent``'s
     prediction of them. ``others``: earlier labels (replayed), counted as labels where they share an image."""
 
-    def __init__(self, parent: torch.nn.Module, indices: Sequence[LabelIndex], others: Sequence[TrainingData],
-                 spec: InputSpec, normalization: Normalization, device: torch.device, windows: int = 8,
-                 side: int = 128, margin: int = 8, confidence: float = 0.9, seed: int = 0):
+    def __init__(
+        self,
+        parent: torch.nn.Module,
+        indices: Sequence[LabelIndex],
+        others: Sequence[TrainingData],
+        spec: InputSpec,
+        normalization: Normalization,
+        device: torch.device,
+        windows: int = 8,
+        side: int = 128,
+        margin: int = 8,
+        confidence: float = 0.9,
+        seed: int = 0,
+    ):
         if spec.mode == "3d":
             raise ValueError("the rings around corrections are xy windows: 3D inputs have none")
         rng = np.random.default_rng(seed)
@@ -46,8 +57,10 @@ class SeenRings:
             same_image = [o.labels for o in others if o.image is d.image]
             if not same_image:  # new labels on an image the parent never learned are new data, not corrections
                 continue
-            painted = np.concatenate([xy for group in (ix.train, ix.val) for xy in group.values()] or
-                                     [np.zeros((0, len(d.image.shape)), int)])
+            painted = np.concatenate(
+                [xy for group in (ix.train, ix.val) for xy in group.values()]
+                or [np.zeros((0, len(d.image.shape)), int)]
+            )
             if not len(painted):
                 continue
             for k in rng.choice(len(painted), size=min(windows, len(painted)), replace=False):

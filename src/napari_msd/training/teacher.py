@@ -66,9 +66,15 @@ def unpainted_planes(n_planes: int, painted: Sequence[int], count: int) -> list[
     return [free[int((k + 0.5) * len(free) / count)] for k in range(count)]
 
 
-def forest_pseudo_labels(indices: Sequence[LabelIndex], n_classes: int, confidence: float = 0.8, seed: int = 0,
-                         threads: int | None = None, extra_planes: int = 0,
-                         fit_on: Sequence[LabelIndex] | None = None) -> PseudoLabels:
+def forest_pseudo_labels(
+    indices: Sequence[LabelIndex],
+    n_classes: int,
+    confidence: float = 0.8,
+    seed: int = 0,
+    threads: int | None = None,
+    extra_planes: int = 0,
+    fit_on: Sequence[LabelIndex] | None = None,
+) -> PseudoLabels:
     """Fit a forest on the training strokes of ``fit_on`` (default: ``indices``) and label the pixels of the
     painted planes of ``indices`` (and of ``extra_planes`` unpainted planes per volume) where its probability of
     the winning class is at least ``confidence`` (1..K; 0 elsewhere)."""
@@ -80,7 +86,7 @@ def forest_pseudo_labels(indices: Sequence[LabelIndex], n_classes: int, confiden
     forest = PixelForest.fit(data, n_classes, seed=seed, threads=threads)
     out: PseudoLabels = {}
     done: dict[tuple[int, int | None], np.ndarray] = {}  # (image, plane): a retraining's new and replayed labels
-    for ix in indices:                                     # share one image and often its planes: label each once
+    for ix in indices:  # share one image and often its planes: label each once
         if id(ix) not in strokes:
             continue
         planes = {}

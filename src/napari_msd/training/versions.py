@@ -85,13 +85,29 @@ class ModelVersions:
                 return version
         raise KeyError(f"no model version {name!r}; versions: {', '.join(self.names()) or 'none yet'}")
 
-    def add(self, model: torch.nn.Module, metadata: ModelMetadata, *, metrics: dict[str, Any] | None = None,
-            parent: str | None = None, trained_on: list[TrainingData] | None = None, path: Path | None = None,
-            steps: int = 0) -> ModelVersion:
+    def add(
+        self,
+        model: torch.nn.Module,
+        metadata: ModelMetadata,
+        *,
+        metrics: dict[str, Any] | None = None,
+        parent: str | None = None,
+        trained_on: list[TrainingData] | None = None,
+        path: Path | None = None,
+        steps: int = 0,
+    ) -> ModelVersion:
         """Append a new version ``v<n>`` (a private CPU copy of ``model``) and make it current."""
         twin = copy.deepcopy(model).to("cpu").eval()
-        version = ModelVersion(f"v{len(self._items) + 1}", twin, copy.deepcopy(metadata), dict(metrics or {}),
-                               parent, list(trained_on or []), path, steps)
+        version = ModelVersion(
+            f"v{len(self._items) + 1}",
+            twin,
+            copy.deepcopy(metadata),
+            dict(metrics or {}),
+            parent,
+            list(trained_on or []),
+            path,
+            steps,
+        )
         self._items.append(version)
         self._current = version
         return version
