@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
+
+from helpers.arrays import CountingArray
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -31,35 +32,6 @@ def accept_any_network(monkeypatch):
     from napari_msd.training import health
 
     monkeypatch.setattr(health, "DOMINANT", 1.01)
-
-
-class CountingArray:
-    """A lazy array stand-in (like a zarr array): records every read made through ``__getitem__``.
-
-    It has no ``__array__``, so code that tries to read it whole with ``np.asarray`` gets an
-    object array and fails loudly instead of silently reading everything.
-    """
-
-    def __init__(self, data: np.ndarray, chunks: tuple[int, ...] | None = None):
-        self._data = data
-        self.shape = data.shape
-        self.dtype = data.dtype
-        self.ndim = data.ndim
-        if chunks is not None:
-            self.chunks = chunks
-        self.reads: list[int] = []  # elements returned by each read
-
-    def __getitem__(self, key):
-        out = self._data[key]
-        self.reads.append(int(np.size(out)))
-        return np.array(out, copy=True)
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    @property
-    def elements_read(self) -> int:
-        return sum(self.reads)
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import os
 import subprocess
 import sys
@@ -19,18 +18,7 @@ from napari_msd.io import save_model
 from napari_msd.io.outputs import OutputError, open_output
 from napari_msd.models import MSDNet
 
-
-def _batch_helpers():
-    """``make_model`` / ``make_volume`` of tests/inference/test_batch.py (loaded by path: tests are no package)."""
-    spec = importlib.util.spec_from_file_location(
-        "_napari_msd_batch_helpers", Path(__file__).parent / "inference" / "test_batch.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.make_model, module.make_volume
-
-
-make_model, make_volume = _batch_helpers()
+from helpers.batch import make_model, make_volume
 
 SCRIPT = Path(sys.executable).with_name("napari-msd")
 # one torch/OpenMP thread per process: two cores shared with other work (and with dask workers)

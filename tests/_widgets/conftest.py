@@ -4,9 +4,10 @@ network, and a list collecting the error notifications the docks show."""
 from __future__ import annotations
 
 import pytest
-from dock_helpers import synthetic_volume
 
 from napari_msd._widgets.session import get_session
+
+from helpers.docks import synthetic_volume
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from dock_helpers import WAIT_MS
 
 from napari_msd._widgets.batch_widget import BatchWidget
 from napari_msd._widgets.session import get_session
@@ -19,6 +18,8 @@ from napari_msd.inference import batch
 from napari_msd.io import save_model
 from napari_msd.io.outputs import open_output
 from napari_msd.models import MSDNet
+
+from helpers.docks import WAIT_MS
 
 CLASSES = ["membrane", "interior"]
 TIMEOUT = WAIT_MS  # ms: a ceiling; waits end when the work does

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from dock_helpers import wait_idle
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QApplication, QTabBar
 from test_predict_widget import add_version
@@ -13,6 +12,8 @@ from test_predict_widget import add_version
 from napari_msd._widgets.demo import DOCKS, open_demo
 from napari_msd._widgets.session import get_session
 from napari_msd._widgets.train_widget import DEFAULT_CLASSES
+
+from helpers.docks import wait_idle
 
 SAMPLE_CLASSES = ["membrane", "cell interior"]
 

@@ -4,9 +4,10 @@ before the network's first preview, which then replaces it."""
 from __future__ import annotations
 
 import numpy as np
-from dock_helpers import WAIT_MS, wait_idle
 
 from napari_msd._widgets.train_widget import PREVIEW_LAYER
+
+from helpers.docks import WAIT_MS, wait_idle
 
 
 def test_the_forest_answers_first_and_the_network_replaces_it(docks, qtbot, errors, monkeypatch):

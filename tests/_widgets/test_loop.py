@@ -5,9 +5,10 @@ corrected, with version 1 still there to switch back to."""
 from __future__ import annotations
 
 import numpy as np
-from dock_helpers import wait_idle
 
 from napari_msd._widgets.session import get_session
+
+from helpers.docks import wait_idle
 
 GRAY = (slice(None), slice(42, 53), slice(42, 53))  # inside the square nobody labeled (intensity between classes)
 

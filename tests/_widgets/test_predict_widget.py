@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from dock_helpers import SHAPE, WAIT_MS, wait_idle
 
 from napari_msd._widgets.session import get_session
 from napari_msd._widgets.viewport import camera
@@ -16,6 +15,8 @@ from napari_msd.inference.predictor import Predictor
 from napari_msd.inference.uncertainty import entropy, to_uint8
 from napari_msd.io.model_file import ModelMetadata
 from napari_msd.models import MSDNet
+
+from helpers.docks import SHAPE, WAIT_MS, wait_idle
 
 
 def add_version(viewer, mode: str = "2d", slices: int = 1):

@@ -3,10 +3,10 @@ chosen, pauses while a training runs, gives the new network its body, caches it,
 
 from __future__ import annotations
 
-from dock_helpers import WAIT_MS, wait_idle
-
 from napari_msd._widgets.session import get_session
 from napari_msd.training.pretrain import cache_path, load_pretrained
+
+from helpers.docks import WAIT_MS, wait_idle
 
 
 def _learning(train, qtbot, steps: int = 2) -> None:

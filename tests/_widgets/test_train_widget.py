@@ -7,11 +7,12 @@ import time
 
 import numpy as np
 import pytest
-from dock_helpers import SHAPE, WAIT_MS, synthetic_volume, wait_idle
 from napari.layers import Labels
 
 from napari_msd._widgets.session import get_session
 from napari_msd._widgets.train_widget import PREVIEW_LAYER
+
+from helpers.docks import SHAPE, WAIT_MS, synthetic_volume, wait_idle
 
 
 def test_training_adds_a_version_and_shows_a_live_preview(docks, qtbot, errors):

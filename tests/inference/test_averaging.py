@@ -5,13 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import zarr
-from builders import NORM, image, metadata, msd
 
 from napari_msd.base.inputs import InputSpec
 from napari_msd.inference.averaging import OrientationAverage
 from napari_msd.inference.batch import BatchError, prepare, run
 from napari_msd.inference.predictor import Predictor
 from napari_msd.io import save_model
+
+from helpers.networks import NORM, image, metadata, msd
 
 
 @pytest.mark.parametrize("spec", [InputSpec(), InputSpec(mode="2.5d", slices=3)])

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import zarr
 
 from napari_msd.inference import Predictor
@@ -26,45 +25,9 @@ from napari_msd.inference.batch import (
     prepare,
     run,
 )
-from napari_msd.io import save_model
 from napari_msd.io.outputs import open_output
-from napari_msd.models import MSDNet
 
-CLASSES = ["membrane", "cell interior"]
-NORMALIZATION = {"method": "percentile", "low": 0.0, "high": 255.0, "percentiles": [1, 99]}
-INPUT_2D = {"mode": "2d", "slices": 1, "orientations": ["xy"]}
-SHAPE = (5, 96, 80)
-
-
-def make_model(path: Path, seed: int = 0) -> Path:
-    """A tiny "trained-ish" MS-D network, saved: random head and biases (its output depends on every layer),
-    scaled and biased so that both classes cover large parts of :func:`make_volume`."""
-    torch.manual_seed(seed)
-    net = MSDNet(1, 2, depth=6)
-    with torch.no_grad():
-        for p in (net.bias, net.head_weight):
-            p.normal_(0.0, 0.5)
-        net.head_bias.zero_()
-        x = torch.from_numpy(make_volume()[:, None].astype(np.float32) / 255.0)
-        margin = net.eval()(x)[:, 0] - net(x)[:, 1]
-        net.head_weight *= 3.0 / float(margin.std())  # class margins of a few units, as after training
-        net.head_bias[0] = -float(margin.median()) * 3.0 / float(margin.std())
-    return save_model(
-        path,
-        net,
-        class_names=list(CLASSES),
-        normalization=dict(NORMALIZATION),
-        input_spec=dict(INPUT_2D),
-        effective_halo=None,
-    )
-
-
-def make_volume(shape=SHAPE, seed: int = 0) -> np.ndarray:
-    """Smooth blobs plus noise, uint8."""
-    rng = np.random.default_rng(seed)
-    grids = np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")
-    smooth = sum(np.sin(g / (3.0 + i) + rng.uniform(0, 6)) for i, g in enumerate(grids))
-    return np.clip(128 + 40 * smooth + rng.normal(0, 25, shape), 0, 255).astype(np.uint8)
+from helpers.batch import CLASSES, SHAPE, make_model, make_volume
 
 
 @pytest.fixture(scope="module")

@@ -6,11 +6,13 @@ import dataclasses
 
 import numpy as np
 import pytest
-from builders import CountingArray, image, metadata, msd
 
 from napari_msd.base.inputs import InputSpec
 from napari_msd.inference import Predictor, measure_effective_halo
 from napari_msd.inference.halo import DEFAULT_CANDIDATES, default_region
+
+from helpers.arrays import CountingArray
+from helpers.networks import image, metadata, msd
 
 
 def test_tiles_with_the_measured_halo_agree_with_whole_image_prediction():

@@ -7,12 +7,14 @@ import threading
 import numpy as np
 import pytest
 import zarr
-from builders import CountingArray, image, metadata, msd, unet
 
 from napari_msd.base.inputs import InputSpec
 from napari_msd.inference import BlockDone, Predictor
 from napari_msd.io.model_file import save_model
 from napari_msd.models import MSDNet
+
+from helpers.arrays import CountingArray
+from helpers.networks import image, metadata, msd, unet
 
 CASES = {  # name: (network, input spec, image shape, block shape), blocks not dividing the image
     "msd-2d": (lambda: msd(), InputSpec(), (100, 90), (32, 25)),

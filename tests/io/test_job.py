@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from output_helpers import make_job
 
 from napari_msd.io.job import JobSpec
+
+from helpers.outputs import make_job
 
 
 def test_job_round_trips_and_validates():

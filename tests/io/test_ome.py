@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import zarr
-from output_helpers import NAMES, job_truth, make_job, write_blocks
 
 from napari_msd.io.images import open_image
 from napari_msd.io.outputs import OutputError, create_or_resume
+
+from helpers.outputs import NAMES, job_truth, make_job, write_blocks
 
 
 def test_ome_zarr_metadata_pyramid_and_readers(tmp_path):

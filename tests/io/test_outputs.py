@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from output_helpers import job_truth, make_job, write_blocks
 
 from napari_msd.io.images import open_image
 from napari_msd.io.outputs import OutputError, PredictionOutput, create_or_resume, open_output
+
+from helpers.outputs import job_truth, make_job, write_blocks
 
 
 def _write_in_child(out: PredictionOutput, blocks: list) -> None:  # runs in a spawned process

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import torch
 
@@ -58,27 +56,3 @@ def image(shape, seed=0) -> np.ndarray:
     grids = np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")
     smooth = sum(np.sin(g / (3.0 + i) + rng.uniform(0, 6)) for i, g in enumerate(grids))
     return np.clip(128 + 40 * smooth + rng.normal(0, 25, shape), 0, 255).astype(np.uint8)
-
-
-class CountingArray:
-    """A lazy array stand-in recording every read; without ``__array__``, so a whole read cannot sneak by."""
-
-    def __init__(self, data=None, shape=None, dtype=np.uint8):
-        self._data = data
-        self.shape = tuple(data.shape if data is not None else shape)
-        self.dtype = np.dtype(data.dtype if data is not None else dtype)
-        self.ndim = len(self.shape)
-        self.reads: list[int] = []  # elements returned by each read
-        self.keys: list[tuple] = []  # the index of each read
-        self.lock = threading.Lock()
-
-    def __getitem__(self, key):
-        if self._data is not None:
-            out = np.array(self._data[key])
-        else:  # synthetic: a value from the coordinates, never materialised whole
-            grids = np.meshgrid(*[np.arange(n)[k] for n, k in zip(self.shape, key)], indexing="ij")
-            out = (sum(grids) % 251).astype(self.dtype)
-        with self.lock:
-            self.reads.append(out.size)
-            self.keys.append(key)
-        return out
