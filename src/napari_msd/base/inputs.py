@@ -105,10 +105,10 @@ def read_input(
     """
     ndim = len(image.shape)
     if spec.mode == "3d":
-        box = tuple(slice(box_start(c, s, n), box_start(c, s, n) + s) for c, s, n in zip(center, size, image.shape))
-        return np.asarray(image[box])[None], box
+        cube = tuple(slice(box_start(c, s, n), box_start(c, s, n) + s) for c, s, n in zip(center, size, image.shape))
+        return np.asarray(image[cube])[None], cube
     (a, b), normal = plane_axes(ndim, orientation)
-    box: list[slice | int] = [slice(None)] * ndim
+    box: list[slice] = [slice(None)] * ndim
     for axis, s in zip((a, b), size):
         start = box_start(center[axis], s, image.shape[axis])
         box[axis] = slice(start, start + s)

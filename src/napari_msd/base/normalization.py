@@ -36,7 +36,8 @@ class Normalization:
     def from_dict(cls, data: dict[str, Any]) -> Normalization:
         if data.get("method", "percentile") != "percentile":
             raise ValueError(f"unknown normalisation method {data.get('method')!r}")
-        return cls(float(data["low"]), float(data["high"]), tuple(float(p) for p in data.get("percentiles", (1, 99))))
+        low_p, high_p = (float(p) for p in data.get("percentiles", (1, 99)))
+        return cls(float(data["low"]), float(data["high"]), (low_p, high_p))
 
 
 def _sample_blocks(image: Any, budget: int, rng: np.random.Generator) -> np.ndarray:

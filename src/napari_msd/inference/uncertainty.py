@@ -177,8 +177,8 @@ class RegionScores:
         z, ty, tx = np.unravel_index(best, self._sums.shape)
         self._reviewed[z, ty, tx] = True
         t, (_, y, x) = self.tile, self._shape3
-        region = (slice(int(z), int(z) + 1), slice(ty * t, min((ty + 1) * t, y)), slice(tx * t, min((tx + 1) * t, x)))
-        region = tuple(slice(int(s.start), int(s.stop)) for s in region)
+        bounds = ((z, z + 1), (ty * t, min((ty + 1) * t, y)), (tx * t, min((tx + 1) * t, x)))
+        region = tuple(slice(int(lo), int(hi)) for lo, hi in bounds)
         return region if len(self.shape) == 3 else region[1:]
 
     def mark_reviewed(self, region: Sequence[slice | int]) -> None:

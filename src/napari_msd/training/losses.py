@@ -42,6 +42,7 @@ class SparseLoss(torch.nn.Module):
         )
         if weights.shape != (n_classes,):
             raise ValueError(f"need {n_classes} class weights, got {len(weights)}")
+        self.class_weights: torch.Tensor
         self.register_buffer("class_weights", weights)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -91,8 +91,9 @@ def forest_pseudo_labels(
             continue
         planes = {}
         painted = strokes[id(ix)].planes()
-        if ix.data.image.ndim == 3:
-            painted = painted + unpainted_planes(ix.data.image.shape[0], painted, extra_planes)
+        if ix.data.image.ndim == 3:  # a volume: every plane is a number
+            numbered = [z for z in painted if z is not None]
+            painted = [*painted, *unpainted_planes(ix.data.image.shape[0], numbered, extra_planes)]
         for z in painted:
             image = ix.data.image
             if (id(image), z) not in done:
