@@ -93,7 +93,7 @@ def box_start(center: int, size: int, n: int) -> int:
 
 
 def read_input(
-    image: Any, spec: InputSpec, center: Sequence[int], size: Sequence[int], orientation: str = "xy"
+    image: Any, spec: InputSpec, center: Sequence[int] | np.ndarray, size: Sequence[int], orientation: str = "xy"
 ) -> tuple[np.ndarray, tuple[slice, ...]]:
     """Cut one network input around ``center`` (image coordinates).
 

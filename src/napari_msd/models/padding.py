@@ -11,10 +11,13 @@ torch kernels are used whenever they apply.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
-_PAD = {1: torch._C._nn.reflection_pad1d, 2: torch._C._nn.reflection_pad2d, 3: torch._C._nn.reflection_pad3d}
+_NN: Any = torch._C._nn  # torch's own reflection-pad kernels (not in its type stubs)
+_PAD = {1: _NN.reflection_pad1d, 2: _NN.reflection_pad2d, 3: _NN.reflection_pad3d}
 _PAD_BACKWARD = {
     1: torch.ops.aten.reflection_pad1d_backward.grad_input,
     2: torch.ops.aten.reflection_pad2d_backward.grad_input,

@@ -70,7 +70,8 @@ class Augmentation:
             grid = grid[:, None].expand(b, d, *hw, 2)
             zs = torch.linspace(-1, 1, d, device=x.device).view(1, d, 1, 1, 1).expand(b, d, *hw, 1)
             grid = torch.cat((grid, zs), dim=-1)
-        kw = {"padding_mode": "reflection", "align_corners": True}
-        x = F.grid_sample(x, grid.to(x.dtype), mode="bilinear", **kw)
-        y = F.grid_sample(y[:, None].to(x.dtype), grid.to(x.dtype), mode="nearest", **kw)[:, 0].round().long()
+        grid = grid.to(x.dtype)
+        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=True)
+        y = F.grid_sample(y[:, None].to(x.dtype), grid, mode="nearest", padding_mode="reflection", align_corners=True)
+        y = y[:, 0].round().long()
         return x, y

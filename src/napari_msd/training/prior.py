@@ -50,7 +50,7 @@ def shift_output_bias(
     shift = np.log(prior / np.asarray(train_prior, np.float64))
     with torch.no_grad():
         bias = output_bias(model)
-        bias += torch.as_tensor(shift, dtype=bias.dtype, device=bias.device)
+        bias.add_(torch.as_tensor(shift, dtype=bias.dtype, device=bias.device))
     return shift
 
 
@@ -68,5 +68,5 @@ def undo_prior_shift(
     shift = np.log(prior * len(class_names))  # log(prior / uniform)
     with torch.no_grad():
         bias = output_bias(model)
-        bias -= torch.as_tensor(shift, dtype=bias.dtype, device=bias.device)
+        bias.sub_(torch.as_tensor(shift, dtype=bias.dtype, device=bias.device))
     return shift

@@ -145,7 +145,8 @@ def _hold_out_strokes(ids: np.ndarray, fraction: float, rng: np.random.Generator
     present = np.flatnonzero(sizes) + 1
     if len(present) < 3 or sizes.max() > 0.5 * sizes.sum():
         return None
-    target, held, chosen = fraction * sizes.sum(), 0, []
+    target, held = fraction * sizes.sum(), 0
+    chosen: list[int] = []
     for comp in rng.permutation(present):
         if held >= target or len(chosen) == len(present) - 1:
             break
@@ -219,6 +220,8 @@ def split(data: TrainingData, spec: InputSpec, val_fraction: float = 0.15, seed:
 
 def excluded_mask(index: LabelIndex, box: tuple[slice, ...]) -> np.ndarray:
     """Boolean mask over ``box`` of the pixels whose labels must not train (held out, or in a guard cell)."""
+    if index.excluded is None:
+        raise ValueError("the label index has no held-out cells yet: build it with sampling.split first")
     axes = [np.arange(s.start, s.stop) // c for s, c in zip(box, index.cell)]
     mask = index.excluded[np.ix_(*axes)].copy()
     if index.val_points is not None:
@@ -348,7 +351,8 @@ def validation_tiles(
     by_class: dict[int, list] = {}
     for cand in candidates:
         by_class.setdefault(cand[0], []).append(cand)
-    chosen, seen = [], set()
+    chosen: list[tuple] = []
+    seen: set = set()
     while len(chosen) < max_tiles and any(by_class.values()):  # round-robin over classes
         for c in sorted(by_class):
             if by_class[c] and len(chosen) < max_tiles:
