@@ -23,14 +23,13 @@ from typing import Any
 
 from ..errors import NapariMsdError
 from ..io.images import ImageReadError, open_image
-from ..io.job import JobSpec
+from ..io.job import PROBABILITY_KINDS, JobSpec
 from ..io.model_file import ModelFileError
 from ..io.outputs import OUTPUT_SUFFIXES, OutputError, PredictionOutput, create_or_resume, open_output
 from .averaging import OrientationAverage
 from .predictor import Predictor
 from .tiling import make_block
 
-PROBABILITY_KINDS = ("none", "uint8", "float16")
 _STRIPPED = (".ome.zarr", ".ome.tiff", ".ome.tif")  # double suffixes that output_name drops whole
 
 
