@@ -20,31 +20,36 @@ T = TypeVar("T")
 class BetweenSteps:
     """A queue of calls that the training loop :meth:`serve` s; callers get a :class:`~concurrent.futures.Future`.
 
-    While no loop is :meth:`open`, a call runs at once on the caller's thread; calls still queued when the
-    loop closes are cancelled (their futures raise ``CancelledError``), so a waiting caller never hangs.
+    Before a loop :meth:`open` s, a call runs at once on the caller's thread. Calls still queued when the loop
+    closes are cancelled (their futures raise ``CancelledError``), so a waiting caller never hangs, and so are
+    calls made after it closed: what follows the loop (the last validation, measuring the halo) is still computing,
+    and a call run beside it would be the second team of threads this queue exists to avoid.
     """
 
     def __init__(self) -> None:
         self._calls: queue.SimpleQueue[tuple[Callable[[], Any], Future]] = queue.SimpleQueue()
         self._lock = threading.Lock()
-        self._open = False
+        self._state = "before"  # "before" the loop, "open", or "closed"
 
     def submit(self, fn: Callable[[], T]) -> Future[T]:
         future: Future[T] = Future()
         with self._lock:
-            if self._open:
+            if self._state == "open":
                 self._calls.put((fn, future))
+                return future
+            if self._state == "closed":
+                future.cancel()
                 return future
         _run(fn, future)
         return future
 
     def open(self) -> None:
         with self._lock:
-            self._open = True
+            self._state = "open"
 
     def close(self) -> None:
         with self._lock:
-            self._open = False
+            self._state = "closed"
         while True:
             try:
                 _, future = self._calls.get_nowait()
