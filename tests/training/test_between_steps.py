@@ -52,6 +52,8 @@ def test_closing_cancels_what_is_still_queued_and_what_comes_later():
         with pytest.raises(CancelledError):
             future.result(timeout=1)
     assert not ran
+    gate.finish()  # what followed the loop is done: calls run at once again
+    assert gate.submit(lambda: "now").result(timeout=1) == "now"
     gate.open()  # a loop that starts again queues again
     assert not gate.submit(lambda: "queued").done() and gate.serve() == 1
 

@@ -22,8 +22,8 @@ class BetweenSteps:
 
     Before a loop :meth:`open` s, a call runs at once on the caller's thread. Calls still queued when the loop
     closes are cancelled (their futures raise ``CancelledError``), so a waiting caller never hangs, and so are
-    calls made after it closed: what follows the loop (the last validation, measuring the halo) is still computing,
-    and a call run beside it would be the second team of threads this queue exists to avoid.
+    calls made after it closed, until :meth:`finish`: what follows the loop (the last validation, measuring the halo)
+    is still computing, and a call run beside it would be the second team of threads this queue exists to avoid.
     """
 
     def __init__(self) -> None:
@@ -46,6 +46,11 @@ class BetweenSteps:
     def open(self) -> None:
         with self._lock:
             self._state = "open"
+
+    def finish(self) -> None:
+        """What followed the loop is done: calls run at once again, as before it."""
+        with self._lock:
+            self._state = "before"
 
     def close(self) -> None:
         with self._lock:

@@ -386,8 +386,8 @@ class Trainer:
     def between_steps(self, fn: Callable[[], T]) -> Future[T]:
         """Run ``fn`` on the training thread between two steps (or while paused) and return its future: work such
         as a live preview then shares the training's compute threads instead of competing with them (see
-        :mod:`.between_steps`); its seconds count as training time. Before :meth:`run` starts, ``fn`` runs at once; once
-        its loop has ended, the future is cancelled."""
+        :mod:`.between_steps`); its seconds count as training time. Before :meth:`run` starts and once it has finished,
+        ``fn`` runs at once; between the end of its loop and its last event, the future is cancelled."""
         return self._between.submit(fn)
 
     def snapshot(self, into: torch.nn.Module | None = None) -> torch.nn.Module:
@@ -560,6 +560,7 @@ class Trainer:
             saved = self._save()
             path = saved.path
             yield saved
+        self._between.finish()  # nothing computes any more: a call runs at once again
         yield TrainingFinished(
             reason,
             self.step,
