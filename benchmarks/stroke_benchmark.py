@@ -23,7 +23,7 @@ What is measured, per data set and stroke seed (the seed draws other strokes on 
   predicts the working slices, paints ``--correction-budget`` pixels (default: the initial strokes' nominal budget)
   of correction strokes with the true class on the largest error components (``strokes.correction_strokes``), and
   retrains as the Train dock's Retrain does: the labels changed since the parent model's training are the data,
-  the unchanged ones are replayed (``corrections.split_since``), the parent model is the start, and the variant's
+  the unchanged ones are replayed (``retraining.retraining_data``), the parent model is the start, and the variant's
   configuration trains for ``--round-seconds``. Round 0 is the first model on the scored slices. As in the dock,
   a retraining that collapses or does not beat its parent on the held-out labels gives no new version: the parent
   stays current (its score is the round's), and the corrections stay painted for the next Retrain from it. Each
@@ -82,9 +82,9 @@ from napari_msd.base.inputs import InputSpec  # noqa: E402
 from napari_msd.base.normalization import Normalization  # noqa: E402
 from napari_msd.io import load_model  # noqa: E402
 from napari_msd.training import metrics  # noqa: E402
-from napari_msd.training.corrections import split_since  # noqa: E402
 from napari_msd.training.engine import TrainConfig, Trainer  # noqa: E402
 from napari_msd.training.events import TrainingFinished, Validated  # noqa: E402
+from napari_msd.training.retraining import retraining_data  # noqa: E402
 from napari_msd.training.sampling import TrainingData  # noqa: E402
 
 ARCH_NAMES = {"msd": "MS-D", "unet": "U-Net"}
@@ -284,12 +284,10 @@ def retrain_round(
     ds: Dataset, image, parent_labels, labels, parent_path: Path, config: TrainConfig, output: Path
 ) -> tuple[dict, torch.nn.Module, Any]:
     """Fine-tune as the Train dock's Retrain: changed labels are the data, unchanged ones replayed, parent as start."""
-    new, kept = np.zeros_like(labels), np.zeros_like(labels)
-    n_new, n_kept = split_since(labels, parent_labels, new, kept)
-    data = [TrainingData(image, new, f"{ds.key} (new)")]
-    replay = [TrainingData(image, kept, ds.key)] if n_kept else []
-    figures, model, meta = train(data, config, output, init=parent_path, replay=replay)
-    return {**figures, "new_pixels": n_new, "replayed_pixels": n_kept}, model, meta
+    earlier = [TrainingData(image, parent_labels, ds.key)]
+    run = retraining_data(image, labels, ds.key, earlier, lambda shape, dtype: np.zeros(shape, dtype))
+    figures, model, meta = train(run.data, config, output, init=parent_path, replay=run.replay)
+    return {**figures, "new_pixels": run.new_pixels, "replayed_pixels": run.replayed_pixels}, model, meta
 
 
 def choose_slices(

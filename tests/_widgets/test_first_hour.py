@@ -67,7 +67,7 @@ def test_classes_box_follows_the_chosen_labels_layer_and_names_the_model(
     for box, value in ((train.length, 6), (train.batch_size, 2), (train.patch_size, 32), (train.validate_every, 3)):
         box.setValue(value)
     assert train.start()
-    assert train._job["config"].class_names == SAMPLE_CLASSES
+    assert train._job.config.class_names == SAMPLE_CLASSES
     wait_idle(qtbot, train)
     assert errors == []
     assert session.versions.current is not None

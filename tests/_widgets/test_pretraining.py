@@ -46,7 +46,7 @@ def test_retraining_does_not_use_the_pretrained_body_but_the_parent(docks, qtbot
     assert train.retrain()
     wait_idle(qtbot, train)
     assert errors == []
-    assert train._job["pretrained"] is False
+    assert train._job.pretrained is False
 
 
 def test_switching_it_off_stops_it_and_training_starts_from_scratch(docks, qtbot, errors):

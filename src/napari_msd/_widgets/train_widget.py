@@ -56,6 +56,39 @@ PREVIEW_SHARE = 0.1  # at most this share of the training's time goes to live pr
 DEFAULT_CLASSES = "background, membrane"  # an example for a new labels layer
 
 
+@dataclasses.dataclass
+class TrainJob:
+    """One Train or Retrain press: what the worker reads, and what the dock shows while it runs."""
+
+    image_layer: Any
+    labels_layer: Any
+    image: Any
+    labels: Any
+    config: Any  # TrainConfig
+    parent: Any = None  # the version being retrained (a ModelVersion), None for a new network
+    pretrained: bool = False  # a new network starts from the image's self-supervised body, when there is one
+
+    @property
+    def name(self) -> str:
+        return str(self.labels_layer.name)
+
+
+@dataclasses.dataclass
+class TrainerReady:
+    """Worker event: the trainer is built (the dock can pause, stop and preview it from now on)."""
+
+    trainer: Any
+
+
+@dataclasses.dataclass
+class NewVersion:
+    """Worker event: the finished run's network, to become a version trained on ``trained_on``."""
+
+    model: Any
+    metadata: Any
+    trained_on: list[Any]
+
+
 def named_classes(layer: Any) -> list[str]:
     """The class names a labels layer carries in ``metadata['class_names']``, in order of label value 1, 2, ...
     (``class k`` for a missing value; [] when it names none)."""
@@ -104,7 +137,7 @@ class TrainWidget(QWidget):
         self._started_at = 0.0
         self.first_preview_after: float | None = None  # seconds from Start to the first live preview shown
         self.forest_preview_after: float | None = None  # ... to the random forest's preview shown before it
-        self._job: dict[str, Any] = {}
+        self._job: TrainJob | None = None
         self._closing = False
         self._preview_model: Any = None
         self._preview_cost = 0.0  # seconds the last live preview took on the training thread
@@ -440,16 +473,15 @@ class TrainWidget(QWidget):
         except (LayerError, ValueError) as err:
             show_error(str(err))
             return False
-        self._job = {
-            "image_layer": image_layer,
-            "labels_layer": labels_layer,
-            "image": image,
-            "labels": labels,
-            "parent": parent if fine_tune else None,
-            "config": config,
-            "name": labels_layer.name,
-            "pretrained": not fine_tune and self.pretrain_check.isChecked(),
-        }
+        self._job = TrainJob(
+            image_layer,
+            labels_layer,
+            image,
+            labels,
+            config,
+            parent=parent if fine_tune else None,
+            pretrained=not fine_tune and self.pretrain_check.isChecked(),
+        )
         self.pretraining.pause()  # two thread teams on the same cores would slow both
         self._closing = False
         self._preview_model = None
@@ -493,35 +525,26 @@ class TrainWidget(QWidget):
 
     def _train_events(self, work: workers.Work):
         """Worker thread: snapshot the labels, build the trainer, run it, hand over the result."""
-        from napari_msd.training.corrections import copy_slabs, split_since
+        from napari_msd.training.corrections import copy_slabs
         from napari_msd.training.engine import Trainer
-        from napari_msd.training.sampling import TrainingData, TrainingDataError
+        from napari_msd.training.retraining import retraining_data
 
         job, session = self._job, self.session
-        image, labels, name = job["image"], job["labels"], job["name"]
+        assert job is not None
+        labels = job.labels
         snapshot = copy_slabs(labels, session.scratch(tuple(labels.shape), labels.dtype, like=labels))
-        current = TrainingData(image, snapshot, name)
-        parent = job["parent"]
-        data, replay = [current], []
-        if parent is not None:
-            for earlier in parent.trained_on:
-                if earlier.name == name and tuple(earlier.labels.shape) == tuple(snapshot.shape):
-                    new = session.scratch(tuple(snapshot.shape), snapshot.dtype, like=snapshot)
-                    kept = session.scratch(tuple(snapshot.shape), snapshot.dtype, like=snapshot)
-                    n_new, n_kept = split_since(snapshot, earlier.labels, new, kept)
-                    if n_new == 0:
-                        raise TrainingDataError(
-                            f"no label changed in '{name}' since {parent.name} was trained; "
-                            "paint strokes or use corrections, then retrain"
-                        )
-                    data = [TrainingData(image, new, f"{name} (new)")]
-                    if n_kept:
-                        replay.append(TrainingData(image, kept, name))
-                else:
-                    replay.append(earlier)
+        parent = job.parent
+        run = retraining_data(
+            job.image,
+            snapshot,
+            job.name,
+            parent.trained_on if parent is not None else [],
+            lambda shape, dtype: session.scratch(shape, dtype, like=snapshot),
+            parent=parent.name if parent is not None else "the model",
+        )
         init = (parent.model, parent.metadata) if parent is not None else None
-        config = job["config"]
-        if job["pretrained"]:  # a new network starts from the image's self-supervised body, when there is one
+        config = job.config
+        if job.pretrained:  # a new network starts from the image's self-supervised body, when there is one
             from napari_msd.models.registry import PRESETS
 
             net = {
@@ -531,13 +554,13 @@ class TrainWidget(QWidget):
                 "ndim": config.input.model_ndim,
             }
             config = dataclasses.replace(
-                config, pretrained=self.pretraining.weights_for(image, config.arch, net, config.input)
+                config, pretrained=self.pretraining.weights_for(job.image, config.arch, net, config.input)
             )
-        trainer = Trainer(data, config, init=init, replay=replay)
+        trainer = Trainer(run.data, config, init=init, replay=run.replay)
         if work.cancelled.is_set():
             return
         self.trainer = trainer  # read by the main thread only after the event below arrives
-        yield ("trainer", trainer)
+        yield TrainerReady(trainer)
         events = trainer.run()
         try:
             for event in events:
@@ -547,7 +570,7 @@ class TrainWidget(QWidget):
         finally:
             events.close()
         if trainer.step > 0 and trainer.collapsed is None and not trainer.kept_parent:
-            yield ("result", trainer.snapshot(), trainer.metadata(), [current, *[r for r in replay if r.name != name]])
+            yield NewVersion(trainer.snapshot(), trainer.metadata(), run.trained_on)
 
     # -- events (main thread) ---------------------------------------------------------------------
     def _on_event(self, event: Any) -> None:
@@ -560,11 +583,11 @@ class TrainWidget(QWidget):
             Validated,
         )
 
-        if isinstance(event, tuple) and event[0] == "trainer":
+        if isinstance(event, TrainerReady):
             self.status.setText("Preparing…")
-            self._starts_from = event[1].pretrained
-        elif isinstance(event, tuple) and event[0] == "result":
-            self._add_version(*event[1:])
+            self._starts_from = event.trainer.pretrained
+        elif isinstance(event, NewVersion):
+            self._add_version(event)
         elif isinstance(event, TrainingStarted):
             what = "Fine-tuning" if event.fine_tuning else "Training"
             px = ", ".join(f"{k}: {v:,}" for k, v in event.train_pixels.items())
@@ -587,7 +610,7 @@ class TrainWidget(QWidget):
             self.status.setText(f"{self.status.text().split(' · CPU: ')[0]} · CPU: {event.text}")
         elif isinstance(event, TrainingFinished):
             self._finished = event
-            parent = self._job["parent"]
+            parent = self._job.parent if self._job is not None else None
             if event.collapsed:
                 text = f"No new version: {event.collapsed}. Train longer or paint more strokes of the other classes" + (
                     f"; {parent.name} stays current" if parent is not None else ""
@@ -608,7 +631,7 @@ class TrainWidget(QWidget):
             f"ETA {_fmt_time(event.eta)}"
         )
         self.status.setText(text)
-        target = event.step if self._job["config"].steps else int(100 * (event.progress or 0))
+        target = event.step if self._job is not None and self._job.config.steps else int(100 * (event.progress or 0))
         self.progress_bar.setValue(min(self.progress_bar.maximum(), target))
 
     @staticmethod
@@ -620,15 +643,16 @@ class TrainWidget(QWidget):
             out["held-out mean IoU"] = metrics["mean_iou"]
         return out
 
-    def _add_version(self, model: Any, metadata: Any, trained_on: list[Any]) -> None:
-        job, finished = self._job, getattr(self, "_finished", None)
-        parent = job["parent"]
+    def _add_version(self, new: NewVersion) -> None:
+        finished = getattr(self, "_finished", None)
+        parent = self._job.parent if self._job is not None else None
+        metadata = new.metadata
         version = self.session.versions.add(
-            model,
+            new.model,
             metadata,
             metrics=dict(finished.best_metrics) if finished else {},
             parent=parent.name if parent is not None else None,
-            trained_on=trained_on,
+            trained_on=new.trained_on,
             steps=finished.steps if finished else 0,
         )
         self.session.set_classes(list(metadata.class_names), list(metadata.class_colors))
@@ -750,10 +774,10 @@ class TrainWidget(QWidget):
         from .viewport import visible_region
 
         trainer, job = self.trainer, self._job
-        if trainer is None:
+        if trainer is None or job is None:
             return
-        image = job["image"]
-        region = visible_region(self.viewer, job["image_layer"], tuple(image.shape))
+        image = job.image
+        region = visible_region(self.viewer, job.image_layer, tuple(image.shape))
         self._last_preview = time.perf_counter()
 
         def forward() -> tuple[Any, np.ndarray]:  # on the training thread, between two steps
@@ -812,7 +836,7 @@ class TrainWidget(QWidget):
 
     def _show_preview(self, event: tuple[Any, np.ndarray]) -> None:
         region, labels = event
-        source = self._job.get("image_layer")
+        source = self._job.image_layer if self._job is not None else None
         if source is None or source not in self.viewer.layers or self._closing:
             return  # the image went away (or the viewer is closing) while the preview was computed
         layer = self._preview_layer()
