@@ -9,6 +9,7 @@ import pytest
 import torch
 import zarr
 
+from napari_msd._widgets.predict_widget import BlockDone
 from napari_msd._widgets.session import get_session
 from napari_msd._widgets.viewport import camera
 from napari_msd.inference.predictor import Predictor
@@ -50,7 +51,7 @@ def test_prediction_matches_the_core_and_streams_the_view_first(docks, qtbot, er
     viewer.dims.set_current_step(0, 3)
     regions = []
     on_block = predict._on_block
-    predict._on_block = lambda event: (event[0] != "plan" and regions.append(event[0]), on_block(event))
+    predict._on_block = lambda event: (isinstance(event, BlockDone) and regions.append(event.region), on_block(event))
     assert predict.predict()
     wait_idle(qtbot, predict)
     assert errors == []
@@ -90,10 +91,10 @@ def test_stop_keeps_what_was_predicted(docks, qtbot, errors):
     big = np.random.default_rng(1).random((60, 64, 64)).astype(np.float32)
     predict.image_combo.choose(viewer.add_image(big, name="stack"))
     predict.predict()
-    qtbot.waitUntil(lambda: predict._run["done"] >= 1, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: predict._run.done >= 1, timeout=WAIT_MS)
     predict.stop_button.click()
     wait_idle(qtbot, predict)
-    done = predict._run["done"]
+    done = predict._run.done
     assert 1 <= done < 60 and "stopped" in predict.status.text()
     written = (viewer.layers["prediction (v1)"].data > 0).any(axis=(1, 2)).sum()
     assert written >= done and predict.predict_button.isEnabled() and errors == []

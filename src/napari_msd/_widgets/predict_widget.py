@@ -10,6 +10,7 @@ the main thread only refreshes the layers, at most a few times a second.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +52,44 @@ NO_PREDICTION_TIP = "Predict first: this needs a prediction layer made by the Pr
 NO_UNCERTAINTY_TIP = "Predict with 'Uncertainty layer' checked first: this needs the uncertainty of a prediction"
 
 
+@dataclasses.dataclass
+class PredictRun:
+    """One Predict press: the layers it fills, their arrays, and its progress."""
+
+    layer: Any  # the prediction's labels layer
+    unc_layer: Any  # the uncertainty image layer, or None
+    prob_layers: list[Any]
+    scores: Any  # RegionScores for "Next uncertain region", or None
+    image: Any
+    first: tuple[slice, ...]  # the region on screen, predicted first
+    model: Any
+    meta: Any
+    device: str
+    labels_out: Any
+    predicted_out: Any  # the prediction as predicted, kept to find the user's corrections
+    unc_out: Any
+    prob_outs: list[Any]
+    measure: str  # "entropy" or "margin"
+    n_blocks: int = 0
+    done: int = 0
+    started: float = dataclasses.field(default_factory=time.perf_counter)
+
+
+@dataclasses.dataclass
+class Planned:
+    """Worker event: the prediction has ``n_blocks`` blocks."""
+
+    n_blocks: int
+
+
+@dataclasses.dataclass
+class BlockDone:
+    """Worker event: one block is written; its uint8 uncertainty when asked for (for the review scores)."""
+
+    region: tuple[slice, ...]
+    uncertainty: np.ndarray | None
+
+
 class PredictWidget(QWidget):
     """Predict with the current version; uncertainty and review; corrections into the training labels."""
 
@@ -59,7 +98,7 @@ class PredictWidget(QWidget):
         self.viewer = napari_viewer
         self.session: Session = get_session(napari_viewer)
         self.work: workers.Work | None = None
-        self._run: dict[str, Any] = {}
+        self._run: PredictRun | None = None
         self._last_refresh = 0.0
         self._shown_first = False
         self._dirty = False
@@ -242,29 +281,22 @@ class PredictWidget(QWidget):
         )
         self._update_review()
         self.viewer.layers.selection.active = layer
-        model = version.model
-        device = self.device.currentText()
-        self._run = {
-            "layer": layer,
-            "unc_layer": unc_layer,
-            "prob_layers": prob_layers,
-            "scores": scores,
-            "image": image,
-            "first": visible_region(self.viewer, source, shape),
-            "n_blocks": 0,
-            "done": 0,
-            "started": time.perf_counter(),
-            "model": model,
-            "meta": meta,
-            "device": device,
-            "outputs": (
-                labels,
-                predicted,
-                unc_layer.data if unc_layer is not None else None,
-                [p.data for p in prob_layers],
-            ),
-            "measure": self.measure.currentText(),
-        }
+        self._run = PredictRun(
+            layer=layer,
+            unc_layer=unc_layer,
+            prob_layers=prob_layers,
+            scores=scores,
+            image=image,
+            first=visible_region(self.viewer, source, shape),
+            model=version.model,
+            meta=meta,
+            device=self.device.currentText(),
+            labels_out=labels,
+            predicted_out=predicted,
+            unc_out=unc_layer.data if unc_layer is not None else None,
+            prob_outs=[p.data for p in prob_layers],
+            measure=self.measure.currentText(),
+        )
         self._shown_first = False
         self.status.setText(f"Predicting '{source.name}' with {version.name}…")
         self._set_running(True)
@@ -277,51 +309,52 @@ class PredictWidget(QWidget):
         from napari_msd.inference.uncertainty import to_uint8, uncertainty
 
         run = self._run
-        model = run["model"] if run["device"] == "cpu" else copy.deepcopy(run["model"])  # the version stays on the CPU
-        predictor = Predictor(model, run["meta"], device=run["device"])
-        image = run["image"]
-        plan = predictor.plan(image.shape)
-        yield ("plan", len(plan))
-        labels_out, predicted_out, unc_out, prob_outs = run["outputs"]
-        want_probs = unc_out is not None or bool(prob_outs)
-        for done in predictor.blocks(image, first=run["first"], stop=work.cancelled, probabilities=want_probs):
+        assert run is not None
+        model = run.model if run.device == "cpu" else copy.deepcopy(run.model)  # the version stays on the CPU
+        predictor = Predictor(model, run.meta, device=run.device)
+        plan = predictor.plan(run.image.shape)
+        yield Planned(len(plan))
+        want_probs = run.unc_out is not None or bool(run.prob_outs)
+        for done in predictor.blocks(run.image, first=run.first, stop=work.cancelled, probabilities=want_probs):
             region = done.block.out
-            labels_out[region] = done.labels
-            predicted_out[region] = done.labels
+            run.labels_out[region] = done.labels
+            run.predicted_out[region] = done.labels
             u = None
-            if unc_out is not None:
-                u = to_uint8(uncertainty(done.probabilities, run["measure"]))
-                unc_out[region] = u
-            for k, out in enumerate(prob_outs):
+            if run.unc_out is not None:
+                u = to_uint8(uncertainty(done.probabilities, run.measure))
+                run.unc_out[region] = u
+            for k, out in enumerate(run.prob_outs):
                 out[region] = to_output_dtype(done.probabilities[k], np.uint8)
-            yield region, u
+            yield BlockDone(region, u)
 
-    def _on_block(self, event: Any) -> None:
+    def _on_block(self, event: Planned | BlockDone) -> None:
         run = self._run
-        if isinstance(event, tuple) and event[0] == "plan":
-            run["n_blocks"] = event[1]
-            self.progress_bar.setRange(0, event[1])
+        if run is None:
+            return
+        if isinstance(event, Planned):
+            run.n_blocks = event.n_blocks
+            self.progress_bar.setRange(0, event.n_blocks)
             self.progress_bar.setValue(0)
             self.progress_bar.setVisible(True)
             return
-        region, u = event
-        run["done"] += 1
-        if run["scores"] is not None and u is not None:
-            run["scores"].add(region, u)
-        elapsed = time.perf_counter() - run["started"]
-        left = elapsed / run["done"] * (run["n_blocks"] - run["done"])
-        self.status.setText(f"block {run['done']}/{run['n_blocks']} · {elapsed:.0f} s · about {left:.0f} s left")
+        region, u = event.region, event.uncertainty
+        run.done += 1
+        if run.scores is not None and u is not None:
+            run.scores.add(region, u)
+        elapsed = time.perf_counter() - run.started
+        left = elapsed / run.done * (run.n_blocks - run.done)
+        self.status.setText(f"block {run.done}/{run.n_blocks} · {elapsed:.0f} s · about {left:.0f} s left")
         if self._on_screen(region):  # only blocks on the plane shown change the picture (repaints cost CPU too)
             self._dirty = True
             if time.perf_counter() - self._last_refresh >= REFRESH_INTERVAL or not self._shown_first:
                 self._shown_first = True
                 self._refresh()
-        self.progress_bar.setValue(run["done"])
+        self.progress_bar.setValue(run.done)
 
     def _on_screen(self, region: Any) -> bool:
         from .viewport import current_plane
 
-        layer = self._run.get("layer")
+        layer = self._run.layer if self._run is not None else None
         if layer is None or len(region) < 3 or self.viewer.dims.ndisplay == 3:
             return True
         z = current_plane(self.viewer, layer)
@@ -330,19 +363,20 @@ class PredictWidget(QWidget):
     def _refresh(self) -> None:
         self._last_refresh = time.perf_counter()
         self._dirty = False
-        for layer in (self._run.get("layer"), self._run.get("unc_layer"), *self._run.get("prob_layers", [])):
+        run = self._run
+        for layer in (run.layer, run.unc_layer, *run.prob_layers) if run is not None else ():
             if layer is not None and layer in self.viewer.layers:
                 layer.refresh()
 
     def _on_done(self, work: workers.Work) -> None:
         run = self._run
         self.progress_bar.setVisible(False)
-        if run:
+        if run is not None:
             if self._dirty:  # other planes are read when the user moves to them
                 self._refresh()
-            complete = run["done"] == run["n_blocks"] and run["n_blocks"] > 0
-            what = "done" if complete else f"stopped after {run['done']} of {run['n_blocks']} blocks"
-            self.status.setText(f"Prediction {what} in {time.perf_counter() - run['started']:.1f} s")
+            complete = run.done == run.n_blocks and run.n_blocks > 0
+            what = "done" if complete else f"stopped after {run.done} of {run.n_blocks} blocks"
+            self.status.setText(f"Prediction {what} in {time.perf_counter() - run.started:.1f} s")
         self._set_running(False)
 
     def stop(self) -> None:
