@@ -111,15 +111,15 @@ def big_volume(sample: np.ndarray, shape: tuple[int, int, int], workdir: Path):
     return da.from_zarr(store)
 
 
-def core_training(job: dict, steps: int) -> dict:
+def core_training(job, steps: int) -> dict:
     """The dock's training again, without the viewer, as ``napari-msd train`` runs it (the same core generator,
     configuration, image and strokes): its steps per second, timed as the dock's are."""
     from napari_msd.training.engine import Trainer
     from napari_msd.training.events import TrainStep
     from napari_msd.training.sampling import TrainingData
 
-    data = TrainingData(np.asarray(job["image"]), np.asarray(job["labels"]), job["name"])
-    config = dataclasses.replace(job["config"], steps=steps)
+    data = TrainingData(np.asarray(job.image), np.asarray(job.labels), job.name)
+    config = dataclasses.replace(job.config, steps=steps)
     times = [time.perf_counter() for event in Trainer([data], config).run() if isinstance(event, TrainStep)]
     return {"steps_per_s": (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else None}
 
@@ -168,7 +168,7 @@ def run(args) -> dict:
     out["core"] = core_training(train._job, args.steps)
 
     # 1b. turnaround after a correction: repaint a patch of the strokes as the other class, press Retrain
-    labels_layer = train._job["labels_layer"]
+    labels_layer = train._job.labels_layer
     z = int(np.flatnonzero((np.asarray(labels_layer.data) > 0).any(axis=(1, 2)))[0])
     patch = np.asarray(labels_layer.data[z, 200:232, 200:232])
     labels_layer.data[z, 200:232, 200:232] = np.where(patch == 1, 2, 1).astype(patch.dtype)
@@ -193,7 +193,7 @@ def run(args) -> dict:
         predict.image_combo.choose(layer)
         blocks: list[float] = []
         on_block = predict._on_block
-        predict._on_block = lambda e: (on_block(e), e[0] != "plan" and blocks.append(time.perf_counter()))
+        predict._on_block = lambda e: (on_block(e), hasattr(e, "region") and blocks.append(time.perf_counter()))
         t0 = time.perf_counter()
         predict.predict_button.click()
         clicked = time.perf_counter()
