@@ -25,7 +25,9 @@ def errors(monkeypatch) -> list[str]:
 def docks(make_napari_viewer_proxy, qtbot, monkeypatch):
     """``(viewer, train dock, predict dock)`` with the synthetic volume, its strokes and a 10-layer MS-D. The
     collapse verdict (training.health) is off: these runs of a few dozen steps test the docks, not learning;
-    test_train_widget has its own test of a collapsed run, and test_loop asserts what the versions predict."""
+    test_train_widget has its own test of a collapsed run, and test_loop asserts what the versions predict.
+    Training runs on a thread of this process (so these tests can reach into the engine); the training process,
+    the dock's default, has tests of its own (test_train_process)."""
     from napari_msd.training import health
 
     monkeypatch.setattr(health, "DOMINANT", 1.01)
@@ -45,6 +47,7 @@ def docks(make_napari_viewer_proxy, qtbot, monkeypatch):
     train.batch_size.setValue(8)
     train.patch_size.setValue(32)
     train.validate_every.setValue(10)
+    train.process_check.setChecked(False)
     yield viewer, train, predict
     for dock in (train, predict):
         dock.close_workers()
