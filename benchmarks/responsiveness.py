@@ -12,7 +12,7 @@ respond (a stall), measured from the moment the button's click handler has retur
 itself, which adds layers, is timed separately) until the work has ended. Phases:
 
 1. **Training**: "Train new model" with the paper MS-D (100 layers, width 1) and the dock's defaults
-   (batch 16, 64 px patches, live preview of the view every 1.5 s or more, within a tenth of the training's
+   (batch 16, 64 px patches, live preview of the view every 1.5 s or more, within a twentieth of the training's
    time) for ``--steps`` steps. Reported: the longest stall, where the CPU went (GUI thread, training threads,
    display server), time from the click to the first live preview
    shown (and to the first training step), previews shown, training steps per second; then the same training
@@ -69,7 +69,8 @@ class Heartbeat:
 
 
 def cpu_seconds() -> dict[str, float]:
-    """CPU seconds used so far by this process's main (GUI) thread, its other threads, and the display server
+    """CPU seconds used so far by this process's main (GUI) thread, its other threads and child processes (the
+    training process), and the display server
     (an X server process, e.g. the Xvfb of ``xvfb-run``, which renders the canvas in software on a machine
     without a GPU)."""
     import os
@@ -79,6 +80,11 @@ def cpu_seconds() -> dict[str, float]:
     process = psutil.Process()
     main = sum(t.user_time + t.system_time for t in process.threads() if t.id == os.getpid())
     rest = sum(process.cpu_times()[:2]) - main  # the process's total includes threads that have ended
+    for child in process.children(recursive=True):  # the Train dock's training process
+        try:
+            rest += sum(child.cpu_times()[:2])
+        except psutil.Error:
+            pass
     display = 0.0
     for proc in psutil.process_iter(["name"]):
         if proc.info["name"] in ("Xvfb", "Xorg", "X"):
@@ -283,7 +289,7 @@ def table(r: dict) -> str:
         ("Live previews shown / training speed in the dock", f"{t['previews']} / {t['steps_per_s']:.2f} steps/s", ""),
         ("Threads the dock's training chose (start -> changes at validations)", t["threads"], ""),
         (
-            "CPU during the dock's training: GUI thread / training and other threads / display server",
+            "CPU during the dock's training: GUI thread / training (threads and process) / display server",
             " / ".join(f"{t['cpu_s'][k]:.1f} s" for k in ("gui_thread", "other_threads", "display_server"))
             + f" (wall {t['seconds']:.0f} s)",
             "",

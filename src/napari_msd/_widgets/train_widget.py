@@ -12,6 +12,7 @@ becomes a model version (``v1``, ``v2``, ...) in the session, with snapshots of 
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from concurrent.futures import CancelledError
 from typing import TYPE_CHECKING, Any
@@ -52,7 +53,7 @@ if TYPE_CHECKING:
 PRETRAIN_DELAY_MS = 1500  # after an image is chosen: a person flipping through layers starts nothing
 PREVIEW_LAYER = "live preview"
 PREVIEW_HALO = 64  # px of context for the preview: enough for a recognisable preview, fast on a CPU
-PREVIEW_SHARE = 0.1  # at most this share of the training's time goes to live previews (their interval grows)
+PREVIEW_SHARE = 0.05  # at most this share of the training's time goes to live previews (their interval grows)
 DEFAULT_CLASSES = "background, membrane"  # an example for a new labels layer
 
 
@@ -88,6 +89,14 @@ class NewVersion:
     model: Any
     metadata: Any
     trained_on: list[Any]
+
+
+def _start_quietly(process: Any) -> None:
+    """Start a training process ahead of need; a failure shows when a training needs it."""
+    try:
+        process.start()
+    except Exception:  # noqa: BLE001 -- the run that needs the process starts it again and reports why it cannot
+        pass
 
 
 def named_classes(layer: Any) -> list[str]:
@@ -175,11 +184,16 @@ class TrainWidget(QWidget):
         self._pretrain_timer.setSingleShot(True)
         self._pretrain_timer.setInterval(PRETRAIN_DELAY_MS)
         self._pretrain_timer.timeout.connect(self._maybe_pretrain)
+        self._warm_timer = QTimer(self)  # starts the training process, so that the first Train starts at once
+        self._warm_timer.setSingleShot(True)
+        self._warm_timer.setInterval(PRETRAIN_DELAY_MS)
+        self._warm_timer.timeout.connect(self._warm_process)
+        self._warm_timer.start()
         self._starts_from: Any = None  # the pretrained body the running training started from
         self.preview_check.setToolTip(
             "Every few seconds, predict the part of the image on screen with the "
             "network as it is now, into a 'live preview' layer (between training "
-            "steps, taking at most a tenth of the training's time)"
+            "steps, taking at most a twentieth of the training's time)"
         )
 
         self.batch_size, self.patch_size, self.validate_every, self.patience, self.seed = (QSpinBox() for _ in range(5))
@@ -589,15 +603,27 @@ class TrainWidget(QWidget):
         if trainer.step > 0 and trainer.collapsed is None and not trainer.kept_parent:
             yield NewVersion(trainer.snapshot(), trainer.metadata(), run.trained_on)
 
-    def _remote_events(self, work: workers.Work, run: Any, config: Any, init: Any):
-        """Worker thread: the same run in the training process (training.remote); its events, then the result."""
+    def _training_process(self) -> Any:
         from napari_msd.training.remote import TrainingProcess
 
         if self._process is None:
             self._process = TrainingProcess(niceness=workers.BACKGROUND_NICENESS)
+        return self._process
+
+    def _warm_process(self) -> None:
+        """Start the training process in the background (about two seconds of one core, once), unless training in
+        it is off or the dock is closing."""
+        if self._closing or not self.process_check.isChecked():
+            return
+        process = self._training_process()
+        threading.Thread(target=_start_quietly, args=(process,), name="napari-msd process start", daemon=True).start()
+
+    def _remote_events(self, work: workers.Work, run: Any, config: Any, init: Any):
+        """Worker thread: the same run in the training process (training.remote); its events, then the result."""
+        process = self._training_process()
         if work.cancelled.is_set():
             return
-        remote = self._process.run(run.data, config, init=init, replay=run.replay)
+        remote = process.run(run.data, config, init=init, replay=run.replay)
         self.trainer = remote
         yield TrainerReady(remote)
         events = iter(remote)
@@ -734,6 +760,7 @@ class TrainWidget(QWidget):
         """End training, preview and pretraining now, without keeping a result (the viewer is closing)."""
         self._closing = True
         self._pretrain_timer.stop()
+        self._warm_timer.stop()
         self.pretraining.stop()
         for work in (self.work, self.preview_work):
             if work is not None and work.running:

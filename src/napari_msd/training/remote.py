@@ -148,6 +148,7 @@ class TrainingProcess:
         self._child: subprocess.Popen | None = None
         self._conn: Connection | None = None
         self._send_lock = threading.Lock()
+        self._start_lock = threading.RLock()  # start and close wait for each other
         self._runs = 0
         self._requests = 0
 
@@ -156,9 +157,13 @@ class TrainingProcess:
         return self._child is not None and self._child.poll() is None and self._conn is not None
 
     def start(self) -> None:
-        """Start the child now (it takes a second or two to import torch) unless it runs already."""
-        if self.alive:
-            return
+        """Start the child now (it takes a second or two to import torch) unless it runs already; safe to call
+        from any thread (a dock starts it in the background before the first run)."""
+        with self._start_lock:
+            if not self.alive:
+                self._start()
+
+    def _start(self) -> None:
         self.close()
         authkey = os.urandom(32)
         listener = Listener(authkey=authkey)
@@ -192,6 +197,10 @@ class TrainingProcess:
 
     def close(self, timeout: float = 5.0) -> None:
         """End the child (a run in it stops without a result)."""
+        with self._start_lock:
+            self._close(timeout)
+
+    def _close(self, timeout: float) -> None:
         child, conn, self._child, self._conn = self._child, self._conn, None, None
         if conn is not None:
             try:
