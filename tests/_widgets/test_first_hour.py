@@ -64,6 +64,7 @@ def test_classes_box_follows_the_chosen_labels_layer_and_names_the_model(
     train.labels_combo.choose(viewer.layers["strokes"])
 
     train.preview_check.setChecked(False)
+    train.process_check.setChecked(False)  # on a thread: the collapse verdict switched off above applies
     for box, value in ((train.length, 6), (train.batch_size, 2), (train.patch_size, 32), (train.validate_every, 3)):
         box.setValue(value)
     assert train.start()

@@ -206,20 +206,27 @@ def test_worker_error_becomes_a_notification(docks, qtbot, errors, monkeypatch):
     assert get_session(viewer).versions.names() == ["v1"]
 
 
-def test_closing_the_viewer_mid_training_ends_cleanly(make_napari_viewer_proxy, qtbot, errors):
+@pytest.mark.parametrize("in_process", [True, False], ids=["training process", "thread"])
+def test_closing_the_viewer_mid_training_ends_cleanly(make_napari_viewer_proxy, qtbot, errors, in_process):
     viewer = make_napari_viewer_proxy()
     image, strokes = synthetic_volume()
     viewer.add_image(image, name="em")
     viewer.add_labels(strokes, name="strokes")
     _, train = viewer.window.add_plugin_dock_widget("napari-msd", "Train")
+    train.process_check.setChecked(in_process)
     get_session(viewer).model_config = {"depth": 10, "width": 1}
     train.length.setValue(100_000)
     train.start()
     qtbot.waitUntil(lambda: train.trainer is not None and train.trainer.step >= 2, timeout=WAIT_MS)
     work, trainer = train.work, train.trainer
+    child = train._process._child if in_process else None
     viewer.close()
     assert work.done.is_set()  # the worker thread ended before close() returned
-    assert trainer._stop.is_set() and errors == []
+    if in_process:
+        assert child.poll() is not None  # the training process too
+    else:
+        assert trainer._stop.is_set()
+    assert errors == []
 
 
 def test_edge_aware_smoothing_setting_reaches_the_training_config(docks):

@@ -370,10 +370,11 @@ class _Child:
             error = err
         finally:
             self.trainer, self.image, self._model = None, None, None
-        try:
-            pickle.dumps(error)
-        except Exception:  # noqa: BLE001 -- an error that does not pickle goes as its one line
-            error = RuntimeError(one_line(error, typed=True))
+        if error is not None:
+            try:
+                pickle.loads(pickle.dumps(error))
+            except Exception:  # noqa: BLE001 -- an error that does not pickle both ways goes as its one line
+                error = RuntimeError(one_line(error, typed=True))
         self.send(("end", error))
 
     def serve(self) -> None:
