@@ -852,7 +852,7 @@ def test_edge_weight_adds_the_potts_term_on_the_training_patches(weight, data, m
 
     def spy(self, logits, image):
         value = forward(self, logits, image)
-        seen.append((self.weight, tuple(logits.shape), tuple(image.shape), float(value)))
+        seen.append((self.weight, tuple(logits.shape), tuple(image.shape), float(value.detach())))
         return value
 
     monkeypatch.setattr(potts.EdgePotts, "forward", spy)
