@@ -139,15 +139,25 @@ def big_volume(sample: np.ndarray, shape: tuple[int, int, int], workdir: Path):
     return da.from_zarr(store)
 
 
-def core_training(job, steps: int) -> dict:
+def in_fresh_process(fn, *args):
+    """``fn(*args)`` in a new Python process, as the command line would run it: the viewer's process is not a
+    fair place (its main thread runs torch with one thread, for the docks' workers, see workers.py)."""
+    import concurrent.futures
+    import multiprocessing
+
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(fn, *args).result()
+
+
+def core_training(image: np.ndarray, labels: np.ndarray, name: str, config, steps: int) -> dict:
     """The dock's training again, without the viewer, as ``napari-msd train`` runs it (the same core generator,
     configuration, image and strokes): its steps per second, timed as the dock's are."""
     from napari_msd.training.engine import Trainer
     from napari_msd.training.events import TrainStep
     from napari_msd.training.sampling import TrainingData
 
-    data = TrainingData(np.asarray(job.image), np.asarray(job.labels), job.name)
-    config = dataclasses.replace(job.config, steps=steps)
+    data = TrainingData(image, labels, name)
+    config = dataclasses.replace(config, steps=steps)
     before, start = cpu_seconds(), time.perf_counter()
     times = [time.perf_counter() for event in Trainer([data], config).run() if isinstance(event, TrainStep)]
     after, wall = cpu_seconds(), time.perf_counter() - start
@@ -158,13 +168,13 @@ def core_training(job, steps: int) -> dict:
     }
 
 
-def core_prediction(version, volume) -> dict:
+def core_prediction(model, metadata, volume) -> dict:
     """The Predict dock's prediction again, without the viewer (the same core Predictor, model, volume, block
     plan, probabilities for the uncertainty), written into memory: its throughput."""
     from napari_msd.inference.predictor import Predictor
     from napari_msd.inference.uncertainty import to_uint8, uncertainty
 
-    predictor = Predictor(version.model, version.metadata, device="cpu")
+    predictor = Predictor(model, metadata, device="cpu")
     labels = np.zeros(volume.shape, np.uint8)
     unc = np.zeros(volume.shape, np.uint8)
     start = time.perf_counter()
@@ -178,13 +188,14 @@ def core_prediction(version, volume) -> dict:
 def run(args) -> dict:
     from napari_msd._widgets.demo import open_demo
 
+    machine = describe()  # before the docks give the main thread one torch thread
     viewer, docks = open_demo(show=True)
     train, predict = docks["Train"], docks["Predict"]
     viewer.window.resize(1500, 950)
     wait(lambda: True, 1)
     beat = Heartbeat()
     wait(lambda: len(beat.beats) > 20, 10)
-    out: dict = {"machine": describe(), "steps": args.steps}
+    out: dict = {"machine": machine, "steps": args.steps}
 
     # 1. training
     train.length.setValue(args.steps)
@@ -220,7 +231,10 @@ def run(args) -> dict:
         "cpu_s": {k: cpu1[k] - cpu0[k] for k in cpu0},  # over the whole run, preparation included
     }
 
-    out["core"] = core_training(train._job, args.steps)
+    job = train._job
+    out["core"] = in_fresh_process(
+        core_training, np.asarray(job.image), np.asarray(job.labels), job.name, job.config, args.steps
+    )
 
     if args.training_only:
         viewer.close()
@@ -266,7 +280,8 @@ def run(args) -> dict:
             "blocks": len(blocks),
             "mpx_per_s": float(np.prod(args.volume)) / 1e6 / (t1 - t0),
         }
-        out["core_predict"] = core_prediction(train.session.versions.current, volume)
+        version = train.session.versions.current
+        out["core_predict"] = in_fresh_process(core_prediction, version.model, version.metadata, volume)
 
         # 3. review actions, timed in the main thread
         next_times, correction_times = [], []
@@ -313,7 +328,7 @@ def table(r: dict) -> str:
             "",
         ),
         (
-            "The same training without the viewer (the CLI's path): speed / CPU of its threads",
+            "The same training without the viewer (the CLI's path, a fresh process): speed / CPU",
             f"{c['steps_per_s']:.2f} steps/s / {c['cpu_s']['gui_thread'] + c['cpu_s']['other_threads']:.1f} s"
             + f" (wall {c['seconds']:.0f} s)",
             "",

@@ -127,5 +127,8 @@ def get_session(viewer: Any) -> Session:
     except KeyError:
         from napari_msd._reader import remember_reader_for_outputs
 
+        from .workers import keep_torch_off_the_main_thread
+
         remember_reader_for_outputs()  # outputs the docks write (*.msd.zarr) then open without a reader choice
+        keep_torch_off_the_main_thread()  # before any dock builds a network there
         return _SESSIONS.setdefault(viewer, Session())

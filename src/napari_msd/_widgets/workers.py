@@ -72,6 +72,35 @@ BACKGROUND_NICENESS = 10
 GIL_SWITCH_INTERVAL = 0.001
 
 
+def keep_torch_off_the_main_thread() -> None:
+    """One torch compute thread for napari's main thread, set before it runs any torch operation.
+
+    Once the main thread has run a torch operation with a team of threads, torch's CPU kernels on every other
+    thread run at about half speed (measured: a training thread made 2.8 steps/s beside an idle main thread,
+    1.2 after one operation on it; see benchmarks/responsiveness.py). The docks run their heavy work in workers
+    (:func:`start` gives each its full team) and only small things on the main thread.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _full_team() -> None:
+    """Give the calling worker thread a compute thread per usable core (new threads inherit the main thread's
+    one, see :func:`keep_torch_off_the_main_thread`); training then sizes its own team to the free cores."""
+    if "torch" not in sys.modules:
+        return
+    import torch
+
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        cores = os.cpu_count() or 1
+    torch.set_num_threads(max(1, cores))
+
+
 def lower_thread_priority(increment: int = BACKGROUND_NICENESS) -> bool:
     """Make the calling thread (and the compute threads it starts, e.g. torch's OpenMP team) yield the CPU to
     the interface: on Linux, raise its nice value. Returns whether it could; elsewhere a no-op."""
@@ -108,6 +137,7 @@ def start(
 
     def run() -> Iterator[Any]:
         lower_thread_priority()
+        _full_team()
         try:
             for event in generator(work):
                 if work.cancelled.is_set():
