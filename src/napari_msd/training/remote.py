@@ -381,6 +381,7 @@ class _Child:
         threading.Thread(target=self.read, name="napari-msd messages", daemon=True).start()
         import napari_msd.inference.predictor  # noqa: F401 -- imported while idle (torch: a second or two), so a
         import napari_msd.training.engine  # noqa: F401 -- run sent later starts at once
+
         while (job := self.runs.get()) is not None:
             self.train(*job)
 
