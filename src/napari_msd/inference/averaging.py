@@ -86,13 +86,14 @@ class OrientationAverage:
         shape = tuple(image.shape)
         halo = tuple(o.start - i.start for o, i in zip(block.out, block.inp))  # at least the requested halo
         halo = tuple(max(h, i.stop - o.stop) for h, o, i in zip(halo, block.out, block.inp))
-        total = None
+        total: np.ndarray | None = None
         for view in self.views:
             normal = view.normal_axis(3)
             view_halo = tuple(0 if axis == normal else h for axis, h in enumerate(halo))
             sub = make_block(shape, block.out, view_halo, view.align(3), index=block.index)
             p = view.predict_block(image, sub).astype(np.float64)
             total = p if total is None else total + p
+        assert total is not None  # there are always three views
         mean = (total / len(self.views)).astype(np.float32)
         lab = (mean.argmax(axis=0) + 1).astype(_labels_dtype(self.n_classes)) if labels else None
         return BlockDone(block, lab, mean if probabilities else None, time.perf_counter() - start)
@@ -100,7 +101,10 @@ class OrientationAverage:
     def predict(self, image: Any) -> np.ndarray:
         """The untiled reference: the mean of the three whole-volume predictions."""
         self._check(image.shape)
-        total = sum(view.predict(image).astype(np.float64) for view in self.views)
+        views = iter(self.views)
+        total = next(views).predict(image).astype(np.float64)
+        for view in views:
+            total += view.predict(image)
         return (total / len(self.views)).astype(np.float32)
 
     def blocks(

@@ -328,7 +328,7 @@ def _open_tiff(path: Path, spec: str) -> LazyArray:
 
         if series.dataoffset is not None:  # uncompressed and contiguous: memory-map
             try:
-                data = tifffile.memmap(path, series=0, level=0, mode="r")
+                data: Any = tifffile.memmap(path, series=0, level=0, mode="r")  # or zarr, or an array, below
             except Exception:
                 pass
             else:

@@ -173,7 +173,8 @@ def save_model(
             return value
         return getattr(metadata, name) if metadata is not None else default
 
-    config = model.config()
+    net: Any = model  # a registered network: arch, config(), receptive_field (nn.Module types them as tensors)
+    config = net.config()
     n_out = int(getattr(model, "out_channels", config.get("out_channels")))
     names = list(pick(class_names, "class_names", [f"class {i + 1}" for i in range(n_out)]))
     if len(names) != n_out:
@@ -182,10 +183,10 @@ def save_model(
     if class_colors is None and len(colors) != n_out:
         colors = []  # colours of other classes in `metadata`: use the palette
     meta = ModelMetadata(
-        arch=model.arch,
+        arch=net.arch,
         config=config,
         class_names=names,
-        receptive_field=int(model.receptive_field),
+        receptive_field=int(net.receptive_field),
         class_colors=colors,
         normalization=dict(pick(normalization, "normalization", {})),
         provenance={**_default_provenance(), **pick(None, "provenance", {}), **(provenance or {})},
@@ -290,7 +291,7 @@ def _digest(tensors: dict[str, torch.Tensor], meta_json: str) -> str:
     for name in sorted(tensors):
         t = tensors[name].detach().to("cpu").contiguous()
         h.update(f"\0{name}\0{t.dtype}\0{list(t.shape)}\0".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().data)
     return h.hexdigest()
 
 

@@ -30,4 +30,5 @@ def build_model(arch: str, config: dict[str, Any]) -> nn.Module:
 
 def receptive_field(model: nn.Module) -> int:
     """Theoretical receptive-field radius in pixels of any registered model."""
-    return int(model.receptive_field)
+    value: Any = model.receptive_field  # an attribute of every registered network (nn.Module types it as a tensor)
+    return int(value)

@@ -14,6 +14,8 @@ does. Instance or group norm would make the result depend on the tile's content.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -23,9 +25,10 @@ from .padding import reflect_index
 
 NORMS = ("batch", "none")
 
-_CONV = {2: nn.Conv2d, 3: nn.Conv3d}
-_CONV_T = {2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
-_POOL = {2: nn.MaxPool2d, 3: nn.MaxPool3d}
+# by dimension; typed Any, since the 2D and 3D classes' signatures differ only in their tuple lengths
+_CONV: dict[int, Any] = {2: nn.Conv2d, 3: nn.Conv3d}
+_CONV_T: dict[int, Any] = {2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
+_POOL: dict[int, Any] = {2: nn.MaxPool2d, 3: nn.MaxPool3d}
 _BATCHNORM = {2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
 
 
