@@ -18,6 +18,15 @@ def _in_process(train) -> None:
     train.length.setValue(60)
 
 
+def _start_long_run(train, qtbot, steps: int) -> RemoteRun:
+    """Start a training in the process that would not end by itself; returns it once ``steps`` steps are done."""
+    _in_process(train)
+    train.length.setValue(100000)
+    assert train.start()
+    qtbot.waitUntil(lambda: isinstance(train.trainer, RemoteRun) and train.trainer.step >= steps, timeout=WAIT_MS)
+    return train.trainer
+
+
 def test_training_in_the_process_adds_a_version_and_a_live_preview(docks, qtbot, errors):
     viewer, train, _ = docks
     _in_process(train)
@@ -49,11 +58,7 @@ def test_training_in_the_process_adds_a_version_and_a_live_preview(docks, qtbot,
 
 def test_stop_and_pause_reach_the_process(docks, qtbot, errors):
     _, train, _ = docks
-    _in_process(train)
-    train.length.setValue(100000)
-    assert train.start()
-    qtbot.waitUntil(lambda: isinstance(train.trainer, RemoteRun) and train.trainer.step >= 2, timeout=WAIT_MS)
-    run = train.trainer
+    run = _start_long_run(train, qtbot, 2)
     train.toggle_pause()
     qtbot.waitUntil(lambda: train.pause_button.text() == "Resume", timeout=WAIT_MS)
     step = run.step
@@ -68,10 +73,7 @@ def test_stop_and_pause_reach_the_process(docks, qtbot, errors):
 
 def test_a_crash_in_the_process_is_one_message_and_the_next_training_starts_a_new_one(docks, qtbot, errors):
     viewer, train, _ = docks
-    _in_process(train)
-    train.length.setValue(100000)
-    assert train.start()
-    qtbot.waitUntil(lambda: isinstance(train.trainer, RemoteRun) and train.trainer.step >= 1, timeout=WAIT_MS)
+    _start_long_run(train, qtbot, 1)
     train._process._child.kill()
     wait_idle(qtbot, train)
     assert len(errors) == 1 and "training process ended unexpectedly" in errors[0] and "\n" not in errors[0]
@@ -86,10 +88,7 @@ def test_a_crash_in_the_process_is_one_message_and_the_next_training_starts_a_ne
 
 def test_closing_the_dock_mid_training_ends_the_process(docks, qtbot, errors):
     _, train, _ = docks
-    _in_process(train)
-    train.length.setValue(100000)
-    assert train.start()
-    qtbot.waitUntil(lambda: isinstance(train.trainer, RemoteRun) and train.trainer.step >= 1, timeout=WAIT_MS)
+    _start_long_run(train, qtbot, 1)
     child = train._process._child
     train.close_workers()
     assert child.poll() is not None and train._process is None

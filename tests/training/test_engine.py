@@ -16,31 +16,14 @@ from napari_msd.inference import halo as halo_module
 from napari_msd.io.model_file import load_model, read_metadata, save_model
 from napari_msd.models import MSDNet
 from napari_msd.training import engine as engine_module
-from napari_msd.training.engine import TrainConfig, Trainer
+from napari_msd.training.engine import Trainer
 from napari_msd.training.events import Paused, Saved, TrainingFinished, TrainingStarted, TrainStep, Validated
 from napari_msd.training.sampling import TrainingData, TrainingDataError
 
-MSD = {"model": {"depth": 8}}
+from helpers.training import MSD
+from helpers.training import tiny_config as _config
+
 UNET = {"arch": "unet", "model": {"depth": 2, "base_channels": 4}, "learning_rate": 3e-3}
-
-
-def _config(**overrides) -> TrainConfig:
-    """Tiny, fast settings: 48 px patches, one torch thread (the machine is shared); no forest teacher and no prior
-    correction (on by default, tested in test_teacher and test_prior), so the mechanics here see plain training."""
-    settings = {
-        **MSD,
-        "patch_size": 48,
-        "batch_size": 4,
-        "steps": 30,
-        "validate_every": 10,
-        "learning_rate": 1e-2,
-        "threads": 1,
-        "seed": 0,
-        "teacher_weight": 0.0,
-        "prior_correction": False,
-    }
-    settings.update(overrides)
-    return TrainConfig(**settings)
 
 
 def _of(events, kind):

@@ -9,29 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from napari_msd.training.engine import TrainConfig, Trainer
+from napari_msd.training.engine import Trainer
 from napari_msd.training.events import Paused, TrainingFinished, TrainStep
 from napari_msd.training.remote import PreviewResult, TrainingProcess, TrainingProcessError
 from napari_msd.training.sampling import TrainingData, TrainingDataError
 
-MSD = {"arch": "msd", "model": {"depth": 6, "width": 2}}
+from helpers.training import tiny_config
 
 
-def _config(**overrides) -> TrainConfig:
-    settings = {
-        **MSD,
-        "patch_size": 48,
-        "batch_size": 4,
-        "steps": 20,
-        "validate_every": 10,
-        "learning_rate": 1e-2,
-        "threads": 1,
-        "seed": 0,
-        "teacher_weight": 0.0,
-        "prior_correction": False,
-    }
-    settings.update(overrides)
-    return TrainConfig(**settings)
+def _config(**overrides):
+    return tiny_config(**{"steps": 20, **overrides})
 
 
 @pytest.fixture(scope="module")

@@ -840,7 +840,7 @@ class TrainWidget(QWidget):
 
     def request_preview(self) -> None:
         """Predict the region on screen with the current weights, in a worker; shown in the preview layer."""
-        from napari_msd.training.remote import RemoteRun
+        from napari_msd.training.remote import PreviewResult, RemoteRun, predict_view
 
         from .viewport import visible_region
 
@@ -851,26 +851,20 @@ class TrainWidget(QWidget):
         region = visible_region(self.viewer, job.image_layer, tuple(image.shape))
         self._last_preview = time.perf_counter()
 
-        def forward() -> tuple[Any, np.ndarray]:  # on the training thread, between two steps
-            from napari_msd.inference.predictor import Predictor
-
-            start = time.perf_counter()
-            model = self._preview_model = trainer.snapshot(into=self._preview_model)  # one network per run
-            predictor = Predictor(model, trainer.metadata(), device=trainer.device)
-            probs = predictor.predict_region(image, region, halo=min(PREVIEW_HALO, predictor.halo_radius))
-            self._preview_cost = time.perf_counter() - start
-            return region, (probs.argmax(0) + 1).astype(np.uint8)
+        def forward() -> PreviewResult:  # on the training thread, between two steps (one network per run)
+            result, self._preview_model = predict_view(trainer, image, region, PREVIEW_HALO, self._preview_model)
+            return result
 
         def predict(work: workers.Work):
             try:  # this worker only waits: the forward runs with the training's threads, not beside them
                 if isinstance(trainer, RemoteRun):
                     done = trainer.preview(region, PREVIEW_HALO).result()
-                    self._preview_cost = done.seconds
-                    yield done.region, done.labels
                 else:
-                    yield trainer.between_steps(forward).result()
+                    done = trainer.between_steps(forward).result()
             except CancelledError:  # training ended first
                 return
+            self._preview_cost = done.seconds
+            yield done.region, done.labels
 
         self.preview_work = workers.start(predict, self._show_preview, lambda work: None, "Live preview")
 

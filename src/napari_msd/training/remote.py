@@ -60,6 +60,22 @@ class PreviewResult:
     seconds: float  # the forward's time in the child (training time spent on it)
 
 
+def predict_view(
+    trainer: Any, image: Any, region: tuple[slice, ...], halo: int, model: Any = None
+) -> tuple[PreviewResult, Any]:
+    """The live preview's forward, run between two training steps: ``region`` of ``image`` predicted with the
+    trainer's current weights, copied into ``model`` (a network kept across a run's previews; None makes one).
+    Returns the preview and that network."""
+    from napari_msd.inference.predictor import Predictor
+
+    start = time.perf_counter()
+    model = trainer.snapshot(into=model)
+    predictor = Predictor(model, trainer.metadata(), device=trainer.device)
+    probs = predictor.predict_region(image, region, halo=min(halo, predictor.halo_radius))
+    labels = (probs.argmax(0) + 1).astype(np.uint8)
+    return PreviewResult(region, labels, time.perf_counter() - start), model
+
+
 class RemoteRun:
     """One training in the child: iterate for its events; control it from any thread."""
 
@@ -331,14 +347,8 @@ class _Child:
             return
 
         def forward() -> PreviewResult:  # on the training thread, between two steps
-            from napari_msd.inference.predictor import Predictor
-
-            start = time.perf_counter()
-            model = self._model = trainer.snapshot(into=self._model)
-            predictor = Predictor(model, trainer.metadata(), device=trainer.device)
-            probs = predictor.predict_region(self.image, region, halo=min(halo, predictor.halo_radius))
-            labels = (probs.argmax(0) + 1).astype(np.uint8)
-            return PreviewResult(region, labels, time.perf_counter() - start)
+            result, self._model = predict_view(trainer, self.image, region, halo, self._model)
+            return result
 
         def done(future: Future) -> None:
             try:
@@ -408,4 +418,4 @@ if __name__ == "__main__":  # run as a script, this file is ``__main__``: pickle
     remote.main()
 
 
-__all__ = ["PreviewResult", "RemoteRun", "Result", "TrainingProcess", "TrainingProcessError"]
+__all__ = ["PreviewResult", "RemoteRun", "predict_view", "Result", "TrainingProcess", "TrainingProcessError"]
