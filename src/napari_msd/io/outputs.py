@@ -44,7 +44,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -137,8 +137,10 @@ class PredictionOutput:
             probabilities = _to_stored_probabilities(np.asarray(probabilities), job, index, shape)
         try:
             if labels is not None:
+                assert self.labels is not None  # the job writes labels (checked above)
                 self.labels[region] = labels
             if probabilities is not None:
+                assert self.probabilities is not None  # the job writes probabilities (checked above)
                 self.probabilities[(slice(None), *region)] = probabilities
             self._done[index] = 1  # one chunk per block, written atomically by zarr, only after the data
         except OSError as err:
@@ -150,7 +152,9 @@ class PredictionOutput:
     def _check_arrays(self) -> None:
         """Refuse a store whose arrays do not match its job (edited or damaged)."""
         job = self.job
-        expected = [(self._done, job.grid, np.dtype(np.uint8), (1,) * job.ndim)]
+        expected: list[tuple[Any, tuple[int, ...], np.dtype | None, tuple[int, ...]]] = [
+            (self._done, job.grid, np.dtype(np.uint8), (1,) * job.ndim)
+        ]
         if self.labels is not None:
             expected.append((self.labels, job.input_shape, job.labels_dtype, job.block_shape))
         if self.probabilities is not None:
@@ -343,7 +347,7 @@ def open_output(path: str | os.PathLike[str], *, writable: bool = True) -> Predi
     return out
 
 
-def _open_existing(path: Path, mode: str, stored: dict[str, Any]) -> PredictionOutput:
+def _open_existing(path: Path, mode: Literal["r", "r+"], stored: dict[str, Any]) -> PredictionOutput:
     try:
         job = JobSpec.from_dict(stored)
     except (TypeError, ValueError) as err:
@@ -355,7 +359,7 @@ def _open_existing(path: Path, mode: str, stored: dict[str, Any]) -> PredictionO
         raise OutputError(f"{path} is a damaged prediction output ({one_line(err)}); {_OVERWRITE_HINT}") from None
 
 
-def _open_root(path: Path, mode: str) -> Any:
+def _open_root(path: Path, mode: Literal["r", "r+"]) -> Any:
     import zarr
 
     return zarr.open_group(str(path), mode=mode, zarr_format=3)
@@ -396,7 +400,7 @@ def _create(path: Path, job: JobSpec) -> PredictionOutput:
             dimension_names=spatial_names(job),
             attributes={"description": "napari-msd: 1 where the block's data is fully written"},
         )
-        record = {"layout": LAYOUT_VERSION, "job": job.to_dict(), "finalized": False, "levels": 1}
+        record: dict[str, Any] = {"layout": LAYOUT_VERSION, "job": job.to_dict(), "finalized": False, "levels": 1}
         root.attrs[ATTRS_KEY] = record  # the commit point: a store without a job can be recreated freely
     except PermissionError:
         raise OutputError(f"cannot write to {path}: permission denied; choose a writable location") from None

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import torch
@@ -80,7 +80,7 @@ class TrainConfig:
     val_fraction: float = 0.15
     metric: str = "global_accuracy"
     augmentation: Augmentation = field(default_factory=Augmentation)
-    class_weights: str | Sequence[float] | None = "auto"
+    class_weights: Literal["auto"] | Sequence[float] | None = "auto"
     dice_weight: float = 0.0
     edge_weight: float = 2.0  # edge-aware Potts term on all patch pixels (training.potts); 0 = off
     teacher_weight: float = 1.0  # loss weight of a random forest's confident labels (training.teacher); 0 = off
@@ -241,7 +241,8 @@ class Trainer:
                 )
             n_classes = config.n_classes
         if init is not None:
-            n_out = int(model.out_channels)
+            out_channels: Any = model.out_channels  # of every registered network (nn.Module types it as a tensor)
+            n_out = int(out_channels)
             if n_classes > n_out:
                 raise TrainingDataError(
                     f"labels use class {n_classes} but the model predicts {n_out} classes; "
@@ -395,17 +396,19 @@ class Trainer:
         snapshot to refresh in place (cheaper than building a new network, e.g. for a live preview)."""
         with self._lock:
             state = {k: v.detach().to("cpu", copy=True) for k, v in self._judged.state_dict().items()}
-        twin = build_model(self.model.arch, self.model.config()) if into is None else into
+        net: Any = self.model  # a registered network: arch, config() (nn.Module types them as tensors)
+        twin = build_model(net.arch, net.config()) if into is None else into
         twin.load_state_dict(state)
         return twin.eval()
 
     def metadata(self) -> ModelMetadata:
         """Metadata of the model as it would be saved now."""
+        net: Any = self.model  # a registered network: arch, config(), receptive_field (nn.Module types them as tensors)
         return ModelMetadata(
-            arch=self.model.arch,
-            config=self.model.config(),
+            arch=net.arch,
+            config=net.config(),
             class_names=self.class_names,
-            receptive_field=int(self.model.receptive_field),
+            receptive_field=int(net.receptive_field),
             class_colors=list(self.class_colors or []),
             normalization=self.normalization.to_dict(),
             provenance=self._provenance(),
@@ -577,6 +580,7 @@ class Trainer:
 
     def _restore_parent(self) -> None:
         """The parent as it was saved (its prior correction included) is the result, with its figures and halo."""
+        assert self.base_metadata is not None and self._parent_state is not None  # only a fine-tuning has a parent
         with self._lock:
             self.model.load_state_dict(self._parent_state)
         recorded = self.base_metadata.provenance.get("class_prior")
@@ -629,6 +633,7 @@ class Trainer:
     def _share_cpu(self, measured: bool = False) -> CpuThreads:
         """Size the compute team of this (the training) thread to the cores other processes leave free."""
         share = self.cpu_share
+        assert share is not None  # called only on the CPU, with the thread team sized to the free cores
         if not measured:
             share.update()
         torch.set_num_threads(share.threads)
@@ -670,7 +675,7 @@ class Trainer:
             self.scaler.scale(loss).backward()
             if self.step < self.warmup:
                 self.optimizer.param_groups[0]["lr"] = self.lr * min(1.0, (self.step + 1) / self.warmup)
-            self.scaler.step(self.optimizer)
+            self.scaler.step(self.optimizer)  # type: ignore[arg-type]  # GradScaler duck-types it (param_groups, step)
             self.scaler.update()
             if self.average is not None:
                 self.average.update()
@@ -782,7 +787,7 @@ class Trainer:
             )
         if worse:
             with self._lock, torch.no_grad():  # the network is not calibrated: the shift does more harm than good
-                bias = output_bias(self._judged)
+                bias: torch.Tensor = output_bias(self._judged)  # a Parameter, shifted in place
                 bias -= torch.as_tensor(shift, dtype=bias.dtype, device=bias.device)
             self.class_prior = None
             return None
@@ -828,6 +833,7 @@ class Trainer:
         return inference_halo.measure_effective_halo(predictor, self.data[0].image, deadline=deadline)
 
     def _save(self) -> Saved:
+        assert self.output is not None  # run() saves only when given an output
         self.save(self.output, overwrite=True)  # our own output: checked not to pre-exist in __init__
         return Saved(str(self.output), self.step)
 

@@ -210,13 +210,13 @@ class PixelForest:
             d = data[i]
             lab = _labels_slice(d, z)
             mask = lab != 0
-            for c in np.flatnonzero(slice_counts):
-                c, n = int(c), int(slice_counts[c])
-                if chosen[c] is not None:
-                    lo, hi = np.searchsorted(chosen[c], (offset[c], offset[c] + n))
+            for k in np.flatnonzero(slice_counts):
+                c, n = int(k), int(slice_counts[k])
+                if (picked := chosen[c]) is not None:
+                    lo, hi = np.searchsorted(picked, (offset[c], offset[c] + n))
                     where = np.flatnonzero(lab == c)
                     mask.flat[where] = False
-                    mask.flat[where[chosen[c][lo:hi] - offset[c]]] = True
+                    mask.flat[where[picked[lo:hi] - offset[c]]] = True
                 offset[c] += n
             if not mask.any():
                 continue

@@ -37,7 +37,7 @@ def check(
     predicted_counts: Sequence[int] | np.ndarray,
     painted: Sequence[int],
     class_names: Sequence[str],
-    recall: Sequence[float] | None = None,
+    recall: Sequence[float] | np.ndarray | None = None,
 ) -> Health:
     """Judge a prediction from its per-class pixel counts (index ``k`` = class ``k + 1``) and the classes painted
     (1-based). Collapsed: several classes painted, one of them predicted on >= 98% of the pixels and, when the

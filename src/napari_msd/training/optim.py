@@ -12,8 +12,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import TypedDict
 
 import torch
+
+
+class ParamGroup(TypedDict):
+    """The one parameter group, keyed as ``torch.optim`` keys it (``torch.amp.GradScaler`` reads ``params``)."""
+
+    params: list[torch.nn.Parameter]
+    lr: float
+    betas: tuple[float, float]
+    eps: float
 
 
 class Adam:
@@ -31,8 +41,8 @@ class Adam:
             raise ValueError("Adam got no trainable parameters")
         if lr <= 0 or eps <= 0 or not all(0 <= b < 1 for b in betas):
             raise ValueError(f"Adam needs lr > 0, eps > 0 and betas in [0, 1), got lr={lr}, betas={betas}, eps={eps}")
-        self.param_groups = [{"params": params, "lr": lr, "betas": betas, "eps": eps}]
-        self.state: dict[torch.nn.Parameter, dict[str, torch.Tensor]] = {}
+        self.param_groups: list[ParamGroup] = [{"params": params, "lr": lr, "betas": betas, "eps": eps}]
+        self.state: dict[torch.Tensor, dict[str, torch.Tensor]] = {}
         self.steps = 0
 
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -53,7 +63,7 @@ class Adam:
         for p, _ in pairs:
             if p not in self.state:
                 self.state[p] = {"m": torch.zeros_like(p), "v": torch.zeros_like(p)}
-        params = [p for p, _ in pairs]
+        params: list[torch.Tensor] = [p for p, _ in pairs]
         grads = [g for _, g in pairs]
         m = [self.state[p]["m"] for p in params]
         v = [self.state[p]["v"] for p in params]

@@ -39,6 +39,7 @@ FORMAT = "napari-msd pretrained body"
 FORMAT_VERSION = 1
 HEAD_PARAMETERS = ("head_weight", "head_bias", "head.weight", "head.bias")  # MS-D's and the U-Net's output layer
 NEIGHBOURHOOD = 2  # a hidden pixel takes the value of a random pixel at most this far away (not itself)
+_Index = tuple[int | slice | np.ndarray, ...]  # a numpy index (mypy types a tuple literal mixing these as object)
 
 
 class PretrainError(NapariMsdError):
@@ -125,8 +126,11 @@ def blind_spot_mask(x: np.ndarray, fraction: float, rng: np.random.Generator) ->
         source = [mirror(w + o, s) for w, o, s in zip(where, offsets, spatial)]  # reflected at the border
         back = np.logical_and.reduce([a == w for a, w in zip(source, where)])  # reflected onto itself: go the other way
         source = [np.where(back, mirror(w - o, s), a) for a, w, o, s in zip(source, where, offsets, spatial)]
-        masked[(b, slice(None), *where)] = x[(b, slice(None), *source)]
-        mask[(b, *where)] = True
+        dst: _Index = (b, slice(None), *where)
+        src: _Index = (b, slice(None), *source)
+        masked[dst] = x[src]
+        at: _Index = (b, *where)
+        mask[at] = True
     return masked, mask
 
 
@@ -320,7 +324,7 @@ class Pretrainer:
             if self.rng.random() < 0.5:
                 x = np.flip(x, axis)
         if self.rng.random() < 0.5:
-            x = np.rot90(x, 1, axes[-2:])
+            x = np.rot90(x, 1, (axes[-2], axes[-1]))
         return np.ascontiguousarray(x)
 
     def _batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
