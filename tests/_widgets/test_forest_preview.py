@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from napari_msd._widgets.train_widget import PREVIEW_LAYER
+from napari_msd._widgets.conventions import PREVIEW_LAYER
 
 from helpers.docks import WAIT_MS, wait_idle
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from napari_msd._widgets.conventions import PREVIEW_LAYER
 from napari_msd._widgets.session import get_session
-from napari_msd._widgets.train_widget import PREVIEW_LAYER
 from napari_msd.training.remote import RemoteRun
 
 from helpers.docks import WAIT_MS, wait_idle

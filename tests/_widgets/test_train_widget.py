@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from napari.layers import Labels
 
+from napari_msd._widgets.conventions import PREVIEW_LAYER
 from napari_msd._widgets.session import get_session
-from napari_msd._widgets.train_widget import PREVIEW_LAYER
 
 from helpers.docks import SHAPE, WAIT_MS, synthetic_volume, wait_idle
 

@@ -42,7 +42,7 @@ from napari_msd.errors import one_line
 from napari_msd.inference import batch
 
 from . import workers
-from .model_widget import MODEL_FILE_FILTER
+from .conventions import MODEL_FILE_FILTER
 from .session import get_session
 
 if TYPE_CHECKING:

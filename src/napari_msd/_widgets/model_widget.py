@@ -28,12 +28,12 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from .conventions import MODEL_FILE_FILTER
 from .session import Session, get_session, layer_classes
 
 if TYPE_CHECKING:
     import napari
 
-MODEL_FILE_FILTER = "napari-msd models (*.msd *.safetensors);;All files (*)"
 NO_FILE = "No model yet: train one in the Train dock, or load a model file."
 
 

@@ -31,12 +31,13 @@ from qtpy.QtWidgets import (
 )
 
 from napari_msd.base.device import available_devices
+from napari_msd.base.labels import labels_dtype
 
 from . import workers
+from .conventions import class_colormap, is_preview
 from .layer_checks import LayerError, check_model_input, image_array
 from .layer_combo import LayerCombo
 from .session import PredictionRecord, Session, get_session
-from .train_widget import class_colormap, is_preview
 
 if TYPE_CHECKING:
     import napari
@@ -229,7 +230,7 @@ class PredictWidget(QWidget):
         meta, shape = version.metadata, tuple(image.shape)
         n = len(meta.class_names)
         s = self.session
-        labels = s.scratch(shape, np.uint8 if n < 255 else np.uint16, like=image)
+        labels = s.scratch(shape, labels_dtype(n), like=image)
         predicted = s.scratch(shape, labels.dtype, like=image)
         placement = {"scale": source.scale, "translate": source.translate}
         names = {i + 1: name for i, name in enumerate(meta.class_names)}
@@ -305,8 +306,8 @@ class PredictWidget(QWidget):
 
     def _predict_events(self, work: workers.Work):
         """Worker thread: predict block by block, the view first, writing into the output arrays."""
-        from napari_msd.inference.predictor import Predictor, to_output_dtype
-        from napari_msd.inference.uncertainty import to_uint8, uncertainty
+        from napari_msd.inference.predictor import Predictor
+        from napari_msd.inference.sinks import BlockSink, UncertaintyInto, class_probabilities_into, labels_into, stream
 
         run = self._run
         assert run is not None
@@ -314,18 +315,13 @@ class PredictWidget(QWidget):
         predictor = Predictor(model, run.meta, device=run.device)
         plan = predictor.plan(run.image.shape)
         yield Planned(len(plan))
-        want_probs = run.unc_out is not None or bool(run.prob_outs)
-        for done in predictor.blocks(run.image, first=run.first, stop=work.cancelled, probabilities=want_probs):
-            region = done.block.out
-            run.labels_out[region] = done.labels
-            run.predicted_out[region] = done.labels
-            u = None
-            if run.unc_out is not None:
-                u = to_uint8(uncertainty(done.probabilities, run.measure))
-                run.unc_out[region] = u
-            for k, out in enumerate(run.prob_outs):
-                out[region] = to_output_dtype(done.probabilities[k], np.uint8)
-            yield BlockDone(region, u)
+        review = None if run.unc_out is None else UncertaintyInto(run.unc_out, run.measure)
+        sinks: list[BlockSink] = [labels_into(run.labels_out), labels_into(run.predicted_out)]
+        sinks += [review] if review is not None else []
+        sinks += [class_probabilities_into(run.prob_outs)] if run.prob_outs else []
+        want_probs = review is not None or bool(run.prob_outs)
+        for done in stream(predictor, run.image, sinks, first=run.first, stop=work.cancelled, probabilities=want_probs):
+            yield BlockDone(done.block.out, None if review is None else review.latest)
 
     def _on_block(self, event: Planned | BlockDone) -> None:
         run = self._run

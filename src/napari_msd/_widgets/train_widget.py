@@ -38,9 +38,11 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_msd.base.labels import labels_dtype
 from napari_msd.io.model_file import default_class_colors
 
 from . import workers
+from .conventions import PREVIEW_LAYER, class_colormap, is_preview
 from .layer_checks import LayerError, check_model_input, image_array, labels_array
 from .layer_combo import LayerCombo
 from .plot import TrainingPlot
@@ -51,7 +53,6 @@ if TYPE_CHECKING:
     import napari
 
 PRETRAIN_DELAY_MS = 1500  # after an image is chosen: a person flipping through layers starts nothing
-PREVIEW_LAYER = "live preview"
 PREVIEW_HALO = 64  # px of context for the preview: enough for a recognisable preview, fast on a CPU
 PREVIEW_SHARE = 0.05  # at most this share of the training's time goes to live previews (their interval grows)
 DEFAULT_CLASSES = "background, membrane"  # an example for a new labels layer
@@ -105,14 +106,6 @@ def named_classes(layer: Any) -> list[str]:
     named = (layer.metadata.get("class_names") if layer is not None else None) or {}
     values = sorted(int(k) for k in named if str(k).isdigit() and int(k) > 0)
     return layer_classes(layer, values[-1])[0] if values else []
-
-
-def is_preview(layer: Any) -> bool:
-    return layer.name == PREVIEW_LAYER or bool(layer.metadata.get("napari_msd_preview"))
-
-
-def class_colormap(colors: list[str]) -> dict[Any, str]:
-    return {None: "transparent", 0: "transparent", **{i + 1: c for i, c in enumerate(colors)}}
 
 
 def _fmt_time(seconds: float | None) -> str:
@@ -412,7 +405,7 @@ class TrainWidget(QWidget):
             show_error("type at least two different class names, separated by commas (e.g. background, membrane)")
             return None
         colors = default_class_colors(len(names))
-        data = self.session.scratch(tuple(image.shape), np.uint8 if len(names) < 255 else np.uint16, like=image)
+        data = self.session.scratch(tuple(image.shape), labels_dtype(len(names)), like=image)
         source = self.image_combo.layer()
         layer = self.viewer.add_labels(
             data,

@@ -16,7 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from .predictor import BlockDone, Predictor, StopFlag, _labels_dtype, _stopper, write_blocks
+from ..base.labels import labels_dtype
+from .predictor import BlockDone, Predictor, StopFlag, stopper
+from .sinks import write_blocks
 from .tiling import Block, make_block, order_blocks, plan_blocks
 
 ORIENTATION_NAMES = ("xy", "xz", "yz")
@@ -95,7 +97,7 @@ class OrientationAverage:
             total = p if total is None else total + p
         assert total is not None  # there are always three views
         mean = (total / len(self.views)).astype(np.float32)
-        lab = (mean.argmax(axis=0) + 1).astype(_labels_dtype(self.n_classes)) if labels else None
+        lab = (mean.argmax(axis=0) + 1).astype(labels_dtype(self.n_classes)) if labels else None
         return BlockDone(block, lab, mean if probabilities else None, time.perf_counter() - start)
 
     def predict(self, image: Any) -> np.ndarray:
@@ -120,7 +122,7 @@ class OrientationAverage:
         probabilities: bool = True,
     ) -> Iterator[BlockDone]:
         """Blocks in plan (or ``first``) order, like :meth:`Predictor.blocks`."""
-        done, stopped = {tuple(i) for i in skip}, _stopper(stop)
+        done, stopped = {tuple(i) for i in skip}, stopper(stop)
         for block in order_blocks(self.plan(image.shape, block_shape, halo), first):
             if block.index in done:
                 continue

@@ -27,7 +27,8 @@ from ..io.job import PROBABILITY_KINDS, JobSpec
 from ..io.model_file import ModelFileError
 from ..io.outputs import OUTPUT_SUFFIXES, OutputError, PredictionOutput, create_or_resume, open_output
 from .averaging import OrientationAverage
-from .predictor import Predictor
+from .predictor import BlockDone, Predictor
+from .sinks import BlockSink, stream
 from .tiling import make_block
 
 _STRIPPED = (".ome.zarr", ".ome.tiff", ".ome.tif")  # double suffixes that output_name drops whole
@@ -266,18 +267,18 @@ def run(job: Job, *, scheduler: str | None = None, workers: int = 2, stop: Any =
 
 def _local_blocks(job: Job, done: set, stop: Any) -> Iterator[tuple[int, ...]]:
     spec = job.spec
-    for result in job.predictor.blocks(
+    for result in stream(
+        job.predictor,
         job.image,
-        spec.block_shape,
-        spec.halo,
+        [into_output(job.output)],
+        block_shape=spec.block_shape,
+        halo=spec.halo,
         skip=done,
         stop=stop,
         labels=spec.labels,
         probabilities=spec.probabilities != "none",
     ):
-        block = result.block
-        job.output.write_block(block.index, block.out, result.labels, result.probabilities)
-        yield block.index
+        yield result.block.index
 
 
 def _distributed_blocks(job: Job, done: set, scheduler: str, workers: int, stop: Any) -> Iterator[tuple[int, ...]]:
@@ -354,6 +355,16 @@ def predict_and_write_block(
         predictor.align(len(spec.input_shape)),
         index=tuple(index),
     )
-    result = predictor.compute_block(image, block, labels=spec.labels, probabilities=spec.probabilities != "none")
-    output.write_block(tuple(index), block.out, result.labels, result.probabilities)
+    into_output(output)(
+        predictor.compute_block(image, block, labels=spec.labels, probabilities=spec.probabilities != "none")
+    )
     return tuple(index)
+
+
+def into_output(output: PredictionOutput) -> BlockSink:
+    """A sink (:mod:`.sinks`) writing each block into a job's output store, which records it as done."""
+
+    def write(done: BlockDone) -> None:
+        output.write_block(done.block.index, done.block.out, done.labels, done.probabilities)
+
+    return write

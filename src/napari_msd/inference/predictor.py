@@ -45,8 +45,10 @@ import torch
 
 from ..base.device import select_device
 from ..base.inputs import ORIENTATIONS, InputSpec, mirror, plane_axes, read_input
+from ..base.labels import labels_dtype
 from ..base.normalization import Normalization
 from ..io.model_file import ModelMetadata, load_model
+from .sinks import write_blocks
 from .tiling import Block, Region, make_block, normalize_region, order_blocks, per_axis, plan_blocks
 
 DEFAULT_MEMORY_BUDGET = 600 * 2**20
@@ -81,24 +83,13 @@ def activation_maps(model: torch.nn.Module) -> int:
     return 64
 
 
-def _stopper(stop: StopFlag) -> Callable[[], bool]:
+def stopper(stop: StopFlag) -> Callable[[], bool]:
+    """``stop`` (None, a callable or a ``threading.Event``) as a callable that says whether to stop."""
     if stop is None:
         return lambda: False
     if hasattr(stop, "is_set"):
         return stop.is_set
     return stop
-
-
-def _labels_dtype(n_classes: int) -> np.dtype:
-    return np.dtype(np.uint8 if n_classes < 256 else np.uint16)
-
-
-def to_output_dtype(probabilities: np.ndarray, dtype: Any) -> np.ndarray:
-    """Probabilities in ``dtype``: unsigned integers scale 0..1 to 0..max (uint8: 0..255), floats are cast."""
-    dtype = np.dtype(dtype)
-    if dtype.kind == "u":
-        return np.rint(probabilities * np.iinfo(dtype).max).astype(dtype)
-    return probabilities.astype(dtype, copy=False)
 
 
 class Predictor:
@@ -275,7 +266,7 @@ class Predictor:
             p = torch.softmax(logits, dim=1) if probabilities else None
             lab = (logits.argmax(dim=1) + 1).to(torch.int32) if labels else None
             return (
-                None if lab is None else lab.cpu().numpy().astype(_labels_dtype(self.n_classes)),
+                None if lab is None else lab.cpu().numpy().astype(labels_dtype(self.n_classes)),
                 None if p is None else p.cpu().numpy(),
             )
 
@@ -372,7 +363,7 @@ class Predictor:
         self._check(shape)
         done = {tuple(i) for i in skip}
         plan = [b for b in order_blocks(self.plan(shape, block_shape, halo), first) if b.index not in done]
-        stopped = _stopper(stop)
+        stopped = stopper(stop)
         group: list[tuple[Block, np.ndarray]] = []
         reader = self._prefetch(image, plan, stopped)
         try:
@@ -431,29 +422,3 @@ class Predictor:
         ``probabilities_out`` (``(K, *image.shape)``; uint8 outputs get ``round(p * 255)``, float ones a cast):
         numpy arrays, zarr arrays or any array-like that supports slice assignment."""
         yield from write_blocks(self, image, labels_out, probabilities_out, **blocks_kwargs)
-
-
-def write_blocks(
-    source: Any, image: Any, labels_out: Any = None, probabilities_out: Any = None, **blocks_kwargs: Any
-) -> Iterator[BlockDone]:
-    """``source.blocks(image, **blocks_kwargs)`` (a :class:`Predictor` or anything with its ``blocks`` and
-    ``n_classes``), writing each finished block into ``labels_out`` / ``probabilities_out`` as it comes."""
-    shape = tuple(image.shape)
-    if labels_out is not None and tuple(labels_out.shape) != shape:
-        raise ValueError(f"labels_out has shape {tuple(labels_out.shape)}; it must match the image, {shape}")
-    if probabilities_out is not None and tuple(probabilities_out.shape) != (source.n_classes, *shape):
-        raise ValueError(
-            f"probabilities_out has shape {tuple(probabilities_out.shape)}; it must be "
-            f"(classes, *image shape) = {(source.n_classes, *shape)}"
-        )
-    if labels_out is not None or probabilities_out is not None:  # compute only what is written
-        blocks_kwargs.setdefault("labels", labels_out is not None)
-        blocks_kwargs.setdefault("probabilities", probabilities_out is not None)
-    for done in source.blocks(image, **blocks_kwargs):
-        if labels_out is not None:
-            labels_out[done.block.out] = done.labels
-        if probabilities_out is not None:
-            probabilities_out[(slice(None),) + done.block.out] = to_output_dtype(
-                done.probabilities, probabilities_out.dtype
-            )
-        yield done

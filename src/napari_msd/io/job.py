@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from ..base.labels import labels_dtype
+
 PROBABILITY_KINDS = ("none", "uint8", "float16")
 OUTPUT_FORMATS = ("zarr", "ome-zarr")
 _HEX_COLOR = re.compile(r"^#[0-9a-fA-F]{6}$")
@@ -101,7 +103,7 @@ class JobSpec:
 
     @property
     def labels_dtype(self) -> np.dtype:
-        return np.dtype(np.uint8 if self.n_classes < 256 else np.uint16)
+        return labels_dtype(self.n_classes)
 
     @property
     def probabilities_dtype(self) -> np.dtype | None:
