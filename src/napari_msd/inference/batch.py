@@ -135,7 +135,7 @@ def prepare(
     output_path = os.path.abspath(os.fspath(output_path))
     _refuse_overlap(image_spec, output_path)
     try:
-        predictor = Predictor.from_file(model_path, device=device, batch_size=batch_size)
+        single = Predictor.from_file(model_path, device=device, batch_size=batch_size)
     except (ModelFileError, ValueError) as err:
         raise BatchError(str(err)) from None
     try:
@@ -143,19 +143,20 @@ def prepare(
     except ImageReadError as err:
         raise BatchError(str(err)) from None
     shape = tuple(int(n) for n in image.shape)
-    if len(shape) == 2 and predictor.spec.mode != "2d":
+    if len(shape) == 2 and single.spec.mode != "2d":
         raise BatchError(
-            f"{image_spec} is 2D but the model was trained on {predictor.spec.mode} input; "
+            f"{image_spec} is 2D but the model was trained on {single.spec.mode} input; "
             "give it a ZYX volume or use a 2D model"
         )
     try:
-        predictor.spec.check_image(len(shape), image_spec)
+        single.spec.check_image(len(shape), image_spec)
     except ValueError as err:
         raise BatchError(str(err)) from None
+    predictor: Predictor | OrientationAverage = single
     if average_orientations:
-        if len(shape) != 3 or predictor.spec.model_ndim != 2:
+        if len(shape) != 3 or single.spec.model_ndim != 2:
             raise BatchError("averaging xy, xz and yz predictions needs a 2D model and a ZYX volume")
-        predictor = OrientationAverage(predictor)
+        predictor = OrientationAverage(single)
     ndim = len(shape)
     halo_axes = predictor.default_halo(ndim) if halo is None else predictor.halo_per_axis(int(halo), ndim)
     if tile_size is None:
@@ -206,18 +207,22 @@ def batch_events(
     """Predict several inputs, each into its output: :func:`prepare` all first (``options`` are its keywords),
     so a bad one fails before any work, then :func:`run` them in turn. Yields :class:`Prepared`, then an
     :class:`InputEvent` per event of :func:`run`; ``stop`` (an Event) ends it between inputs and blocks."""
-    jobs: list[Job | None] = []
+    prepared: list[Job] = []
     for spec, out in zip(inputs, outputs):
         if stop is not None and stop.is_set():
             return
-        jobs.append(prepare(model_path, spec, out, **options))
+        prepared.append(prepare(model_path, spec, out, **options))
     yield Prepared(
-        tuple((j.spec.n_blocks, len(j.output.done())) for j in jobs), tuple(str(j.output.path) for j in jobs)
+        tuple((j.spec.n_blocks, len(j.output.done())) for j in prepared),
+        tuple(str(j.output.path) for j in prepared),
     )
-    for i in range(len(jobs)):
+    jobs: list[Job | None] = list(prepared)
+    del prepared
+    for i, job in enumerate(jobs):
+        jobs[i] = None  # drop each predictor once its input is done
         if stop is not None and stop.is_set():
             return
-        job, jobs[i] = jobs[i], None  # drop each predictor once its input is done
+        assert job is not None
         for event in run(job, stop=stop):
             yield InputEvent(i, event)
 
@@ -249,7 +254,8 @@ def run(job: Job, *, scheduler: str | None = None, workers: int = 2, stop: Any =
     done = job.output.done()
     start = time.perf_counter()
     where = "this process" if scheduler is None else scheduler
-    yield BatchStarted(n_blocks, len(done), str(job.output.path), spec.block_shape, spec.halo, where)
+    halo = spec.halo if isinstance(spec.halo, tuple) else (spec.halo,) * len(spec.block_shape)  # a tuple once checked
+    yield BatchStarted(n_blocks, len(done), str(job.output.path), spec.block_shape, halo, where)
     count, computed = len(done), 0
     blocks = (
         _local_blocks(job, done, stop)

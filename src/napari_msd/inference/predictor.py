@@ -35,7 +35,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -73,13 +73,14 @@ class BlockDone:
 
 def activation_maps(model: torch.nn.Module) -> int:
     """Rough number of per-pixel feature maps a forward pass of ``model`` holds at once (inference)."""
-    arch = getattr(model, "arch", "")
+    net: Any = model  # a registered network's attributes (models.registry) are plain ints
+    arch = getattr(net, "arch", "")
     if arch == "msd":
-        taps = 3**model.ndim
-        scratch = min(model.block, model.depth) * model.width * taps + taps
-        return model.in_channels + model.width * model.depth + scratch + 2 * model.out_channels
+        taps = 3**net.ndim
+        scratch = min(net.block, net.depth) * net.width * taps + taps
+        return int(net.in_channels + net.width * net.depth + scratch + 2 * net.out_channels)
     if arch == "unet":
-        return 6 * model.base_channels + model.in_channels + 2 * model.out_channels
+        return int(6 * net.base_channels + net.in_channels + 2 * net.out_channels)
     return 64
 
 
@@ -259,7 +260,7 @@ class Predictor:
         return np.ascontiguousarray(np.moveaxis(data, (normal, normal + 1), (0, 1)))
 
     # -- computing -----------------------------------------------------------------------------
-    def _forward(self, x: np.ndarray, labels: bool, probabilities: bool) -> tuple[np.ndarray | None, ...]:
+    def _forward(self, x: np.ndarray, labels: bool, probabilities: bool) -> tuple[np.ndarray | None, np.ndarray | None]:
         """Softmax probabilities and argmax + 1 labels of a batch of inputs ``(N, C, *spatial)``."""
         with torch.inference_mode():
             logits = self.model(torch.from_numpy(x).to(self.device)).float()
@@ -269,6 +270,12 @@ class Predictor:
                 None if lab is None else lab.cpu().numpy().astype(labels_dtype(self.n_classes)),
                 None if p is None else p.cpu().numpy(),
             )
+
+    def _probabilities(self, x: np.ndarray) -> np.ndarray:
+        """Softmax probabilities of a batch of inputs ``(N, C, *spatial)``."""
+        probabilities = self._forward(x, False, True)[1]
+        assert probabilities is not None  # asked for
+        return probabilities
 
     def _assemble(self, items: np.ndarray, block: Block, ndim: int, channel_axis: bool) -> np.ndarray:
         """Per-input results ``(items, [K,] *plane)`` of ``block`` to its output region ``([K,] *out)``."""
@@ -314,7 +321,9 @@ class Predictor:
 
     def predict_block(self, image: Any, block: Block) -> np.ndarray:
         """Probabilities ``(K, *block.shape)`` of one block's output region (reads only its input)."""
-        return self.compute_block(image, block, labels=False).probabilities
+        probabilities = self.compute_block(image, block, labels=False).probabilities
+        assert probabilities is not None  # asked for
+        return probabilities
 
     def predict_region(
         self, image: Any, region: Sequence[slice | int], halo: int | Sequence[int] | None = None
@@ -329,7 +338,7 @@ class Predictor:
         self._check(shape)
         normal = self.normal_axis(len(shape))
         if normal is None:
-            return self._forward(self._normalise(image[...])[None, None], False, True)[1][0]
+            return self._probabilities(self._normalise(image[...])[None, None])[0]
         (a, b), _ = plane_axes(len(shape), self.orientation)
         planes = []
         for z in range(shape[normal]):
@@ -338,7 +347,7 @@ class Predictor:
             x, _ = read_input(image, self.spec, center, (shape[a], shape[b]), self.orientation)
             planes.append(self._normalise(x))
         probs = [
-            self._forward(np.stack(planes[i : i + self.batch_size]), False, True)[1]
+            self._probabilities(np.stack(planes[i : i + self.batch_size]))
             for i in range(0, len(planes), self.batch_size)
         ]
         return np.moveaxis(np.concatenate(probs), 0, normal + 1)
@@ -398,7 +407,7 @@ class Predictor:
 
     def _prefetch(
         self, image: Any, plan: list[Block], stopped: Callable[[], bool]
-    ) -> Iterator[tuple[Block, np.ndarray]]:
+    ) -> Generator[tuple[Block, np.ndarray], None, None]:
         """``(block, inputs)`` in plan order, the next few blocks being read by ``readers`` threads."""
         lookahead = max(2 * self.readers, self.batch_size + self.readers)
         pool = ThreadPoolExecutor(self.readers, thread_name_prefix="napari-msd-read")
