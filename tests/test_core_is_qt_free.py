@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-CORE = [f"napari_msd.{name}" for name in ("models", "base", "io", "inference", "training")]
+CORE = [f"napari_msd.{name}" for name in ("models", "base", "io", "inference", "objects", "training")]
 
 GUI_MODULES = ["napari", "qtpy", "magicgui", "PyQt5", "PyQt6", "PySide2", "PySide6", "vispy"]
 

@@ -48,6 +48,34 @@ def _cmd_info(args: argparse.Namespace) -> None:
     sys.stdout.write("\n")
 
 
+def _cmd_export(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from .io import ImageReadError, ModelFileError
+    from .io.bioimageio import export_package
+
+    _check_output_folder(args.output, "-o")
+    if Path(args.output).exists() and not args.overwrite:
+        raise CLIError(f"{args.output} already exists; pass --overwrite to replace it or choose another file name")
+    try:
+        written = export_package(
+            args.model,
+            args.output,
+            test_image=args.image,
+            overwrite=args.overwrite,
+            name=args.name,
+            authors=args.author or None,
+            license=args.license,
+        )
+    except (ImageReadError, ModelFileError, ValueError) as err:
+        raise CLIError(str(err)) from None
+    source = f"cut from {args.image}" if args.image else "synthetic"
+    print(
+        f"wrote {written}: a bioimage.io model package (TorchScript weights, {source} test input and napari-msd's "
+        f"prediction of it); check it with: bioimageio test {written}"
+    )
+
+
 def _training_data(image: str, labels: str, name: str | None = None):
     from .io import open_image, read_labels
     from .training.sampling import TrainingData
@@ -317,6 +345,107 @@ def _cmd_predict(args: argparse.Namespace) -> None:
             bar.close()
 
 
+def _cmd_measure(args: argparse.Namespace) -> None:
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from .io import ImageReadError, open_image
+    from .objects import Scale, TableWriteError, iter_objects, ome_scale, write_csv
+    from .objects.blocks import array_chunks, choose_block_shape
+    from .objects.progress import STAGES
+    from .objects.source import SourceError, instances_store, open_prediction
+
+    _check_output_folder(args.output, "-o")
+    if Path(args.output).exists() and not args.overwrite:
+        raise CLIError(f"{args.output} already exists; pass --overwrite to replace it or choose another file name")
+    try:
+        prediction = open_prediction(args.prediction)
+        labels = prediction.labels
+        classes = prediction.class_ids(args.classes) if args.classes else None
+        boundary = prediction.probability(args.boundary) if args.boundary else None
+        image = open_image(args.image) if args.image else None
+        if image is not None and image.shape != labels.shape:
+            raise CLIError(
+                f"{args.image} has shape {image.shape}, the prediction {labels.shape}; give the image it is of"
+            )
+        scale = prediction.scale or (ome_scale(args.image, labels.ndim) if args.image else None)
+        if args.scale:
+            if len(args.scale) != labels.ndim:
+                raise CLIError(
+                    f"--scale takes {labels.ndim} pixel sizes ({'ZYX'[-labels.ndim :]}), got {len(args.scale)}"
+                )
+            scale = Scale(tuple(args.scale), args.unit or "")
+        elif args.unit:
+            raise CLIError("--unit names the unit of --scale; give --scale too")
+        block_shape = choose_block_shape(labels.shape, array_chunks(labels))
+        out = instances_store(args.instances, chunks=block_shape, overwrite=args.overwrite) if args.instances else None
+    except (SourceError, ImageReadError, ValueError) as err:
+        raise CLIError(str(err)) from None
+    if prediction.missing_blocks:
+        print(
+            f"note: {prediction.missing_blocks} blocks of {args.prediction} are not predicted yet; they count as empty"
+        )
+
+    from tqdm import tqdm
+
+    split = args.split or args.boundary is not None
+    scratch = Path(tempfile.mkdtemp(prefix=".napari-msd-measure-", dir=Path(args.output).expanduser().parent))
+    bar, stage = None, None
+    try:
+        if split and out is None:
+            out = instances_store(scratch / "split.zarr", chunks=block_shape)
+        events = iter_objects(
+            labels,
+            classes=classes,
+            class_names=prediction.class_names,
+            connectivity=labels.ndim if args.full_connectivity else 1,
+            min_size=args.min_size,
+            split=split,
+            boundary=boundary,
+            h=args.h,
+            image=image,
+            scale=scale,
+            block_shape=block_shape,
+            out=out,
+            scratch=instances_store(scratch / "components.zarr", chunks=block_shape),
+        )
+        while True:
+            try:
+                event = next(events)
+            except StopIteration as done:
+                result = done.value
+                break
+            if event.stage != stage:
+                if bar is not None:
+                    bar.close()
+                stage = event.stage
+                bar = tqdm(total=event.total, desc=STAGES[stage], disable=args.quiet, dynamic_ncols=True)
+            bar.n = event.done
+            bar.refresh()
+        write_csv(result.table, args.output, overwrite=args.overwrite)
+    except (SourceError, TableWriteError, ValueError) as err:
+        raise CLIError(str(err)) from None
+    finally:
+        if bar is not None:
+            bar.close()
+        shutil.rmtree(scratch, ignore_errors=True)
+    table, ndim = result.table, labels.ndim
+    size = "volume" if ndim == 3 else "area"
+    physical = next((n for n in table.names if n.startswith(f"{size}_") and n != f"{size}_px"), None)
+    names = prediction.class_names
+    shown = classes or list(range(1, len(names) + 1)) or sorted({int(c) for c in table.columns["class_id"]})
+    for k in shown:
+        rows = table.columns["class_id"] == k
+        name = names[k - 1] if k <= len(names) else f"class {k}"
+        total = f", total {size} {int(table.columns[f'{size}_px'][rows].sum()):,} px"
+        if physical is not None:
+            total += f" = {table.columns[physical][rows].sum():.6g} {table.units[physical]}"
+        print(f"{name}: {int(rows.sum())} objects{total}")
+    where = f"; instances in {args.instances}" if args.instances else ""
+    print(f"wrote {args.output}: {len(table)} objects{where}")
+
+
 def _cmd_sample(args: argparse.Namespace) -> None:
     import shlex
     from pathlib import Path
@@ -395,8 +524,24 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     info = sub.add_parser("info", help="print a model file's metadata as JSON")
-    info.add_argument("model", help="a model file written by napari-msd")
+    info.add_argument("model", help="a model file written by napari-msd (or a bioimage.io package it exported)")
     info.set_defaults(func=_cmd_info)
+
+    export = sub.add_parser(
+        "export",
+        help="export a model as a bioimage.io model package (zip)",
+        description="Write MODEL as a bioimage.io model package: TorchScript weights, the normalisation as "
+        "preprocessing, class names, a test input and napari-msd's prediction of it, and the model file itself "
+        "(napari-msd loads the zip back). Needs: pip install 'napari-msd[bioimageio]'.",
+    )
+    export.add_argument("model", help="a model file written by napari-msd (or a package exported from one)")
+    export.add_argument("-o", "--output", required=True, help="package to write (e.g. membranes.zip)")
+    export.add_argument("--image", help="cut the test input from this image (the training image; default: synthetic)")
+    export.add_argument("--name", help="the package's name (default: from the architecture and classes)")
+    export.add_argument("--author", action="append", help="an author's name (repeatable; default: a placeholder)")
+    export.add_argument("--license", default="CC-BY-4.0", help="SPDX license identifier (default: CC-BY-4.0)")
+    export.add_argument("--overwrite", action="store_true", help="replace the package if it exists")
+    export.set_defaults(func=_cmd_export)
 
     train = sub.add_parser(
         "train",
@@ -510,7 +655,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(OME-Zarr 0.5 with a pyramid when it ends in .ome.zarr). Run the same command again after an "
         "interruption to finish only the missing blocks.",
     )
-    predict.add_argument("model", help="a model file written by napari-msd")
+    predict.add_argument("model", help="a model file written by napari-msd (or a bioimage.io package it exported)")
     predict.add_argument("input", help="the image: a file, vol.zarr or vol.zarr::group/array")
     predict.add_argument(
         "output",
@@ -540,6 +685,38 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--overwrite", action="store_true", help="replace an existing, different prediction")
     predict.add_argument("--quiet", action="store_true", help="no progress bar")
     predict.set_defaults(func=_cmd_predict)
+
+    measure = sub.add_parser(
+        "measure",
+        help="objects of a prediction (connected components, optionally split) and a CSV table of measurements",
+        description="Label the objects of each class of PREDICTION (a napari-msd batch output, or any labels image: "
+        "TIFF, zarr, OME-Zarr, MRC, .npy) block by block, optionally split touching objects by a watershed, and "
+        "write one row per object (class, size, surface or perimeter, centroid, bounding box, intensity) to "
+        "a CSV table. Sizes are in pixels, and in physical units with --scale or OME-Zarr pixel sizes.",
+    )
+    measure.add_argument("prediction", help="a batch output (*.msd.zarr) or a labels image (0 = none, 1..K)")
+    measure.add_argument("-o", "--output", required=True, metavar="TABLE.csv", help="the table to write")
+    measure.add_argument(
+        "--class", dest="classes", action="append", metavar="NAME", help="measure this class only (repeatable)"
+    )
+    measure.add_argument("--image", help="the image predicted, for mean / min / max intensity per object")
+    measure.add_argument("--split", action="store_true", help="split touching objects (distance-transform watershed)")
+    measure.add_argument(
+        "--boundary",
+        metavar="NAME",
+        help="split along this class's probability (e.g. membrane) instead; needs an output with probabilities",
+    )
+    measure.add_argument("--h", type=float, default=2.0, help="--split: how far (px) a seed must rise (default 2)")
+    measure.add_argument("--min-size", type=int, default=0, metavar="N", help="drop objects under N pixels")
+    measure.add_argument(
+        "--full-connectivity", action="store_true", help="objects touching at an edge or corner are one object"
+    )
+    measure.add_argument("--instances", metavar="OUT.zarr", help="also write the object labels to this zarr array")
+    measure.add_argument("--scale", type=float, nargs="+", metavar="SIZE", help="pixel size per axis, ZYX (or YX)")
+    measure.add_argument("--unit", help="the unit of --scale, e.g. nm")
+    measure.add_argument("--overwrite", action="store_true", help="replace the table and the instances if they exist")
+    measure.add_argument("--quiet", action="store_true", help="no progress bar")
+    measure.set_defaults(func=_cmd_measure)
 
     sample = sub.add_parser(
         "sample",

@@ -13,10 +13,10 @@ from helpers.docks import synthetic_volume
 @pytest.fixture
 def errors(monkeypatch) -> list[str]:
     """Messages passed to ``show_error`` by any dock."""
-    from napari_msd._widgets import batch_widget, model_widget, predict_widget, train_widget, workers
+    from napari_msd._widgets import batch_widget, model_widget, objects_widget, predict_widget, train_widget, workers
 
     seen: list[str] = []
-    for module in (batch_widget, model_widget, predict_widget, train_widget, workers):
+    for module in (batch_widget, model_widget, objects_widget, predict_widget, train_widget, workers):
         monkeypatch.setattr(module, "show_error", seen.append, raising=False)
     return seen
 

@@ -176,3 +176,46 @@ def test_cancelled_dialog_changes_nothing(widget, monkeypatch):
     before = (w.session.versions.names(), w.session.class_names)
     w.load_button.click()
     assert (w.session.versions.names(), w.session.class_names) == before
+
+
+def test_export_bioimageio_in_a_worker_and_load_it_back(widget, tmp_path, monkeypatch, errors):
+    pytest.importorskip("bioimageio.core")
+    from qtpy.QtWidgets import QFileDialog
+
+    from napari_msd.io import load_model
+    from napari_msd.io.bioimageio import is_package
+
+    _, w = widget
+    assert not w.export_button.isEnabled()  # no version yet
+    w.load_model_file(_save_model(tmp_path / "good.msd"))
+    assert w.export_button.isEnabled()
+    target = tmp_path / "good.zip"
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a, **k: (str(target), ""))
+    w.export_button.click()
+    work = w.export_work
+    assert work is not None and not w.export_button.isEnabled()  # running in a worker; a second click waits
+    assert work.wait(120) and work.error is None, errors
+    assert w.export_work is None and w.export_button.isEnabled() and w.last_export == target
+    assert is_package(target) and not errors
+    expected = load_model(tmp_path / "good.msd")[1].to_dict()
+    assert load_model(target)[1].to_dict() == expected
+
+    assert w.load_model_file(target)  # Load model accepts the package: a new version, the same model
+    assert w.session.versions.names() == ["v1", "v2"] and "good.zip" in w.versions.item(1).text()
+    assert w.session.class_names == ["membrane", "mito", "cytosol"]
+
+
+def test_export_never_replaces_a_file_the_dialog_did_not_confirm(widget, tmp_path, monkeypatch, errors):
+    pytest.importorskip("bioimageio.core")
+    from qtpy.QtWidgets import QFileDialog
+
+    _, w = widget
+    w.load_model_file(_save_model(tmp_path / "good.msd"))
+    taken = tmp_path / "taken.zip"
+    taken.write_bytes(b"keep")
+    # typed without .zip: the dialog confirmed "taken", never "taken.zip"
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a, **k: (str(tmp_path / "taken"), ""))
+    w.export_button.click()
+    assert w.export_work.wait(120)
+    assert taken.read_bytes() == b"keep" and len(errors) == 1 and "already exists" in errors[0]
+    assert "\n" not in errors[0] and w.export_button.isEnabled()

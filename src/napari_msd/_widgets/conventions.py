@@ -1,12 +1,13 @@
 """What the docks agree on, so that none imports another: the live preview layer, class colours as a labels
-colormap, and the file filter of model dialogs."""
+colormap, and the file filters of model dialogs."""
 
 from __future__ import annotations
 
 from typing import Any
 
 PREVIEW_LAYER = "live preview"
-MODEL_FILE_FILTER = "napari-msd models (*.msd *.safetensors);;All files (*)"
+MODEL_FILE_FILTER = "napari-msd models (*.msd *.safetensors *.zip);;All files (*)"  # .zip: a bioimage.io package
+PACKAGE_FILE_FILTER = "bioimage.io model packages (*.zip)"
 
 
 def is_preview(layer: Any) -> bool:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import functools
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from napari.layers import Labels
-from napari.utils.notifications import show_error
+from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QSignalBlocker
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -28,7 +29,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from .conventions import MODEL_FILE_FILTER
+from . import workers
+from .conventions import MODEL_FILE_FILTER, PACKAGE_FILE_FILTER
 from .session import Session, get_session, layer_classes
 
 if TYPE_CHECKING:
@@ -140,6 +142,13 @@ class ModelWidget(QWidget):
         self.versions.setToolTip("Trained model versions; the selected one predicts and is retrained")
         self.load_button = QPushButton("Load model…")
         self.save_button = QPushButton("Save version…")
+        self.export_button = QPushButton("Export bioimage.io…")
+        self.export_button.setToolTip(
+            "Write the current version as a bioimage.io model package (.zip) that other tools run "
+            "(bioimageio.core, deepImageJ, ilastik); Load model reads it back as a version"
+        )
+        self.export_work: workers.Work | None = None
+        self.last_export: Path | None = None  # the package the last export wrote
         self.file_label = QLabel(NO_FILE)
         self.file_label.setWordWrap(True)
         self.file_label.setToolTip(
@@ -162,6 +171,7 @@ class ModelWidget(QWidget):
         vl.addWidget(self.versions)
         buttons = QHBoxLayout()
         buttons.addWidget(self.save_button)
+        buttons.addWidget(self.export_button)
         buttons.addWidget(self.load_button)
         vl.addLayout(buttons)
         vl.addWidget(self.file_label)
@@ -180,6 +190,7 @@ class ModelWidget(QWidget):
             signal.connect(self._on_controls_changed)
         self.load_button.clicked.connect(self._on_load_clicked)
         self.save_button.clicked.connect(self._on_save_clicked)
+        self.export_button.clicked.connect(self._on_export_clicked)
         self.versions.currentRowChanged.connect(self._on_version_selected)
         self.session.versions_changed.connect(self._show_versions)
         self.session.classes_changed.connect(self._on_classes_changed)
@@ -187,6 +198,7 @@ class ModelWidget(QWidget):
         self._on_active_layer()
         self._on_controls_changed()
         self._show_versions()
+        workers.on_window_close(self, self._finish_export)
 
     # --- network from the controls -----------------------------------------------------------------------
     def input_spec(self) -> Any:
@@ -263,6 +275,7 @@ class ModelWidget(QWidget):
                 self.versions.setCurrentRow(versions.names().index(versions.current.name))
         current = versions.current
         self.save_button.setEnabled(current is not None)
+        self.export_button.setEnabled(current is not None and self.export_work is None)
         self.file_label.setText(NO_FILE if current is None else self._describe(current))
 
     def _on_version_selected(self, row: int) -> None:
@@ -295,8 +308,59 @@ class ModelWidget(QWidget):
         self.session.versions_changed.emit()
         return written
 
+    def _on_export_clicked(self) -> None:
+        current = self.session.versions.current
+        if current is None or self.export_work is not None:
+            return
+        path, _ = QFileDialog.getSaveFileName(
+            self, f"Export model {current.name} as a bioimage.io package", f"{current.name}.zip", PACKAGE_FILE_FILTER
+        )
+        if path:
+            self.export_version(current.name, path)
+
+    def export_version(self, name: str, path: str | os.PathLike[str]) -> workers.Work | None:
+        """Write version ``name`` as a bioimage.io package to ``path`` in a worker (the viewer stays responsive),
+        the test input cut from the image it was trained on, if known. An existing file is replaced only after
+        the save dialog asked (a name without .zip gets it appended, and then is never replaced). Returns the
+        work (``None`` while another export runs); the result is announced, an error shown as one line."""
+        if self.export_work is not None:
+            return None
+        target = Path(path)
+        overwrite = target.exists()
+        if target.suffix.lower() != ".zip":
+            target, overwrite = target.with_name(target.name + ".zip"), False
+        version = self.session.versions.get(name)
+        model, metadata = version.model, version.metadata
+        image = next((data.image for data in version.trained_on), None)
+
+        def export(work: workers.Work) -> Iterator[Path]:
+            from napari_msd.io.bioimageio import export_package
+
+            yield export_package((model, metadata), target, test_image=image, overwrite=overwrite)
+
+        def exported(written: Path) -> None:
+            self.last_export = written
+            show_info(f"napari-msd: exported {name} as the bioimage.io package {written}")
+
+        def done(work: workers.Work) -> None:
+            self.export_work = None
+            self.export_button.setText("Export bioimage.io…")
+            self._show_versions()
+
+        self.export_button.setEnabled(False)
+        self.export_button.setText("Exporting…")
+        self.export_work = workers.start(export, exported, done, "Export")
+        return self.export_work
+
+    def _finish_export(self) -> None:
+        """The window closes: let a running export finish writing (seconds) rather than abandon its thread."""
+        if self.export_work is not None:
+            self.export_work.wait(60.0)
+
     def _on_load_clicked(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Load napari-msd model", "", MODEL_FILE_FILTER)
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Load napari-msd model or bioimage.io package", "", MODEL_FILE_FILTER
+        )
         if path:
             self.load_model_file(path)
 

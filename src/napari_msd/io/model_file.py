@@ -9,7 +9,9 @@ metadata (str -> str) holds two entries:
   shape, raw bytes), verified on every read, so a damaged or edited file is refused.
 
 Files are written atomically (temporary file in the same directory, fsync, ``os.replace``) and an
-existing file is only replaced when asked to.
+existing file is only replaced when asked to. :func:`load_model` and :func:`read_metadata` also read a
+bioimage.io model package exported by napari-msd (a zip with an ``rdf.yaml``, see :mod:`.bioimageio`): the model
+file attached to it, verified the same way.
 """
 
 from __future__ import annotations
@@ -244,11 +246,18 @@ def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu")
 
 
 def _read(path: Path) -> tuple[ModelMetadata, dict[str, torch.Tensor]]:
-    """Parse and verify a model file; every failure is a one-line :class:`ModelFileError`."""
+    """Parse and verify a model file (or the one in a napari-msd bioimage.io package); every failure is a
+    one-line :class:`ModelFileError`."""
     if not path.exists():
         raise ModelFileError(f"model file {path} does not exist; check the path")
     if not path.is_file():
         raise ModelFileError(f"{path} is not a file; choose a napari-msd model file")
+    if _is_zip(path):
+        from .bioimageio import is_package, read_model_file_bytes
+
+        if is_package(path):
+            header, tensors = _parse_bytes(path, read_model_file_bytes(path))
+            return _verify(path, header, tensors)
     try:
         with safe_open(path, framework="pt", device="cpu") as f:
             header = f.metadata() or {}
@@ -259,6 +268,28 @@ def _read(path: Path) -> tuple[ModelMetadata, dict[str, torch.Tensor]]:
             f"{path} is not a valid napari-msd model file ({hint or one_line(err)}); "
             "choose a model file saved by napari-msd, or re-save it if it was truncated"
         ) from None
+    return _verify(path, header, tensors)
+
+
+def _parse_bytes(path: Path, data: bytes) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """Header metadata and tensors of a model file held in memory (the one attached to the package ``path``)."""
+    try:
+        n = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8 : 8 + n]).get("__metadata__") or {}
+        tensors = safetensors.torch.load(data)
+    except Exception as err:  # noqa: BLE001 -- any parse failure: a damaged attachment
+        raise ModelFileError(
+            f"the napari-msd model file in {path} is damaged ({one_line(err)}); re-export the package"
+        ) from None
+    if not isinstance(header, dict):
+        raise ModelFileError(f"the napari-msd model file in {path} is damaged (bad header); re-export the package")
+    return header, tensors
+
+
+def _verify(
+    path: Path, header: dict[str, str], tensors: dict[str, torch.Tensor]
+) -> tuple[ModelMetadata, dict[str, torch.Tensor]]:
+    """Check a model file's metadata, format version and checksum; every failure is a one-line error."""
     if METADATA_KEY not in header or DIGEST_KEY not in header:
         raise ModelFileError(
             f"{path} is not a napari-msd model file (a safetensors file without napari-msd "
@@ -336,11 +367,33 @@ def _sniff(path: Path) -> str:
             head = f.read(8)
     except OSError:
         return ""
+    if head.startswith(b"PK\x03\x04") and not _is_torch_zip(path):
+        return "a zip file that is not a bioimage.io model package (no rdf.yaml)"
     if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
         return "a PyTorch pickle checkpoint, which is never loaded because it can run code"
     if head.startswith(b"\x89PNG"):
         return "a PNG image"
     return ""
+
+
+def _is_zip(path: Path) -> bool:
+    """Whether ``path`` starts like a zip file (a bioimage.io package, or a PyTorch checkpoint)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"PK\x03\x04"
+    except OSError:
+        return False
+
+
+def _is_torch_zip(path: Path) -> bool:
+    """Whether the zip file ``path`` is a PyTorch checkpoint (``torch.save`` writes ``<name>/data.pkl``)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(n.endswith("/data.pkl") or n == "data.pkl" for n in archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return True  # an unreadable zip: say what it most likely is
 
 
 def _fsync_dir(directory: Path) -> None:
