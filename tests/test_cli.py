@@ -318,6 +318,23 @@ def test_a_run_of_the_chosen_few_steps_gets_no_warning(stroke_files, tmp_path, c
     assert code == 0 and "warning: trained only" not in stdout
 
 
+@pytest.mark.parametrize("arch", ["munet", "gated_unet"])
+def test_train_the_u_net_family_by_name(arch, stroke_files, tmp_path, capsys, accept_any_network):
+    image, labels = stroke_files
+    out = tmp_path / f"{arch}.msd"
+    net = ["--arch", arch, "--depth", "2", "--base-channels", "4"]
+    run = ["--steps", "3", "--patch-size", "32", "--validate-every", "3"]
+    code, stdout, _ = _train([str(image), str(labels), "-o", str(out), *net, *run], capsys)
+    assert code == 0 and out.exists() and "finished (steps) after 3 steps" in stdout
+    assert main(["info", str(out)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["arch"] == arch and info["config"]["depth"] == 2 and info["config"]["base_channels"] == 4
+    code, _, err = _train([str(image), str(labels), "-o", str(tmp_path / "w.msd"), *net, "--width", "2"], capsys)
+    assert code == 2 and "--width is an MS-D setting" in _error_line(err)
+    args = build_parser().parse_args(["train", str(image), str(labels), "-o", str(out), "--arch", arch])
+    assert _train_config(args).dice_weight is None  # the network's own: MUNet's Dice weight, else none
+
+
 # -- napari-msd sample ------------------------------------------------------------------------------
 
 

@@ -97,8 +97,8 @@ def _network(args: argparse.Namespace):
     }
     if args.arch == "msd" and args.base_channels is not None:
         raise CLIError("--base-channels is a U-Net setting; MS-D takes --depth and --width")
-    if args.arch == "unet" and args.width is not None:
-        raise CLIError("--width is an MS-D setting; a U-Net takes --depth and --base-channels")
+    if args.arch != "msd" and args.width is not None:
+        raise CLIError(f"--width is an MS-D setting; a U-Net ({args.arch}) takes --depth and --base-channels")
     try:
         spec = InputSpec(
             mode=mode, slices=args.slices if mode == "2.5d" else 1, orientations=tuple(args.orientations.split(","))
@@ -503,7 +503,14 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 
 
 def _add_network_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--arch", choices=["msd", "unet"], default="msd", help="network (default: msd, 100 layers)")
+    from .models.registry import ARCHITECTURES
+
+    parser.add_argument(
+        "--arch",
+        choices=list(ARCHITECTURES),
+        default="msd",
+        help="network (default: msd, 100 layers; unet, munet: multi-scale U-Net, gated_unet: gated skips)",
+    )
     parser.add_argument("--ndim", type=int, choices=[2, 3], default=2, help="2: slice-wise model, 3: 3D patches")
     parser.add_argument("--slices", type=int, default=1, help="2.5D: N adjacent slices as channels (odd, e.g. 5)")
     parser.add_argument("--orientations", default="xy", help="2D models on volumes: xy, or xy,xz,yz (isotropic)")
@@ -595,7 +602,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--patience", type=int, default=10, help="validations without improvement before stopping")
     train.add_argument("--intensity", type=float, default=0.0, help="intensity jitter, e.g. 0.1")
     train.add_argument("--elastic", type=float, default=0.0, help="elastic deformation in pixels, e.g. 4")
-    train.add_argument("--dice", type=float, default=0.0, help="weight of a Dice term added to cross-entropy")
+    train.add_argument(
+        "--dice", type=float, help="weight of a Dice term added to cross-entropy (default: 1 for munet, else 0)"
+    )
     train.add_argument(
         "--edge-weight",
         type=float,

@@ -40,7 +40,7 @@ def test_widget_through_plugin_manager(widget):
 def test_presets_update_parameter_count(widget):
     import torch
 
-    from napari_msd.models import MSDNet, UNet
+    from napari_msd.models import GatedUNet, MSDNet, MUNet, UNet
 
     _, w = widget
     counts = {}
@@ -51,7 +51,9 @@ def test_presets_update_parameter_count(widget):
     assert counts["MS-D 50 layers"] == sum(p.numel() for p in MSDNet(1, 2, depth=50).parameters())
     assert counts["U-Net small"] == sum(p.numel() for p in UNet(1, 2, depth=3, base_channels=16).parameters())
     assert counts["U-Net (torch-em default)"] == sum(p.numel() for p in UNet(1, 2).parameters())
-    assert len(set(counts.values())) == 4
+    assert counts["MUNet (deep supervision)"] == sum(p.numel() for p in MUNet(1, 2).parameters())
+    assert counts["U-Net, gated skips"] == sum(p.numel() for p in GatedUNet(1, 2).parameters())
+    assert len(set(counts.values())) == len(PRESETS) == 6
 
     w.preset.setCurrentIndex(0)
     w.input_mode.setCurrentText("3D")  # 27 taps per filter

@@ -6,12 +6,13 @@ import threading
 
 import numpy as np
 import pytest
+import torch
 import zarr
 
 from napari_msd.base.inputs import InputSpec
 from napari_msd.inference import BlockDone, Predictor
 from napari_msd.io.model_file import save_model
-from napari_msd.models import MSDNet
+from napari_msd.models import GatedUNet, MSDNet, MUNet
 
 from helpers.arrays import CountingArray
 from helpers.networks import image, metadata, msd, unet
@@ -22,7 +23,32 @@ CASES = {  # name: (network, input spec, image shape, block shape), blocks not d
     "msd-xz": (lambda: msd(), InputSpec("2d", 1, ("xz",)), (6, 70, 60), (4, 3, 25)),
     "msd-3d": (lambda: msd(ndim=3, depth=4), InputSpec("3d"), (6, 70, 60), (4, 32, 25)),
     "unet-2d": (lambda: unet(), InputSpec(), (100, 90), (40, 36)),
+    "munet-2d": (lambda: _unet_family(MUNet, fusion_radius=6), InputSpec(), (100, 90), (40, 36)),
+    "munet-3d": (lambda: _unet_family(MUNet, ndim=3, fusion_radius=3), InputSpec("3d"), (10, 50, 44), (8, 16, 20)),
+    "gated_unet-2d": (
+        lambda: _unet_family(GatedUNet, skip_gates=["confidence", "channel+pixel"], squeeze_radius=8),
+        InputSpec(),
+        (100, 90),
+        (40, 36),
+    ),
 }
+
+
+def _unet_family(cls, ndim=2, **kwargs):
+    """A tiny network of the U-Net family in eval mode, with non-trivial batch-norm statistics and heads."""
+    torch.manual_seed(0)
+    net = cls(1, 3, ndim=ndim, depth=2, base_channels=4, **kwargs)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.running_mean.normal_(0.0, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+                m.weight.normal_(1.0, 0.2)
+                m.bias.normal_(0.0, 0.2)
+        for name, p in net.named_parameters():
+            if "head" in name:  # output layers with some spread, so the output is not near uniform
+                p.normal_(0.0, 0.5)
+    return net.eval()
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -58,6 +84,8 @@ def test_unet_tiles_start_on_the_pooling_grid():
     assert all(s.start % 4 == 0 for b in predictor.plan((100, 90), (40, 36), 23) for s in b.inp)
     net3 = msd(in_channels=3)
     assert Predictor(net3, metadata(net3, InputSpec("2.5d", 3))).align(3) == (1, 1, 1)
+    for cls in (MUNet, GatedUNet):  # the U-Net family: by their pool_factors
+        assert Predictor(net := _unet_family(cls), metadata(net)).align(2) == (4, 4)
 
 
 def test_default_halo_is_the_measured_one_else_the_receptive_field():

@@ -342,3 +342,27 @@ def test_missing_bioimageio_says_how_to_install_it_and_reading_needs_none(packag
     with pytest.raises(bio.PackageError, match=r"pip install 'napari-msd\[bioimageio\]'"):
         bio.export_package((net, _metadata(net, InputSpec())), tmp_path / "m.zip")
     assert load_model(packages["msd"])[1].arch == "msd"
+
+
+@pytest.mark.parametrize("arch", ["munet", "gated_unet"])
+def test_the_u_net_family_exports_and_passes(arch, tmp_path, offline):
+    from bioimageio.core import test_model
+
+    from napari_msd.models import build_model
+
+    torch.manual_seed(0)
+    net = build_model(arch, {"in_channels": 1, "out_channels": 2, "depth": 1, "base_channels": 4}).eval()
+    model_path = save_model(
+        tmp_path / f"{arch}.msd",
+        net,
+        class_names=["membrane", "interior"],
+        normalization={"method": "percentile", "low": 0.0, "high": 255.0, "percentiles": [1, 99]},
+        input_spec={"mode": "2d", "slices": 1, "orientations": ["xy"]},
+    )
+    package = bio.export_package(model_path, tmp_path / f"{arch}.zip", test_image=IMAGE)
+    assert test_model(package).status == "passed"
+    with zipfile.ZipFile(package) as z:
+        rdf = yaml.safe_load(z.read("rdf.yaml"))
+    assert "Architecture:" in rdf["description"]
+    loaded, meta = load_model(package)
+    assert meta.arch == arch

@@ -20,6 +20,7 @@ from napari_msd.training.pretrain import (
     cache_path,
     check_compatible,
     image_fingerprint,
+    is_head,
     load_pretrained,
     save_pretrained,
 )
@@ -171,3 +172,18 @@ def test_save_is_atomic_and_replaces(tmp_path):
     path = save_pretrained(tmp_path / "b.pt", body)
     save_pretrained(path, body)
     assert [p.name for p in tmp_path.iterdir()] == ["b.pt"]
+
+
+def test_munet_mask_heads_are_heads_not_body():
+    """A MUNet's coarse mask heads are outputs, like the head of every network: a body leaves them out, and a body
+    of the same MUNet initialises everything else."""
+    config = {"in_channels": 1, "out_channels": 2, "depth": 2, "base_channels": 4}
+    source, target = build_model("munet", config), build_model("munet", config)
+    state = {k: v.clone() for k, v in source.state_dict().items() if not is_head(k)}
+    assert any(k.startswith("coarse_heads.") for k in source.state_dict()) and not any(
+        k.startswith("coarse_heads.") for k in state
+    )
+    body = PretrainedBody("munet", {}, InputSpec().to_dict(), {}, state, 1, 0.0)
+    assert apply_pretrained(target, body) == len(state)
+    key = next(k for k in state if k.endswith("weight"))
+    assert torch.equal(target.state_dict()[key], source.state_dict()[key])

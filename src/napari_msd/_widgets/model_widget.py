@@ -53,6 +53,8 @@ PRESETS = (
     Preset("MS-D 50 layers", "msd", {"depth": 50, "width": 1, "dilations": list(range(1, 11))}),
     Preset("U-Net small", "unet", {"depth": 3, "base_channels": 16}),
     Preset("U-Net (torch-em default)", "unet", {"depth": 4, "base_channels": 32}),
+    Preset("MUNet (deep supervision)", "munet", {"depth": 4, "base_channels": 32}),
+    Preset("U-Net, gated skips", "gated_unet", {"depth": 4, "base_channels": 32}),
 )
 
 
@@ -105,7 +107,8 @@ class ModelWidget(QWidget):
         self.preset.addItems([p.name for p in PRESETS])
         self.preset.setToolTip(
             "The network a new training builds: MS-D (few parameters, learns from few strokes) "
-            "or U-Net (a common, larger alternative)"
+            "or U-Net (a common, larger alternative); MUNet: a U-Net trained and predicting at every scale; "
+            "gated skips: a U-Net that learns which details its skip connections pass"
         )
         self.n_classes = QSpinBox()
         self.n_classes.setRange(2, 255)

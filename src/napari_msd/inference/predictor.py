@@ -74,6 +74,9 @@ class BlockDone:
 def activation_maps(model: torch.nn.Module) -> int:
     """Rough number of per-pixel feature maps a forward pass of ``model`` holds at once (inference)."""
     net: Any = model  # a registered network's attributes (models.registry) are plain ints
+    own = getattr(net, "activation_maps", None)  # the networks that estimate it themselves (MUNet, gated U-Net)
+    if own is not None:
+        return int(own)
     arch = getattr(net, "arch", "")
     if arch == "msd":
         taps = 3**net.ndim

@@ -74,7 +74,16 @@ CITATIONS = {
         "doi": "10.1007/978-3-319-24574-4_28",
     },
 }
-ARCH_LABELS = {"msd": "MS-D", "unet": "U-Net"}
+# MUNet (Zhang, Cheng & Gan) and the gated-skip U-Net (F-CLmser-S; Guo, Huang, Chen & Tu) extend the U-Net; a
+# bioimage.io citation needs a DOI or URL, and only the U-Net's is known here: their packages cite it, and name their
+# own paper in the description (ARCH_PAPERS)
+CITATIONS["munet"] = CITATIONS["gated_unet"] = CITATIONS["unet"]
+ARCH_PAPERS = {
+    "munet": "Zhang, Cheng & Gan, MUNet: A Multi-scale U-Net Framework for Medical Image Segmentation",
+    "gated_unet": "Guo, Huang, Chen & Tu, Regularize network skip connections by gating mechanisms for electron "
+    "microscopy image segmentation (F-CLmser-S)",
+}
+ARCH_LABELS = {"msd": "MS-D", "unet": "U-Net", "munet": "MUNet", "gated_unet": "gated-skip U-Net"}
 
 # test inputs: in-plane side (2D / 2.5D) and (z, y, x) sides (3D), at most; images are cropped around their middle
 TEST_SIDE_2D = 256
@@ -301,10 +310,10 @@ def _preprocessing(norm: Normalization | None) -> list[dict[str, Any]]:
     ops: list[dict[str, Any]] = [{"id": "ensure_dtype", "kwargs": {"dtype": "float32"}}]
     if norm is not None:
         scale = norm.high - norm.low if norm.high > norm.low else 1.0
-        ops += [
-            {"id": "scale_linear", "kwargs": {"gain": 1.0, "offset": -float(norm.low)}},
-            {"id": "scale_linear", "kwargs": {"gain": float(1.0 / scale), "offset": 0.0}},
-        ]
+        if norm.low != 0:  # bioimage.io refuses a scaling that does nothing
+            ops.append({"id": "scale_linear", "kwargs": {"gain": 1.0, "offset": -float(norm.low)}})
+        if scale != 1:
+            ops.append({"id": "scale_linear", "kwargs": {"gain": float(1.0 / scale), "offset": 0.0}})
     ops.append({"id": "ensure_dtype", "kwargs": {"dtype": "float32"}})
     return ops
 
@@ -512,7 +521,7 @@ def _rdf(
             "semantic-segmentation",
             "pytorch",
             "3d" if spec.model_ndim == 3 else "2d",
-            "unet" if arch == "unet" else "mixed-scale-dense",
+            "unet" if arch != "msd" else "mixed-scale-dense",
         ],
         "documentation": {"source": README},
         "covers": [{"source": COVER}],
@@ -608,7 +617,7 @@ def export_package(
     description = description or (
         f"{label} network trained with napari-msd from painted strokes: {len(meta.class_names)}-class semantic "
         f"segmentation ({', '.join(meta.class_names)}) of {_describe_mode(spec)} electron-microscopy images; "
-        "outputs class probabilities."
+        "outputs class probabilities." + (f" Architecture: {ARCH_PAPERS[arch]}." if arch in ARCH_PAPERS else "")
     )
     if len(description) > 1024:
         raise PackageError(f"the description has {len(description)} characters; bioimage.io allows at most 1024")

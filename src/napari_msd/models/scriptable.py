@@ -3,7 +3,8 @@
 The fast MS-D (:mod:`.msd`) computes its layers in a custom autograd Function that TorchScript can neither script
 nor trace; :class:`ScriptableMSD` computes the same function with plain convolutions (dilated 3x3 taps on the
 reflect-padded maps, the 1x1 head over all of them), slower but scriptable, and :class:`ScriptableUNet` mirrors the
-U-Net. :func:`script_network` builds the twin of a trained network and scripts it; both take inputs of any size.
+U-Net (and the gated U-Net, its gates being scriptable), :class:`ScriptableMUNet` the MUNet.
+:func:`script_network` builds the twin of a trained network and scripts it; all take inputs of any size.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .munet import fuse_scales, resize_to
 
 
 def _mirror_index(n: int, before: int, after: int, device: torch.device) -> torch.Tensor:
@@ -136,25 +139,32 @@ class _UNetDown(nn.Module):
 
 
 class _UNetUp(nn.Module):
-    def __init__(self, up: nn.Module, block: nn.Module):
+    def __init__(self, up: nn.Module, block: nn.Module, gate: nn.Module | None = None):
         super().__init__()
-        self.up, self.block = up, block
+        self.up, self.block, self.gate = up, block, gate  # gate: a gated U-Net's SkipGate (models.gated_unet)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        return self.block(torch.cat([skip, self.up(x)], 1))
+        up = self.up(x)
+        if self.gate is not None:
+            skip = self.gate(skip, up)
+        return self.block(torch.cat([skip, up], 1))
 
 
 class ScriptableUNet(nn.Module):
-    """A :class:`~napari_msd.models.UNet`'s modules in a scriptable forward: the same high-end reflective padding to
-    the pooling factors and crop back, for any input size; logits out."""
+    """A :class:`~napari_msd.models.UNet`'s (or :class:`~napari_msd.models.GatedUNet`'s) modules in a scriptable
+    forward: the same high-end reflective padding to the pooling factors and crop back, for any input size; logits
+    out."""
 
     def __init__(self, net: nn.Module):
         super().__init__()
         unet: Any = net
         depth = int(unet.depth)
+        gates = getattr(unet, "gates", [None] * depth)
         self.downs = nn.ModuleList(_UNetDown(unet.encoders[k], unet.pools[k]) for k in range(depth))
         self.bottom = unet.encoders[depth]
-        self.ups = nn.ModuleList(_UNetUp(unet.upsamplers[k], unet.decoders[k]) for k in reversed(range(depth)))
+        self.ups = nn.ModuleList(
+            _UNetUp(unet.upsamplers[k], unet.decoders[k], gates[k]) for k in reversed(range(depth))
+        )
         self.head = unet.head
         self.factors = [int(f) for f in unet.pool_factors]
 
@@ -175,16 +185,58 @@ class ScriptableUNet(nn.Module):
         return x.float()
 
 
-SCRIPTABLE = {"msd": ScriptableMSD, "unet": ScriptableUNet}
+class ScriptableMUNet(nn.Module):
+    """A :class:`~napari_msd.models.MUNet`'s modules in a scriptable forward: the U-Net's padding, encoder and
+    decoder, every scale's head resized to the input and cropped back, the same area-weighted fusion
+    (:func:`~napari_msd.models.munet.fuse_scales`), for any input size; the fused logits out."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        munet: Any = net
+        depth = int(munet.depth)
+        self.downs = nn.ModuleList(_UNetDown(munet.encoders[k], munet.pools[k]) for k in range(depth))
+        self.bottom = munet.encoders[depth]
+        self.ups = nn.ModuleList(_UNetUp(munet.upsamplers[k], munet.decoders[k]) for k in reversed(range(depth)))
+        self.heads = nn.ModuleList([munet.head, *munet.coarse_heads])  # finest first
+        self.head_bias = munet.head_bias
+        self.factors = [int(f) for f in munet.pool_factors]
+        self.radius = int(munet.fusion_radius)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.head_bias.dtype)
+        sizes = list(x.shape[2:])
+        x = _pad_high(x, self.factors)
+        padded = list(x.shape[2:])
+        skips: list[torch.Tensor] = []
+        for down in self.downs:
+            x, skip = down(x)
+            skips.append(skip)
+        x = self.bottom(x)
+        levels: list[torch.Tensor] = []
+        for up in self.ups:
+            x = up(x, skips.pop())
+            levels.insert(0, x)  # finest first
+        scales: list[torch.Tensor] = []
+        for k, head in enumerate(self.heads):
+            z = head(levels[k])
+            if k > 0:
+                z = resize_to(z, padded)
+            for i in range(len(sizes)):
+                z = z.narrow(i + 2, 0, sizes[i])
+            scales.append(z)
+        shape = [1] * x.dim()
+        shape[1] = -1
+        return (fuse_scales(scales, self.radius) + self.head_bias.view(shape)).float()
+
+
+SCRIPTABLE = {"msd": ScriptableMSD, "unet": ScriptableUNet, "munet": ScriptableMUNet, "gated_unet": ScriptableUNet}
 
 
 def script_network(model: nn.Module) -> torch.jit.ScriptModule:
     """A TorchScript module (CPU, eval mode) computing ``model``'s float32 logits for inputs of any size."""
     arch = getattr(model, "arch", None)
     if arch not in SCRIPTABLE:
-        raise ValueError(
-            f"architecture {arch!r} has no TorchScript export; export an MS-D or U-Net model ({', '.join(SCRIPTABLE)})"
-        )
+        raise ValueError(f"architecture {arch!r} has no TorchScript export; export one of {', '.join(SCRIPTABLE)}")
     twin = SCRIPTABLE[arch](copy.deepcopy(model).to("cpu").eval()).eval()
     for p in twin.parameters():
         p.requires_grad_(False)

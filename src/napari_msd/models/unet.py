@@ -14,6 +14,7 @@ does. Instance or group norm would make the result depend on the tile's content.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -59,6 +60,11 @@ def pad_to_multiple(x: torch.Tensor, multiples: tuple[int, ...]) -> torch.Tensor
         if e:
             x = x.index_select(axis + 2, reflect_index(n, e, x.device)[e:])
     return x
+
+
+def crop_to(x: torch.Tensor, spatial: Sequence[int]) -> torch.Tensor:
+    """The low corner of ``x``'s spatial axes, ``spatial`` in size: takes back :func:`pad_to_multiple`."""
+    return x[(slice(None), slice(None), *(slice(0, n) for n in spatial))]
 
 
 class UNet(nn.Module):
@@ -120,23 +126,30 @@ class UNet(nn.Module):
         self.upsamplers = nn.ModuleList(
             _CONV_T[ndim](channels[k + 1], channels[k], self._scale(k), self._scale(k)) for k in range(self.depth)
         )
-        self.decoders = nn.ModuleList(self._block(2 * channels[k], channels[k], k) for k in range(self.depth))
+        self.decoders = nn.ModuleList(self._decoder_block(2 * channels[k], channels[k], k) for k in range(self.depth))
         self.head = _CONV[ndim](channels[0], out_channels, 1)
 
     def _scale(self, level: int) -> int | tuple[int, ...]:
         """Pooling kernel / stride between ``level`` and ``level + 1``."""
         return (1, 2, 2) if level < self.anisotropic_levels else 2
 
-    def _block(self, c_in: int, c_out: int, level: int) -> nn.Sequential:
+    def _block(self, c_in: int, c_out: int, level: int, convs: int = 2, leaky: float = 0.0) -> nn.Sequential:
+        """``convs`` times (convolution, norm, ReLU) at ``level``; ``leaky`` > 0: leaky ReLU of that slope."""
         flat = level < self.anisotropic_levels
         kernel, padding = ((1, 3, 3), (0, 1, 1)) if flat else (3, 1)
         layers: list[nn.Module] = []
-        for c in (c_in, c_out):
-            layers.append(_CONV[self.ndim](c, c_out, kernel, padding=padding, bias=self.norm == "none"))
+        for i in range(convs):
+            layers.append(
+                _CONV[self.ndim](c_in if i == 0 else c_out, c_out, kernel, padding=padding, bias=self.norm == "none")
+            )
             if self.norm == "batch":
                 layers.append(_BATCHNORM[self.ndim](c_out))
-            layers.append(nn.ReLU(inplace=True))
+            layers.append(nn.LeakyReLU(leaky, inplace=True) if leaky else nn.ReLU(inplace=True))
         return nn.Sequential(*layers)
+
+    def _decoder_block(self, c_in: int, c_out: int, level: int) -> nn.Sequential:
+        """The blocks of decoder ``level`` after the concatenation (a subclass may build others)."""
+        return self._block(c_in, c_out, level)
 
     @property
     def pool_factors(self) -> tuple[int, ...]:
@@ -177,19 +190,30 @@ class UNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, in_channels, *spatial)`` to ``(N, out_channels, *spatial)`` logits, any spatial size."""
-        check_input("UNet", x, self.in_channels, self.ndim)
+        check_input(type(self).__name__, x, self.in_channels, self.ndim)
         spatial = x.shape[2:]
         x = pad_to_multiple(x.to(self.head.weight.dtype), self.pool_factors)
+        return crop_to(self.head(self._decode(x)[0]), spatial)
+
+    def _decode(self, x: torch.Tensor, every_level: bool = False) -> list[torch.Tensor]:
+        """The decoder's output at level 0 (full resolution) for ``x`` padded to :attr:`pool_factors`; with
+        ``every_level``, its outputs at every level, finest first."""
         skips = []
         for k in range(self.depth):
             x = self.encoders[k](x)
             skips.append(x)
             x = self.pools[k](x)
         x = self.encoders[self.depth](x)
+        levels = []
         for k in reversed(range(self.depth)):
-            x = self.decoders[k](torch.cat([skips[k], self.upsamplers[k](x)], dim=1))
-        x = self.head(x)
-        return x[(slice(None), slice(None), *(slice(0, n) for n in spatial))]
+            x = self._decode_level(k, skips.pop(), x)
+            if every_level:
+                levels.append(x)
+        return levels[::-1] if every_level else [x]
+
+    def _decode_level(self, level: int, skip: torch.Tensor, below: torch.Tensor) -> torch.Tensor:
+        """Decoder ``level``: up-sample the level below, concatenate the encoder's skip, the blocks."""
+        return self.decoders[level](torch.cat([skip, self.upsamplers[level](below)], dim=1))
 
     def extra_repr(self) -> str:
         return (

@@ -33,6 +33,7 @@ from ..inference import halo as inference_halo
 from ..inference.predictor import Predictor
 from ..io.model_file import ModelMetadata, load_model, save_model
 from ..models.registry import PRESETS, build_model
+from . import deep_supervision
 from . import health as net_health
 from . import metrics as seg_metrics
 from .augment import Augmentation
@@ -81,7 +82,7 @@ class TrainConfig:
     metric: str = "global_accuracy"
     augmentation: Augmentation = field(default_factory=Augmentation)
     class_weights: Literal["auto"] | Sequence[float] | None = "auto"
-    dice_weight: float = 0.0
+    dice_weight: float | None = None  # weight of a Dice term added to cross-entropy; None: the network's own (MUNet: 1)
     edge_weight: float = 2.0  # edge-aware Potts term on all patch pixels (training.potts); 0 = off
     teacher_weight: float = 1.0  # loss weight of a random forest's confident labels (training.teacher); 0 = off
     teacher_confidence: float = 0.8  # the forest's probability a pixel needs to be taught
@@ -327,7 +328,8 @@ class Trainer:
         weights = config.class_weights
         if weights == "auto":
             weights = auto_class_weights(counts, n_classes)
-        self.loss_fn = SparseLoss(n_classes, weights, config.dice_weight).to(self.device)
+        dice = config.dice_weight if config.dice_weight is not None else getattr(self.model, "dice_weight", 0.0)
+        self.loss_fn = SparseLoss(n_classes, weights, float(dice)).to(self.device)
         self.edge_loss = EdgePotts(config.edge_weight) if config.edge_weight > 0 else None
         lr = config.learning_rate * (config.fine_tune_lr_factor if init is not None else 1.0)
         self.optimizer = Adam(self.model.parameters(), lr=lr)  # not torch.optim: see .optim
@@ -658,16 +660,16 @@ class Trainer:
         with self._lock:
             self.optimizer.zero_grad(set_to_none=True)
             with torch.autocast(device_type=self.device.type, enabled=self.use_amp):
-                logits = self.model(x)
+                logits, scales = deep_supervision.outputs(self.model, x)  # scales: MUNet's, else none
                 if self.teacher_active:  # targets K..2K-1 are the teacher's (training.teacher)
                     taught = y >= self.n_classes
-                    loss = self.loss_fn(logits, y.masked_fill(taught, IGNORE))
+                    loss = deep_supervision.supervised(self.loss_fn, logits, scales, y.masked_fill(taught, IGNORE))
                     if taught.any():
                         loss = loss + self.config.teacher_weight * torch.nn.functional.cross_entropy(
                             logits.float(), torch.where(taught, y - self.n_classes, IGNORE), ignore_index=IGNORE
                         )
                 else:
-                    loss = self.loss_fn(logits, y)
+                    loss = deep_supervision.supervised(self.loss_fn, logits, scales, y)
                 if self.distill is not None:
                     loss = loss + self.distill.loss(logits, x, y)
                 if self.edge_loss is not None:

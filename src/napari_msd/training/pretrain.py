@@ -38,6 +38,14 @@ from .optim import Adam
 FORMAT = "napari-msd pretrained body"
 FORMAT_VERSION = 1
 HEAD_PARAMETERS = ("head_weight", "head_bias", "head.weight", "head.bias")  # MS-D's and the U-Net's output layer
+HEAD_PREFIXES = ("coarse_heads.",)  # MUNet's mask heads of the coarser scales: outputs too, never pretrained
+
+
+def is_head(key: str) -> bool:
+    """Whether the parameter ``key`` belongs to a network's output heads (not carried by a pretrained body)."""
+    return key in HEAD_PARAMETERS or key.startswith(HEAD_PREFIXES)
+
+
 NEIGHBOURHOOD = 2  # a hidden pixel takes the value of a random pixel at most this far away (not itself)
 _Index = tuple[int | slice | np.ndarray, ...]  # a numpy index (mypy types a tuple literal mixing these as object)
 
@@ -238,7 +246,7 @@ def check_compatible(body: PretrainedBody, arch: str, model_config: dict[str, An
 def apply_pretrained(model: torch.nn.Module, body: PretrainedBody) -> int:
     """Load every parameter of ``body`` into ``model`` except the output head; returns how many tensors were set."""
     own = model.state_dict()
-    missing = [k for k in own if k not in HEAD_PARAMETERS and k not in body.state]
+    missing = [k for k in own if not is_head(k) and k not in body.state]
     wrong = [k for k, v in body.state.items() if k in own and tuple(own[k].shape) != tuple(v.shape)]
     if missing or wrong:
         raise PretrainError(
@@ -247,9 +255,9 @@ def apply_pretrained(model: torch.nn.Module, body: PretrainedBody) -> int:
         )
     with torch.no_grad():
         for k, v in body.state.items():
-            if k in own and k not in HEAD_PARAMETERS:
+            if k in own and not is_head(k):
                 own[k].copy_(v)
-    return sum(k in own and k not in HEAD_PARAMETERS for k in body.state)
+    return sum(k in own and not is_head(k) for k in body.state)
 
 
 # -- the pretrainer --------------------------------------------------------------------------------------------------
@@ -373,11 +381,7 @@ class Pretrainer:
     def body(self) -> PretrainedBody:
         """The network body as it is now (copied to the CPU)."""
         with self._lock:
-            state = {
-                k: v.detach().to("cpu", copy=True)
-                for k, v in self.model.state_dict().items()
-                if k not in HEAD_PARAMETERS
-            }
+            state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items() if not is_head(k)}
         return PretrainedBody(
             self.config.arch,
             dict(self.model_config),
