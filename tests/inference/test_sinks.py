@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from napari_msd.base.quantise import quantise
 from napari_msd.inference import Predictor
 from napari_msd.inference.sinks import (
     UncertaintyInto,
@@ -13,7 +14,6 @@ from napari_msd.inference.sinks import (
     labels_into,
     probabilities_into,
     stream,
-    to_output_dtype,
 )
 from napari_msd.inference.uncertainty import margin, to_uint8
 
@@ -44,7 +44,7 @@ def test_every_sink_writes_the_whole_image_prediction(predictor):
     sure = top2[1] - top2[0] > 1e-4
     assert (labels == whole.argmax(0) + 1)[sure].all()
     for k in range(3):
-        assert np.abs(per_class[k].astype(int) - to_output_dtype(whole[k], np.uint8)).max() <= 1
+        assert np.abs(per_class[k].astype(int) - quantise(whole[k], np.uint8)).max() <= 1
     assert np.abs(review.out.astype(int) - to_uint8(margin(whole))).max() <= 1
     assert review.latest is not None and review.latest.shape == tuple(s.stop - s.start for s in done[-1].block.out)
 
@@ -61,9 +61,3 @@ def test_a_block_reaches_every_sink_before_the_caller(predictor):
 def test_probability_sinks_refuse_blocks_computed_without_probabilities(predictor):
     with pytest.raises(ValueError, match="probabilities=True"):
         next(stream(predictor, image(SHAPE), [UncertaintyInto(np.zeros(SHAPE, np.uint8))], probabilities=False))
-
-
-def test_uint8_and_float_outputs():
-    p = np.array([0.0, 0.5, 1.0], np.float32)
-    assert to_output_dtype(p, np.uint8).tolist() == [0, 128, 255]
-    assert to_output_dtype(p, np.float16).dtype == np.float16

@@ -20,20 +20,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .uncertainty import to_uint8, uncertainty
+from ..base.quantise import quantise
+from .uncertainty import MEMBER_MEASURES, to_uint8, uncertainty
 
 if TYPE_CHECKING:
     from .predictor import BlockDone
 
 BlockSink = Callable[["BlockDone"], Any]
-
-
-def to_output_dtype(probabilities: np.ndarray, dtype: Any) -> np.ndarray:
-    """Probabilities in ``dtype``: unsigned integers scale 0..1 to 0..max (uint8: 0..255), floats are cast."""
-    dtype = np.dtype(dtype)
-    if dtype.kind == "u":
-        return np.rint(probabilities * np.iinfo(dtype).max).astype(dtype)
-    return probabilities.astype(dtype, copy=False)
 
 
 def stream(source: Any, image: Any, sinks: Sequence[BlockSink] = (), **blocks_kwargs: Any) -> Iterator[BlockDone]:
@@ -66,7 +59,7 @@ def probabilities_into(out: Any) -> BlockSink:
     """A sink writing each block's probabilities into ``out`` (``(K, *image shape)``), in ``out``'s dtype."""
 
     def write(done: BlockDone) -> None:
-        out[(slice(None), *done.block.out)] = to_output_dtype(_probabilities(done), out.dtype)
+        out[(slice(None), *done.block.out)] = quantise(_probabilities(done), out.dtype)
 
     return write
 
@@ -77,21 +70,30 @@ def class_probabilities_into(outs: Sequence[Any]) -> BlockSink:
     def write(done: BlockDone) -> None:
         probabilities = _probabilities(done)
         for k, out in enumerate(outs):
-            out[done.block.out] = to_output_dtype(probabilities[k], out.dtype)
+            out[done.block.out] = quantise(probabilities[k], out.dtype)
 
     return write
 
 
 class UncertaintyInto:
     """A sink writing each block's uncertainty (:func:`.uncertainty.uncertainty` ``measure``) into ``out`` (the
-    image's shape), uint8 0..255; ``latest`` is the last block's, for a caller that also scores regions."""
+    image's shape), uint8 0..255; ``latest`` is the last block's, for a caller that also scores regions. The measure
+    ``"disagreement"`` (an ensemble's members', :data:`.uncertainty.MEMBER_MEASURES`) is the block's own
+    ``disagreement``: stream with ``disagreement=True``."""
 
     def __init__(self, out: Any, measure: str = "entropy"):
         self.out, self.measure = out, measure
         self.latest: np.ndarray | None = None
 
     def __call__(self, done: BlockDone) -> None:
-        self.latest = to_uint8(uncertainty(_probabilities(done), self.measure))
+        if self.measure in MEMBER_MEASURES:
+            if done.disagreement is None:
+                raise ValueError(
+                    f"the {self.measure} of the members needs an ensemble model, streamed with {self.measure}=True"
+                )
+            self.latest = to_uint8(done.disagreement)
+        else:
+            self.latest = to_uint8(uncertainty(_probabilities(done), self.measure))
         self.out[done.block.out] = self.latest
 
 

@@ -3,6 +3,9 @@
 * :func:`entropy` and :func:`margin` turn class probabilities (class axis first) into an uncertainty in
   [0, 1] (0: certain); :func:`uncertainty` picks one by name from :data:`UNCERTAINTY_MEASURES`;
   :func:`to_uint8` is the display and storage format (0..255).
+* :func:`disagreement` turns the probabilities of an ensemble's members (member axis first, then classes) into the
+  members' disagreement in [0, 1]: their mutual information (BALD), see there. It needs the members' probabilities,
+  not their mean, so it is :data:`MEMBER_MEASURES`' one measure, not one of :data:`UNCERTAINTY_MEASURES`.
 * :class:`RegionScores` accumulates the uncertainty of predicted blocks on a coarse grid of review tiles
   (``tile`` x ``tile`` pixels, one plane deep in 3D) and hands them out, most uncertain first, each once
   (:meth:`RegionScores.next_region`); :func:`region_center` is where to move the camera.
@@ -19,9 +22,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
+from ..base.quantise import quantise
 from .tiling import Region, normalize_region
 
 
@@ -34,16 +39,22 @@ def _check_probabilities(probabilities: np.ndarray) -> np.ndarray:
     return p
 
 
+def _entropy_nats(p: Any) -> np.ndarray:
+    """Shannon entropy in nats over the first (class) axis of ``p`` (anything iterable by class), float64."""
+    h: np.ndarray | None = None
+    for pk in p:  # one class at a time: no temporary of the size of all classes
+        pk = np.asarray(pk, np.float64)
+        log = np.zeros_like(pk)
+        np.log(pk, out=log, where=pk > 0)  # 0 * log 0 = 0
+        h = -pk * log if h is None else h - pk * log
+    assert h is not None  # at least two classes (checked by the callers)
+    return h
+
+
 def entropy(probabilities: np.ndarray) -> np.ndarray:
     """Shannon entropy over the first (class) axis divided by log(K): float32 in [0, 1], 1 for uniform."""
     p = _check_probabilities(probabilities)
-    h = np.zeros(p.shape[1:], np.float64)
-    for pk in p:  # one class at a time: no temporary of the size of all classes
-        pk = pk.astype(np.float64)
-        log = np.zeros_like(pk)
-        np.log(pk, out=log, where=pk > 0)  # 0 * log 0 = 0
-        h -= pk * log
-    return np.clip(h / math.log(p.shape[0]), 0, 1).astype(np.float32)
+    return np.clip(_entropy_nats(p) / math.log(p.shape[0]), 0, 1).astype(np.float32)
 
 
 def margin(probabilities: np.ndarray) -> np.ndarray:
@@ -54,19 +65,50 @@ def margin(probabilities: np.ndarray) -> np.ndarray:
     return np.clip(1 - (top[k - 1].astype(np.float64) - top[k - 2]), 0, 1).astype(np.float32)
 
 
+def disagreement(member_probabilities: np.ndarray) -> np.ndarray:
+    """How much an ensemble's members disagree, from their probabilities ``(M, K, *spatial)`` (member axis first, then
+    classes): float32 in [0, 1], 0 where every member says the same, 1 where ``min(M, K)`` members are each certain of a
+    different class.
+
+    It is the mutual information between the class and the member, ``H(mean_m p_m) - mean_m H(p_m)`` (BALD: Houlsby et
+    al. 2011; Gal et al. 2017), divided by its largest possible value ``log min(M, K)``: the entropy of the mean
+    prediction minus what the members are uncertain about on their own. Unlike the entropy of the mean, it stays low
+    where every member hesitates alike (an ambiguous pixel that more labels would not settle) and is high where
+    confident members contradict each other: where the networks have not learned enough, which labels fix. One
+    member (M = 1) never disagrees: 0 everywhere.
+    """
+    p = np.asarray(member_probabilities)
+    if p.ndim < 2:
+        raise ValueError(f"member probabilities need a member axis and a class axis first, got shape {p.shape}")
+    m, k = p.shape[:2]
+    _check_probabilities(p[0])
+    if m < 2:
+        return np.zeros(p.shape[2:], np.float32)
+    mean = p.astype(np.float64).mean(0)
+    own = sum(_entropy_nats(member) for member in p) / m
+    return np.clip((_entropy_nats(mean) - own) / math.log(min(m, k)), 0, 1).astype(np.float32)
+
+
 UNCERTAINTY_MEASURES: dict[str, Callable[[np.ndarray], np.ndarray]] = {"entropy": entropy, "margin": margin}
+MEMBER_MEASURES: dict[str, Callable[[np.ndarray], np.ndarray]] = {"disagreement": disagreement}  # of an ensemble's
+# members' probabilities (the predictor computes it per block when asked: BlockDone.disagreement)
 
 
 def uncertainty(probabilities: np.ndarray, measure: str = "entropy") -> np.ndarray:
     """The uncertainty ``measure`` (a key of :data:`UNCERTAINTY_MEASURES`) of ``probabilities``."""
+    if measure in MEMBER_MEASURES:
+        raise ValueError(
+            f"{measure} is measured on an ensemble's member probabilities, not on class probabilities: use "
+            f"{measure}(member_probabilities), or a predictor's blocks with {measure}=True"
+        )
     if measure not in UNCERTAINTY_MEASURES:
         raise ValueError(f"unknown uncertainty measure {measure!r}: choose one of {', '.join(UNCERTAINTY_MEASURES)}")
     return UNCERTAINTY_MEASURES[measure](probabilities)
 
 
 def to_uint8(u: np.ndarray) -> np.ndarray:
-    """Uncertainty in [0, 1] as uint8 0..255 (rounded, clipped)."""
-    return np.clip(np.rint(np.asarray(u, np.float64) * 255), 0, 255).astype(np.uint8)
+    """Uncertainty in [0, 1] as uint8 0..255 (rounded, clipped; :func:`napari_msd.base.quantise.quantise`)."""
+    return quantise(u, np.uint8)
 
 
 def region_center(region: Sequence[slice]) -> tuple[float, ...]:

@@ -48,6 +48,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ..base.quantise import quantise
 from ..errors import NapariMsdError, one_line
 from .job import JobSpec, job_difference, spatial_names
 from .ome import LABELS_NAME, create_ome
@@ -514,9 +515,7 @@ def _to_stored_probabilities(p: np.ndarray, job: JobSpec, index: tuple[int, ...]
         return p
     if p.dtype.kind != "f":
         raise ValueError(f"probabilities for block {index} must be floats in [0, 1] or {target}, got {p.dtype}")
-    if target == np.uint8:
-        return np.clip(np.rint(p * 255.0), 0, 255).astype(np.uint8)
-    return p.astype(target)
+    return quantise(p, target)
 
 
 def _prob_scale(job: JobSpec) -> str:
