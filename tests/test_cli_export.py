@@ -16,7 +16,6 @@ from napari_msd.io import save_model
 
 from helpers import networks
 
-pytest.importorskip("bioimageio.core")
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
 
 

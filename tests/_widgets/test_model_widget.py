@@ -181,7 +181,6 @@ def test_cancelled_dialog_changes_nothing(widget, monkeypatch):
 
 
 def test_export_bioimageio_in_a_worker_and_load_it_back(widget, tmp_path, monkeypatch, errors):
-    pytest.importorskip("bioimageio.core")
     from qtpy.QtWidgets import QFileDialog
 
     from napari_msd.io import load_model
@@ -208,7 +207,6 @@ def test_export_bioimageio_in_a_worker_and_load_it_back(widget, tmp_path, monkey
 
 
 def test_export_never_replaces_a_file_the_dialog_did_not_confirm(widget, tmp_path, monkeypatch, errors):
-    pytest.importorskip("bioimageio.core")
     from qtpy.QtWidgets import QFileDialog
 
     _, w = widget
