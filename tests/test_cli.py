@@ -335,6 +335,34 @@ def test_train_the_u_net_family_by_name(arch, stroke_files, tmp_path, capsys, ac
     assert _train_config(args).dice_weight is None  # the network's own: MUNet's Dice weight, else none
 
 
+def test_train_an_ensemble_into_one_file_and_retrain_it(stroke_files, tmp_path, capsys, accept_any_network):
+    image, labels = stroke_files
+    out = tmp_path / "ensemble.msd"
+    run = ["--steps", "3", "--patch-size", "32", "--validate-every", "3"]
+    net = ["--arch", "ensemble", "--members", "2", "--depth", "4"]
+    code, stdout, _ = _train([str(image), str(labels), "-o", str(out), *net, *run], capsys)
+    assert code == 0 and out.exists() and "finished (steps) after 6 steps" in stdout
+    assert "an ensemble of 2 of 2 members" in stdout
+    assert main(["info", str(out)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["arch"] == "ensemble" and [m["arch"] for m in info["config"]["members"]] == ["msd", "msd"]
+    assert all(m["config"]["depth"] == 4 for m in info["config"]["members"])
+    assert [m["seed"] for m in info["provenance"]["members"]] == [0, 1] and info["provenance"]["steps"] == 6
+    child = tmp_path / "child.msd"
+    code, stdout, _ = _train([str(image), str(labels), "-o", str(child), "--from", str(out), *run], capsys)
+    assert code == 0 and child.exists() and main(["info", str(child)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["arch"] == "ensemble" and info["provenance"]["fine_tuned_from"]["source"] == str(out)
+    unets = ["--arch", "ensemble", "--member-arch", "unet", "--depth", "2", "--base-channels", "4"]
+    args = build_parser().parse_args(["train", str(image), str(labels), "-o", str(out), *unets])
+    members = _train_config(args).model["members"]
+    assert len(members) == 3 and members[0] == {"arch": "unet", "config": {"depth": 2, "base_channels": 4}}
+    code, _, err = _train([str(image), str(labels), "-o", str(tmp_path / "w.msd"), "--members", "2"], capsys)
+    assert code == 2 and "--arch ensemble" in _error_line(err)
+    code, _, err = _train([str(image), str(labels), "-o", str(tmp_path / "w.msd"), *unets, "--width", "2"], capsys)
+    assert code == 2 and "--width is an MS-D setting" in _error_line(err)
+
+
 # -- napari-msd sample ------------------------------------------------------------------------------
 
 

@@ -95,16 +95,28 @@ def _network(args: argparse.Namespace):
         for k, v in (("depth", args.depth), ("width", args.width), ("base_channels", args.base_channels))
         if v is not None
     }
-    if args.arch == "msd" and args.base_channels is not None:
+    members, member_arch = getattr(args, "members", None), getattr(args, "member_arch", None)
+    if args.arch != "ensemble" and (members is not None or member_arch is not None):
+        raise CLIError("--members and --member-arch describe an ensemble; add --arch ensemble")
+    arch = (member_arch or "msd") if args.arch == "ensemble" else args.arch  # --depth etc. set each member's network
+    if members is not None and members < 1:
+        raise CLIError(f"--members must be at least 1, got {members}")
+    if arch == "msd" and args.base_channels is not None:
         raise CLIError("--base-channels is a U-Net setting; MS-D takes --depth and --width")
-    if args.arch != "msd" and args.width is not None:
-        raise CLIError(f"--width is an MS-D setting; a U-Net ({args.arch}) takes --depth and --base-channels")
+    if arch != "msd" and args.width is not None:
+        raise CLIError(f"--width is an MS-D setting; a U-Net ({arch}) takes --depth and --base-channels")
     try:
         spec = InputSpec(
             mode=mode, slices=args.slices if mode == "2.5d" else 1, orientations=tuple(args.orientations.split(","))
         )
     except ValueError as err:
         raise CLIError(str(err)) from None
+    if args.arch == "ensemble":  # every member of --member-arch, with these options
+        from .models.ensemble import ensemble_config
+        from .models.registry import PRESETS
+        from .training.ensemble import DEFAULT_MEMBERS
+
+        model = ensemble_config(arch, {**PRESETS[arch], **model}, members or DEFAULT_MEMBERS)
     return model, spec
 
 
@@ -148,8 +160,19 @@ def _cmd_train(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from .io import ImageReadError, ModelFileError
-    from .training.engine import Trainer
-    from .training.events import CpuThreads, Paused, Saved, TrainingFinished, TrainingStarted, TrainStep, Validated
+    from .training.ensemble import EnsembleTrainer, make_trainer
+    from .training.events import (
+        CpuThreads,
+        MemberEvent,
+        MemberFinished,
+        MemberStarted,
+        Paused,
+        Saved,
+        TrainingFinished,
+        TrainingStarted,
+        TrainStep,
+        Validated,
+    )
     from .training.sampling import TrainingDataError
 
     _check_output_folder(args.output, "-o")
@@ -161,13 +184,17 @@ def _cmd_train(args: argparse.Namespace) -> None:
         replay = [_training_data(i, lab) for i, lab in args.replay]
         if replay and not args.init:
             raise CLIError("--replay keeps earlier labels while fine-tuning; use it with --from MODEL")
-        trainer = Trainer(data, config, init=args.init, replay=replay, output=args.output, overwrite=args.overwrite)
+        trainer = make_trainer(
+            data, config, init=args.init, replay=replay, output=args.output, overwrite=args.overwrite
+        )
     except (ImageReadError, ModelFileError, TrainingDataError, FileExistsError, ValueError) as err:
         raise CLIError(str(err)) from None
 
     from tqdm import tqdm
 
-    total = config.steps if config.steps is not None else config.time_limit
+    ensemble = trainer if isinstance(trainer, EnsembleTrainer) else None
+    n_members = ensemble.n_members if ensemble is not None else 1
+    total = config.steps * n_members if config.steps is not None else config.time_limit
     bar = tqdm(
         total=total,
         unit="step" if config.steps is not None else "s",
@@ -177,18 +204,35 @@ def _cmd_train(args: argparse.Namespace) -> None:
     )
     previous = signal.signal(signal.SIGINT, lambda *_: (trainer.stop(), signal.signal(signal.SIGINT, previous)))
     postfix: dict[str, str] = {}
+    done_steps, done_seconds, seconds, member = 0, 0.0, 0.0, ""  # an ensemble: its earlier members' steps, seconds
     try:
         for event in trainer.run():
+            if isinstance(event, MemberStarted):
+                member = f"member {event.member + 1}/{event.n_members} (seed {event.seed}): "
+                postfix.clear()
+                continue
+            if isinstance(event, MemberFinished):
+                done_steps, done_seconds, seconds = done_steps + event.steps, done_seconds + seconds, 0.0
+                verdict = "kept" if event.kept else "left out"
+                bar.write(f"{member}{verdict} after {event.steps} steps" + (f" ({event.why})" if event.why else ""))
+                continue
+            if isinstance(event, MemberEvent):
+                event = event.event
+                if isinstance(event, TrainingFinished | Saved):
+                    continue  # the member's; MemberFinished reports it, the ensemble's come last
             if isinstance(event, TrainingStarted):
                 bar.write(
-                    f"training {config.arch} ({event.n_parameters:,} parameters) on {event.device}; "
+                    f"{member}{'fine-tuning' if event.fine_tuning and ensemble is not None else 'training'} "
+                    f"{ensemble.specs[ensemble.member]['arch'] if ensemble is not None else config.arch} "
+                    f"({event.n_parameters:,} parameters) on {event.device}; "
                     f"patches {'x'.join(map(str, event.patch_size))}; labeled pixels {event.train_pixels}, "
                     f"held out for validation {event.val_pixels or 'none (too few strokes)'}"
                 )
             elif isinstance(event, CpuThreads):
                 bar.write(f"CPU: {event.text}")
             elif isinstance(event, TrainStep):
-                bar.n = event.step if config.steps is not None else min(event.elapsed, total)
+                seconds = event.elapsed
+                bar.n = done_steps + event.step if config.steps is not None else min(done_seconds + seconds, total)
                 postfix["loss"] = f"{event.loss:.3f}"
                 bar.set_postfix(postfix, refresh=True)
             elif isinstance(event, Validated):
@@ -212,6 +256,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
                         "Train longer (--steps/--time) or paint more strokes of the other classes"
                     )
                 where = "the parent's weights, kept" if event.kept_parent else f"best step {event.best_step}"
+                if ensemble is not None and not event.kept_parent:
+                    where = f"an ensemble of {ensemble.n_kept} of {n_members} members, their mean"
                 print(
                     f"finished ({event.reason}) after {event.steps} steps in {event.elapsed:.0f} s; "
                     f"saved {event.path}"
@@ -249,6 +295,8 @@ def _cmd_pretrain(args: argparse.Namespace) -> None:
     _check_output_folder(args.output, "-o")
     if Path(args.output).exists() and not args.overwrite:
         raise CLIError(f"{args.output} already exists; pass --overwrite to replace it or choose another file name")
+    if args.arch == "ensemble":
+        raise CLIError("pretraining learns one network's body; an ensemble's members train from scratch")
     model, spec = _network(args)
     config = PretrainConfig(
         arch=args.arch,
@@ -509,7 +557,8 @@ def _add_network_options(parser: argparse.ArgumentParser) -> None:
         "--arch",
         choices=list(ARCHITECTURES),
         default="msd",
-        help="network (default: msd, 100 layers; unet, munet: multi-scale U-Net, gated_unet: gated skips)",
+        help="network (default: msd, 100 layers; unet, munet: multi-scale U-Net, gated_unet: gated skips; "
+        "ensemble: --members networks of --member-arch, trained one after another)",
     )
     parser.add_argument("--ndim", type=int, choices=[2, 3], default=2, help="2: slice-wise model, 3: 3D patches")
     parser.add_argument("--slices", type=int, default=1, help="2.5D: N adjacent slices as channels (odd, e.g. 5)")
@@ -587,6 +636,20 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="WEIGHTS",
         help="start the new model from self-supervised weights made by 'napari-msd pretrain' on "
         "this image (same network options)",
+    )
+    from .models.registry import ARCHITECTURES
+
+    train.add_argument(
+        "--members",
+        type=int,
+        metavar="N",
+        help="--arch ensemble: networks trained one after another from seeds SEED, SEED+1, ... (default 3); with "
+        "--time each gets TIME/N seconds, with --steps each makes STEPS steps",
+    )
+    train.add_argument(
+        "--member-arch",
+        choices=[arch for arch in ARCHITECTURES if arch != "ensemble"],
+        help="--arch ensemble: the members' network (default msd; --depth, --width, --base-channels set it)",
     )
     train.add_argument("--batch-size", type=int, default=16)
     train.add_argument("--patch-size", type=int, help="patch side in pixels (default 64 in 2D, 48 in 3D)")

@@ -53,7 +53,8 @@ def test_presets_update_parameter_count(widget):
     assert counts["U-Net (torch-em default)"] == sum(p.numel() for p in UNet(1, 2).parameters())
     assert counts["MUNet (deep supervision)"] == sum(p.numel() for p in MUNet(1, 2).parameters())
     assert counts["U-Net, gated skips"] == sum(p.numel() for p in GatedUNet(1, 2).parameters())
-    assert len(set(counts.values())) == len(PRESETS) == 6
+    assert counts["Ensemble of 3 MS-D (disagreement)"] == 3 * 45_754
+    assert len(set(counts.values())) == len(PRESETS) == 7
 
     w.preset.setCurrentIndex(0)
     w.input_mode.setCurrentText("3D")  # 27 taps per filter

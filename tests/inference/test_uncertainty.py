@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 
 from napari_msd.inference.uncertainty import (
+    MEMBER_MEASURES,
     UNCERTAINTY_MEASURES,
     RegionScores,
+    disagreement,
     entropy,
     margin,
     region_center,
@@ -163,3 +165,62 @@ def test_bad_shapes_tiles_and_values_are_refused():
         RegionScores((10, 10), tile=0)
     with pytest.raises(ValueError, match="do not match"):
         RegionScores((10, 10), 4).add((slice(0, 5), slice(0, 5)), np.zeros((5, 4)))
+
+
+# -- an ensemble's disagreement -------------------------------------------------------------------------------------
+
+
+def test_members_that_agree_do_not_disagree_whatever_their_confidence():
+    rng = np.random.default_rng(0)
+    p = rng.dirichlet([1, 1, 1], size=(4, 5)).transpose(2, 0, 1).astype(np.float32)  # (K, 4, 5)
+    d = disagreement(np.stack([p, p, p]))
+    assert d.dtype == np.float32 and d.shape == (4, 5)
+    assert np.abs(d).max() < 1e-6 and entropy(p).min() > 0.05  # uncertain, but all alike: nothing to disagree on
+    assert (disagreement(p[None]) == 0).all()  # one member never disagrees
+
+
+def test_confident_members_that_contradict_each_other_disagree_fully():
+    a = np.array([[1.0, 0.9], [0.0, 0.1]], np.float32)  # (K=2, 2 pixels)
+    b = np.array([[0.0, 0.1], [1.0, 0.9]], np.float32)
+    d = disagreement(np.stack([a, b]))
+    assert d[0] == pytest.approx(1.0)
+    # mutual information: H(mean) - mean H(member), over log min(M, K)
+    h = -(0.9 * math.log(0.9) + 0.1 * math.log(0.1))
+    assert d[1] == pytest.approx((math.log(2) - h) / math.log(2), rel=1e-5)
+    hesitant = np.full((2, 2), 0.5, np.float32)  # both members at 50/50: the mean is as uncertain, yet they agree
+    assert np.abs(disagreement(np.stack([hesitant, hesitant]))).max() < 1e-6 and entropy(hesitant).min() == 1
+    three = np.eye(3, dtype=np.float32)[:, :, None]  # three members, each certain of another of three classes
+    assert disagreement(three)[0] == pytest.approx(1.0)
+    two_of_three = np.stack([np.eye(3, dtype=np.float32)[0], np.eye(3, dtype=np.float32)[1]])[:, :, None]
+    assert disagreement(two_of_three)[0] == pytest.approx(1.0)  # normalised by log min(M, K) = log 2
+
+
+def test_disagreement_is_a_member_measure_not_a_class_measure():
+    assert "disagreement" in MEMBER_MEASURES and "disagreement" not in UNCERTAINTY_MEASURES
+    with pytest.raises(ValueError, match="member probabilities"):
+        uncertainty(np.full((2, 3), 0.5), "disagreement")
+    with pytest.raises(ValueError):
+        disagreement(np.zeros(3, np.float32))
+
+
+def test_the_uncertainty_sink_writes_an_ensembles_disagreement_block_by_block():
+    from napari_msd.inference import Predictor
+    from napari_msd.inference.sinks import UncertaintyInto, stream
+    from napari_msd.models import Ensemble
+
+    from helpers.networks import image, metadata, msd
+
+    ensemble = Ensemble.of([msd(seed=0), msd(seed=1)]).eval()
+    predictor = Predictor(ensemble, metadata(ensemble))
+    img = image((70, 60))
+    review = UncertaintyInto(np.zeros(img.shape, np.uint8), "disagreement")
+    scores = RegionScores(img.shape, tile=16)
+    for done in stream(predictor, img, [review], block_shape=(32, 25), probabilities=False, disagreement=True):
+        assert done.probabilities is None and done.disagreement is not None
+        scores.add(done.block.out, review.latest)
+    whole = next(predictor.blocks(img, block_shape=img.shape, disagreement=True)).disagreement
+    assert np.abs(review.out.astype(int) - to_uint8(whole)).max() <= 1 and review.out.max() > 0
+    assert scores.next_region() is not None  # "Next uncertain region" reads the same scores
+    single = Predictor(msd(), metadata(msd()))
+    with pytest.raises(ValueError, match="needs an ensemble"):
+        list(stream(single, img, [UncertaintyInto(np.zeros(img.shape, np.uint8), "disagreement")], disagreement=True))

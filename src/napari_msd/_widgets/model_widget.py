@@ -55,6 +55,11 @@ PRESETS = (
     Preset("U-Net (torch-em default)", "unet", {"depth": 4, "base_channels": 32}),
     Preset("MUNet (deep supervision)", "munet", {"depth": 4, "base_channels": 32}),
     Preset("U-Net, gated skips", "gated_unet", {"depth": 4, "base_channels": 32}),
+    Preset(  # three networks trained one after another; uncertainty: where they disagree (models.ensemble)
+        "Ensemble of 3 MS-D (disagreement)",
+        "ensemble",
+        {"members": [{"arch": "msd", "config": {"depth": 100, "width": 1, "dilations": list(range(1, 11))}}] * 3},
+    ),
 )
 
 
@@ -91,6 +96,17 @@ def _plain(value: Any) -> str:
     return str(value)
 
 
+def _architecture(config: dict[str, Any]) -> str:
+    """A network's configuration in words; an ensemble's members, e.g. ``3 members: msd depth=100, ...``."""
+    if "members" not in config:
+        return _plain(config)
+    members = config.get("members") or []
+    described = [
+        f"{m.get('arch')} depth={(m.get('config') or {}).get('depth', '?')}" for m in members if isinstance(m, dict)
+    ]
+    return f"{len(members)} members: {', '.join(described)}"
+
+
 INPUT_MODES = ("2D", "2.5D", "3D")
 
 
@@ -108,7 +124,8 @@ class ModelWidget(QWidget):
         self.preset.setToolTip(
             "The network a new training builds: MS-D (few parameters, learns from few strokes) "
             "or U-Net (a common, larger alternative); MUNet: a U-Net trained and predicting at every scale; "
-            "gated skips: a U-Net that learns which details its skip connections pass"
+            "gated skips: a U-Net that learns which details its skip connections pass; ensemble: three MS-D "
+            "trained one after another (a time limit is shared among them), whose disagreement shows where to correct"
         )
         self.n_classes = QSpinBox()
         self.n_classes.setRange(2, 255)
@@ -389,7 +406,7 @@ class ModelWidget(QWidget):
         prov = meta.provenance or {}
         lines = [
             f"Current: {version.name}" + (f" ({version.path.name})" if version.path else " (not saved)"),
-            f"Architecture: {meta.arch} ({_plain(meta.config)})",
+            f"Architecture: {meta.arch} ({_architecture(meta.config)})",
             f"Input: {_plain(meta.input) if meta.input else '2d'}",
             f"Classes: {', '.join(f'{i}: {n}' for i, n in enumerate(meta.class_names, start=1))}",
             f"Receptive field: {meta.receptive_field} px; effective halo: {halo}",

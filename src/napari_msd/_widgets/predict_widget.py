@@ -51,6 +51,7 @@ CORRECTIONS_TIP = (
 )
 NO_PREDICTION_TIP = "Predict first: this needs a prediction layer made by the Predict button"
 NO_UNCERTAINTY_TIP = "Predict with 'Uncertainty layer' checked first: this needs the uncertainty of a prediction"
+DISAGREEMENT = "disagreement"  # an ensemble's measure: where its members disagree (inference.uncertainty)
 
 
 @dataclasses.dataclass
@@ -70,7 +71,7 @@ class PredictRun:
     predicted_out: Any  # the prediction as predicted, kept to find the user's corrections
     unc_out: Any
     prob_outs: list[Any]
-    measure: str  # "entropy" or "margin"
+    measure: str  # "entropy", "margin" or (an ensemble) "disagreement"
     n_blocks: int = 0
     done: int = 0
     started: float = dataclasses.field(default_factory=time.perf_counter)
@@ -119,7 +120,8 @@ class PredictWidget(QWidget):
         self.measure.addItems(["entropy", "margin"])
         self.measure.setToolTip(
             "How hesitation is measured: entropy looks at all classes' probabilities, margin "
-            "at how close the two most likely classes are"
+            "at how close the two most likely classes are; disagreement (ensembles) at where the "
+            "ensemble's networks contradict each other"
         )
         self.probabilities_check = QCheckBox("Probability layers")
         self.probabilities_check.setToolTip(
@@ -200,6 +202,17 @@ class PredictWidget(QWidget):
             else "none yet: train one (Train dock) or load a model file (Model dock)"
         )
         self.predict_button.setEnabled(current is not None and not self.running)
+        self._offer_disagreement(current is not None and current.metadata.arch == "ensemble")
+
+    def _offer_disagreement(self, ensemble: bool) -> None:
+        """An ensemble's uncertainty is its members' disagreement (chosen when it becomes current); other networks
+        have none."""
+        index = self.measure.findText(DISAGREEMENT)
+        if ensemble and index < 0:
+            self.measure.addItem(DISAGREEMENT)
+            self.measure.setCurrentText(DISAGREEMENT)
+        elif not ensemble and index >= 0:
+            self.measure.removeItem(index)
 
     @property
     def running(self) -> bool:
@@ -319,8 +332,17 @@ class PredictWidget(QWidget):
         sinks: list[BlockSink] = [labels_into(run.labels_out), labels_into(run.predicted_out)]
         sinks += [review] if review is not None else []
         sinks += [class_probabilities_into(run.prob_outs)] if run.prob_outs else []
-        want_probs = review is not None or bool(run.prob_outs)
-        for done in stream(predictor, run.image, sinks, first=run.first, stop=work.cancelled, probabilities=want_probs):
+        members = run.measure == DISAGREEMENT  # computed from the members' probabilities, in the same pass
+        want_probs = (review is not None and not members) or bool(run.prob_outs)
+        for done in stream(
+            predictor,
+            run.image,
+            sinks,
+            first=run.first,
+            stop=work.cancelled,
+            probabilities=want_probs,
+            **({"disagreement": True} if members else {}),
+        ):
             yield BlockDone(done.block.out, None if review is None else review.latest)
 
     def _on_block(self, event: Planned | BlockDone) -> None:

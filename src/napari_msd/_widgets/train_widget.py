@@ -1,7 +1,10 @@
 """The "Train" dock: train a new network on painted strokes, or retrain the current version with new labels,
 watching the loss, validation metrics and a live preview of the view while it learns.
 
-The core :class:`~napari_msd.training.engine.Trainer` runs in a thread worker; this dock renders its events.
+The core :class:`~napari_msd.training.engine.Trainer` runs in a thread worker; this dock renders its events. An
+ensemble (the Model dock's ensemble preset, or retraining an ensemble version) trains its members one after another
+(:class:`~napari_msd.training.ensemble.EnsembleTrainer`): the status names the member in training, Stop ends the
+whole run (the member in training keeps its best weights), "Skip member" leaves that member out and starts the next.
 The live preview predicts the region on screen with a snapshot of the current weights on the training thread,
 between two steps (a forward pass in a thread of its own would compete with the training's compute threads),
 never more than one at a time and at most :data:`PREVIEW_SHARE` of the training's time; the interface never
@@ -70,6 +73,7 @@ class TrainJob:
     parent: Any = None  # the version being retrained (a ModelVersion), None for a new network
     pretrained: bool = False  # a new network starts from the image's self-supervised body, when there is one
     in_process: bool = True  # trains in the training process (training.remote), else on a thread of napari's
+    ensemble: bool = False  # an ensemble's members train one after another (training.ensemble)
 
     @property
     def name(self) -> str:
@@ -264,6 +268,14 @@ class TrainWidget(QWidget):
         )
         self.pause_button = QPushButton("Pause")
         self.stop_button = QPushButton("Stop")
+        self.skip_button = QPushButton("Skip member")
+        self.skip_button.setToolTip(
+            "Ensembles: stop the member in training and leave it out of the ensemble (a retraining keeps its "
+            "earlier weights); the next member starts. Stop ends the whole training"
+        )
+        self.skip_button.setVisible(False)
+        self._member: tuple[int, int] | None = None  # an ensemble's member in training, and how many there are
+        self._step_offset = 0  # steps of the ensemble's earlier members: the plot's steps run on across members
         self.status = QLabel("Paint a few strokes of each class, then train.")
         self.status.setWordWrap(True)
         # the dock's own bar, not napari's activity dock: while a napari progress bar is open, the activity
@@ -283,6 +295,7 @@ class TrainWidget(QWidget):
         self.retrain_button.clicked.connect(self.retrain)
         self.pause_button.clicked.connect(self.toggle_pause)
         self.stop_button.clicked.connect(self.stop)
+        self.skip_button.clicked.connect(self.skip_member)
         self.image_combo.currentIndexChanged.connect(self._remember_layers)
         self.image_combo.currentIndexChanged.connect(lambda *_: self._pretrain_timer.start())
         self.pretrain_check.toggled.connect(self._pretrain_toggled)
@@ -335,7 +348,7 @@ class TrainWidget(QWidget):
         self.advanced_toggle.toggled.connect(self.advanced.setVisible)
 
         buttons = QHBoxLayout()
-        for button in (self.start_button, self.retrain_button, self.pause_button, self.stop_button):
+        for button in (self.start_button, self.retrain_button, self.pause_button, self.stop_button, self.skip_button):
             buttons.addWidget(button)
         layout = QVBoxLayout(self)
         layout.addWidget(data)
@@ -496,9 +509,11 @@ class TrainWidget(QWidget):
             labels,
             config,
             parent=parent if fine_tune else None,
-            pretrained=not fine_tune and self.pretrain_check.isChecked(),
+            pretrained=not fine_tune and self.pretrain_check.isChecked() and config.arch != "ensemble",
             in_process=self.process_check.isChecked(),
+            ensemble=(parent.metadata.arch if fine_tune else config.arch) == "ensemble",
         )
+        self._member, self._step_offset = None, 0
         self.pretraining.pause()  # two thread teams on the same cores would slow both
         self._closing = False
         self._preview_model = None
@@ -506,7 +521,8 @@ class TrainWidget(QWidget):
         self.forest_preview_after = None
         if not fine_tune:
             self._forest_preview(image_layer, image, labels)
-        self.progress_bar.setRange(0, config.steps or 100)  # steps, or percent of the time limit
+        # steps, or percent of the time limit (an ensemble: of all its members)
+        self.progress_bar.setRange(0, 100 if self._job.ensemble else config.steps or 100)
         self.progress_bar.setValue(0)
         self.progress_bar.setFormat(f"{'Fine-tuning' if fine_tune else 'Training'}: %p%")
         self.progress_bar.setVisible(True)
@@ -547,7 +563,7 @@ class TrainWidget(QWidget):
     def _train_events(self, work: workers.Work):
         """Worker thread: snapshot the labels, build the trainer, run it, hand over the result."""
         from napari_msd.training.corrections import copy_slabs
-        from napari_msd.training.engine import Trainer
+        from napari_msd.training.ensemble import make_trainer
         from napari_msd.training.retraining import retraining_data
 
         job, session = self._job, self.session
@@ -580,7 +596,7 @@ class TrainWidget(QWidget):
         if job.in_process:
             yield from self._remote_events(work, run, config, init)
             return
-        trainer = Trainer(run.data, config, init=init, replay=run.replay)
+        trainer = make_trainer(run.data, config, init=init, replay=run.replay)  # an ensemble's, or one network's
         if work.cancelled.is_set():
             return
         self.trainer = trainer  # read by the main thread only after the event below arrives
@@ -634,6 +650,9 @@ class TrainWidget(QWidget):
     def _on_event(self, event: Any) -> None:
         from napari_msd.training.events import (
             CpuThreads,
+            MemberEvent,
+            MemberFinished,
+            MemberStarted,
             Paused,
             TrainingFinished,
             TrainingStarted,
@@ -641,6 +660,26 @@ class TrainWidget(QWidget):
             Validated,
         )
 
+        if isinstance(event, MemberStarted):
+            self._member = (event.member, event.n_members)
+            if event.member > 0:
+                self.plot.mark(self._step_offset, f"member {event.member + 1}")
+            return
+        if isinstance(event, MemberFinished):
+            self._step_offset += event.steps
+            if not event.kept:
+                show_info(f"napari-msd: member {event.member + 1}/{event.n_members} left out: {event.why}")
+            return
+        if isinstance(event, MemberEvent):
+            if isinstance(event.event, TrainingFinished):
+                return  # the member's: MemberFinished says what became of it; the ensemble's own comes last
+            event = event.event
+        member = (
+            f"member {self._member[0] + 1}/{self._member[1]} · "
+            if self._member is not None and self._job is not None and self._job.ensemble
+            else ""
+        )
+        offset = self._step_offset
         if isinstance(event, TrainerReady):
             self.status.setText("Preparing…")
             self._starts_from = event.trainer.pretrained
@@ -651,17 +690,17 @@ class TrainWidget(QWidget):
             px = ", ".join(f"{k}: {v:,}" for k, v in event.train_pixels.items())
             body = self._starts_from
             self.status.setText(
-                f"{what} on {event.device}; labeled px {px}"
+                f"{member}{what} on {event.device}; labeled px {px}"
                 + (f"; starting from {body.describe()}" if body is not None else "")
             )
         elif isinstance(event, TrainStep):
-            self.plot.add_loss(event.step, event.loss)
+            self.plot.add_loss(offset + event.step, event.loss)
             self._maybe_preview()
             self._update_progress(event)
         elif isinstance(event, Validated):
             metrics = self._plot_metrics(event.metrics)
-            self.plot.add_validation(event.step, metrics)
-            self.plot.set_best(event.best_step)
+            self.plot.add_validation(offset + event.step, metrics)
+            self.plot.set_best(offset + event.best_step)
         elif isinstance(event, Paused):
             self.pause_button.setText("Resume" if event.paused else "Pause")
         elif isinstance(event, CpuThreads):
@@ -684,10 +723,17 @@ class TrainWidget(QWidget):
                 show_info(f"napari-msd: warning: {event.warning}")
 
     def _update_progress(self, event: Any) -> None:
+        ensemble = self._job is not None and self._job.ensemble and self._member is not None
         text = (
             f"step {event.step} · loss {event.loss:.3f} · {event.samples_per_s:.1f} patches/s · "
             f"ETA {_fmt_time(event.eta)}"
         )
+        if ensemble:
+            assert self._member is not None  # checked above
+            m, n = self._member
+            self.status.setText(f"member {m + 1}/{n} · {text}" + (" of this member" if event.eta is not None else ""))
+            self.progress_bar.setValue(min(100, int(100 * (m + (event.progress or 0)) / n)))
+            return
         self.status.setText(text)
         target = event.step if self._job is not None and self._job.config.steps else int(100 * (event.progress or 0))
         self.progress_bar.setValue(min(self.progress_bar.maximum(), target))
@@ -741,6 +787,14 @@ class TrainWidget(QWidget):
             trainer.pause()
             self.status.setText("Pausing after this step…")
 
+    def skip_member(self) -> None:
+        """An ensemble's training: leave the member in training out (a retraining: it keeps its earlier weights) and
+        start the next."""
+        skip = getattr(self.trainer, "skip_member", None)
+        if skip is not None and self._member is not None:
+            skip()
+            self.status.setText(f"Skipping member {self._member[0] + 1}/{self._member[1]}…")
+
     def stop(self) -> None:
         """End training after the current step; the best weights so far become the new version."""
         if self.trainer is not None:
@@ -774,6 +828,7 @@ class TrainWidget(QWidget):
         self.retrain_button.setEnabled(not running and self.session.versions.current is not None)
         self.pause_button.setEnabled(running)
         self.stop_button.setEnabled(running)
+        self.skip_button.setVisible(running and self._job is not None and self._job.ensemble)
         self.new_labels_button.setEnabled(not running)
         self.pause_button.setText("Pause")
         current = self.session.versions.current

@@ -17,7 +17,9 @@ stored, else the theoretical receptive field.
 Reads of the next blocks are prefetched by a small thread pool while the network runs; inputs of
 identical shape are batched. :meth:`Predictor.blocks` yields :class:`BlockDone` events in plan
 order (or nearest-first around a region on screen), and :meth:`Predictor.run` also writes each
-block into numpy or zarr outputs. A ``stop`` flag is checked between blocks.
+block into numpy or zarr outputs. A ``stop`` flag is checked between blocks. For an ensemble
+(:class:`~napari_msd.models.ensemble.Ensemble`), ``blocks(..., disagreement=True)`` also gives each block's
+members' disagreement (:func:`.uncertainty.disagreement`), from the same forward pass.
 
 On a CPU, inputs are batched only up to 2^17 pixels per pass (larger batches were slower); elsewhere up
 to ``batch_size`` within the memory budget. Default block shapes keep the activations of one batch under
@@ -50,6 +52,7 @@ from ..base.normalization import Normalization
 from ..io.model_file import ModelMetadata, load_model
 from .sinks import write_blocks
 from .tiling import Block, Region, make_block, normalize_region, order_blocks, per_axis, plan_blocks
+from .uncertainty import disagreement as member_disagreement
 
 DEFAULT_MEMORY_BUDGET = 600 * 2**20
 MAX_PLANE = 1024
@@ -63,12 +66,14 @@ StopFlag = Callable[[], bool] | threading.Event | None
 @dataclass(frozen=True)
 class BlockDone:
     """One finished block: ``labels`` (1..K, uint8 or uint16) and ``probabilities`` (float32, ``(K, *block)``)
-    of its output region, either ``None`` when not asked for; ``seconds`` of compute spent on it."""
+    of its output region, either ``None`` when not asked for; ``seconds`` of compute spent on it; an ensemble's
+    ``disagreement`` (float32 in [0, 1], the block's shape) when asked for, else ``None``."""
 
     block: Block
     labels: np.ndarray | None
     probabilities: np.ndarray | None
     seconds: float
+    disagreement: np.ndarray | None = None
 
 
 def activation_maps(model: torch.nn.Module) -> int:
@@ -84,6 +89,8 @@ def activation_maps(model: torch.nn.Module) -> int:
         return int(net.in_channels + net.width * net.depth + scratch + 2 * net.out_channels)
     if arch == "unet":
         return int(6 * net.base_channels + net.in_channels + 2 * net.out_channels)
+    if arch == "ensemble":  # one member at a time, plus every member's probabilities kept for their mean
+        return max(activation_maps(m) for m in net.members) + (len(net.members) + 2) * int(net.out_channels)
     return 64
 
 
@@ -263,15 +270,27 @@ class Predictor:
         return np.ascontiguousarray(np.moveaxis(data, (normal, normal + 1), (0, 1)))
 
     # -- computing -----------------------------------------------------------------------------
-    def _forward(self, x: np.ndarray, labels: bool, probabilities: bool) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """Softmax probabilities and argmax + 1 labels of a batch of inputs ``(N, C, *spatial)``."""
+    def _forward(
+        self, x: np.ndarray, labels: bool, probabilities: bool, disagreement: bool = False
+    ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+        """Argmax + 1 labels, softmax probabilities and (an ensemble's, when asked) members' disagreement of a batch
+        of inputs ``(N, C, *spatial)``."""
+        members = getattr(self.model, "forward_members", None) if disagreement else None
         with torch.inference_mode():
-            logits = self.model(torch.from_numpy(x).to(self.device)).float()
+            xt = torch.from_numpy(x).to(self.device)
+            if members is not None:
+                logits, member_p = members(xt)
+                logits = logits.float()
+                # (M, N, K, ...) -> (M, K, N, ...): members, then classes, as uncertainty.disagreement takes them
+                dis = member_disagreement(np.moveaxis(member_p.float().cpu().numpy(), 1, 2))
+            else:
+                logits, dis = self.model(xt).float(), None
             p = torch.softmax(logits, dim=1) if probabilities else None
             lab = (logits.argmax(dim=1) + 1).to(torch.int32) if labels else None
             return (
                 None if lab is None else lab.cpu().numpy().astype(labels_dtype(self.n_classes)),
                 None if p is None else p.cpu().numpy(),
+                dis,
             )
 
     def _probabilities(self, x: np.ndarray) -> np.ndarray:
@@ -298,29 +317,39 @@ class Predictor:
         return max(1, limit)
 
     def _compute(
-        self, group: list[tuple[Block, np.ndarray]], ndim: int, labels: bool, probabilities: bool
+        self,
+        group: list[tuple[Block, np.ndarray]],
+        ndim: int,
+        labels: bool,
+        probabilities: bool,
+        disagreement: bool = False,
     ) -> Iterator[BlockDone]:
         """Run the network over a group of blocks whose inputs share one shape; yield them in order."""
         x = np.concatenate([g[1] for g in group]) if len(group) > 1 else group[0][1]
         limit = self._batch_limit(x)
         start = time.perf_counter()
-        parts = [self._forward(x[i : i + limit], labels, probabilities) for i in range(0, len(x), limit)]
+        parts = [self._forward(x[i : i + limit], labels, probabilities, disagreement) for i in range(0, len(x), limit)]
         seconds = (time.perf_counter() - start) / len(x)
         lab = np.concatenate([p[0] for p in parts]) if labels else None
         prob = np.concatenate([p[1] for p in parts]) if probabilities else None
+        dis = np.concatenate([p[2] for p in parts]) if parts[0][2] is not None else None
         offset = 0
         for block, xb in group:
             t0, n = time.perf_counter(), len(xb)
             out_l = None if lab is None else self._assemble(lab[offset : offset + n], block, ndim, False)
             out_p = None if prob is None else self._assemble(prob[offset : offset + n], block, ndim, True)
+            out_d = None if dis is None else self._assemble(dis[offset : offset + n], block, ndim, False)
             offset += n
-            yield BlockDone(block, out_l, out_p, seconds * n + time.perf_counter() - t0)
+            yield BlockDone(block, out_l, out_p, seconds * n + time.perf_counter() - t0, out_d)
 
-    def compute_block(self, image: Any, block: Block, *, labels: bool = True, probabilities: bool = True) -> BlockDone:
-        """One block's labels and/or probabilities, exactly as :meth:`blocks` computes them (reads only its input)."""
+    def compute_block(
+        self, image: Any, block: Block, *, labels: bool = True, probabilities: bool = True, disagreement: bool = False
+    ) -> BlockDone:
+        """One block's labels and/or probabilities (and an ensemble's disagreement), exactly as :meth:`blocks` computes
+        them (reads only its input)."""
         self._check(image.shape)
         group = [(block, self.read_block(image, block))]
-        return next(self._compute(group, len(image.shape), labels, probabilities))
+        return next(self._compute(group, len(image.shape), labels, probabilities, disagreement))
 
     def predict_block(self, image: Any, block: Block) -> np.ndarray:
         """Probabilities ``(K, *block.shape)`` of one block's output region (reads only its input)."""
@@ -367,10 +396,12 @@ class Predictor:
         *,
         labels: bool = True,
         probabilities: bool = True,
+        disagreement: bool = False,
     ) -> Iterator[BlockDone]:
         """Predict ``image`` block by block, yielding :class:`BlockDone` in plan order, or blocks meeting the
         region ``first`` first and the rest nearest-first; ``skip``: block indices already done (resuming);
-        ``stop`` (callable or ``threading.Event``) is checked between blocks."""
+        ``stop`` (callable or ``threading.Event``) is checked between blocks; ``disagreement``: also the members'
+        disagreement of an ensemble (ignored for one network: ``BlockDone.disagreement`` stays None)."""
         shape = tuple(image.shape)
         self._check(shape)
         done = {tuple(i) for i in skip}
@@ -381,14 +412,14 @@ class Predictor:
         try:
             for block, x in reader:
                 if group and x.shape[1:] != group[0][1].shape[1:]:
-                    yield from self._emit(group, len(shape), labels, probabilities, stopped)
+                    yield from self._emit(group, len(shape), labels, probabilities, stopped, disagreement)
                     group = []
                 group.append((block, x))
                 if sum(len(g[1]) for g in group) >= self._batch_limit(x):
-                    yield from self._emit(group, len(shape), labels, probabilities, stopped)
+                    yield from self._emit(group, len(shape), labels, probabilities, stopped, disagreement)
                     group = []
             if group:
-                yield from self._emit(group, len(shape), labels, probabilities, stopped)
+                yield from self._emit(group, len(shape), labels, probabilities, stopped, disagreement)
         finally:
             reader.close()  # stops the readers now, also when the caller abandons this generator
 
@@ -399,11 +430,12 @@ class Predictor:
         labels: bool,
         probabilities: bool,
         stopped: Callable[[], bool],
+        disagreement: bool = False,
     ) -> Iterator[BlockDone]:
         """Compute a group and yield its blocks, unless stopped (checked before each block)."""
         if stopped():
             return
-        for done in self._compute(group, ndim, labels, probabilities):
+        for done in self._compute(group, ndim, labels, probabilities, disagreement):
             if stopped():
                 return
             yield done

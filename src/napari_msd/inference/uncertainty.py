@@ -84,7 +84,7 @@ def disagreement(member_probabilities: np.ndarray) -> np.ndarray:
     _check_probabilities(p[0])
     if m < 2:
         return np.zeros(p.shape[2:], np.float32)
-    mean = p.astype(np.float64).mean(0)
+    mean = sum(member.astype(np.float64) for member in p) / m  # member by member: no float64 copy of them all
     own = sum(_entropy_nats(member) for member in p) / m
     return np.clip((_entropy_nats(mean) - own) / math.log(min(m, k)), 0, 1).astype(np.float32)
 

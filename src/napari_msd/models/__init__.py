@@ -1,5 +1,7 @@
-"""Networks: Mixed-Scale Dense (MS-D), U-Net, MUNet and the gated-skip U-Net, built by name from plain configuration."""
+"""Networks: Mixed-Scale Dense (MS-D), U-Net, MUNet, the gated-skip U-Net and ensembles of them, built by name from
+plain configuration."""
 
+from .ensemble import Ensemble, ensemble_config
 from .gated_unet import GatedUNet
 from .msd import MSDNet, msd_parameter_count
 from .munet import MUNet
@@ -8,11 +10,13 @@ from .unet import UNet
 
 __all__ = [
     "ARCHITECTURES",
+    "Ensemble",
     "GatedUNet",
     "MSDNet",
     "MUNet",
     "UNet",
     "build_model",
+    "ensemble_config",
     "msd_parameter_count",
     "receptive_field",
 ]

@@ -6,18 +6,26 @@ from typing import Any
 
 from torch import nn
 
+from .ensemble import Ensemble, ensemble_config
 from .gated_unet import GatedUNet
 from .msd import MSDNet
 from .munet import MUNet
 from .unet import UNet
 
-ARCHITECTURES: dict[str, type[nn.Module]] = {"msd": MSDNet, "unet": UNet, "munet": MUNet, "gated_unet": GatedUNet}
+ARCHITECTURES: dict[str, type[nn.Module]] = {
+    "msd": MSDNet,
+    "unet": UNet,
+    "munet": MUNet,
+    "gated_unet": GatedUNet,
+    "ensemble": Ensemble,
+}
 PRESETS: dict[str, dict[str, Any]] = {  # what a new network of each architecture is unless told otherwise
     "msd": {"depth": 100, "width": 1},
     "unet": {"depth": 4, "base_channels": 32},
     "munet": {"depth": 4, "base_channels": 32},  # four decoder scales, as the paper's four mask branches
     "gated_unet": {"depth": 4, "base_channels": 32},  # the paper's gates: confidence at levels 0-1, channel+pixel above
 }
+PRESETS["ensemble"] = ensemble_config("msd", PRESETS["msd"], 3)  # three MS-D, trained from three seeds
 
 
 def build_model(arch: str, config: dict[str, Any]) -> nn.Module:

@@ -188,7 +188,8 @@ class Trainer:
     ``init`` fine-tunes an existing model (a path, or ``(model, metadata)``): its architecture,
     input cutting and normalisation are kept, and ``replay`` data (the labels it was trained on)
     are mixed into every batch with ``config.replay_fraction`` so earlier annotations are not
-    forgotten. ``output``, if given, must not exist unless ``overwrite``.
+    forgotten. ``output``, if given, must not exist unless ``overwrite``. ``normalization``: a new network's
+    input normalisation instead of one estimated from the data (an ensemble's members are all fed alike).
     """
 
     def __init__(
@@ -200,6 +201,7 @@ class Trainer:
         replay: Sequence[TrainingData] = (),
         output: str | Path | None = None,
         overwrite: bool = False,
+        normalization: Normalization | None = None,
     ):
         self.config = config = copy.deepcopy(config) if config is not None else TrainConfig()
         config.check()
@@ -252,6 +254,8 @@ class Trainer:
             n_classes = n_out
         if self.base_metadata is not None and self.base_metadata.normalization:
             self.normalization = Normalization.from_dict(self.base_metadata.normalization)
+        elif normalization is not None:
+            self.normalization = normalization
         else:  # a new model, or one saved without normalisation: estimate it from the data
             self.normalization = estimate_normalization([d.image for d in self.data + self.replay], seed=config.seed)
         self.n_classes, self.counts = n_classes, counts

@@ -71,3 +71,37 @@ class TrainingFinished:
     warning: str | None = None  # what a person should know about the kept network
     kept_parent: bool = False  # fine-tuning gave no better network: the parent's weights are kept
     kept_parent_because: str | None = None  # why, in words ("it never beat the parent on the held-out labels")
+
+
+# -- an ensemble's training (training.ensemble): its members are trained one after another ---------------------------
+@dataclass(frozen=True)
+class MemberStarted:
+    """Member ``member`` (0-based) of ``n_members`` starts training (``fine_tuning``: from its own earlier weights)."""
+
+    member: int
+    n_members: int
+    arch: str
+    seed: int
+    fine_tuning: bool = False
+
+
+@dataclass(frozen=True)
+class MemberEvent:
+    """One event of a member's training (any record above, its own ``TrainingFinished`` included), tagged with it."""
+
+    member: int
+    n_members: int
+    event: object
+
+
+@dataclass(frozen=True)
+class MemberFinished:
+    """Member ``member`` is done: ``kept`` in the ensemble or left out, ``why`` in words when left out or when it
+    keeps its earlier weights (a retraining that gave no better member)."""
+
+    member: int
+    n_members: int
+    kept: bool
+    steps: int
+    why: str | None = None
+    kept_parent: bool = False

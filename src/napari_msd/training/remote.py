@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from napari_msd.errors import NapariMsdError, one_line
-from napari_msd.training.events import Paused, TrainingFinished, TrainStep
+from napari_msd.training.events import MemberEvent, Paused, TrainingFinished, TrainStep
 from napari_msd.training.sampling import TrainingData
 
 # Messages are pickled here and sent as bytes, never with the connection's own pickler: torch registers tensor
@@ -103,6 +103,10 @@ class RemoteRun:
         self.paused = False
         self._process._send(("resume", self.run_id))
 
+    def skip_member(self) -> None:
+        """An ensemble's training: leave the member in training out and go on with the next (else nothing)."""
+        self._process._send(("skip_member", self.run_id))
+
     def preview(self, region: tuple[slice, ...], halo: int) -> Future[PreviewResult]:
         """Predict ``region`` of the image with the current weights between two steps; the future is cancelled
         when the run ends first."""
@@ -144,6 +148,8 @@ class RemoteRun:
             self._previews.clear()
 
     def _note(self, event: Any) -> None:
+        if isinstance(event, MemberEvent) and not isinstance(event.event, TrainingFinished):
+            event = event.event  # an ensemble member's; its own TrainingFinished is not the run's
         if isinstance(event, TrainStep):
             self.step = event.step
         elif isinstance(event, Paused):
@@ -204,7 +210,8 @@ class TrainingProcess:
         replay: Sequence[TrainingData] = (),
     ) -> RemoteRun:
         """Start a :class:`~napari_msd.training.engine.Trainer` ``(data, config, init=init, replay=replay)`` in
-        the child; previews predict ``data[0].image``."""
+        the child (an :class:`~napari_msd.training.ensemble.EnsembleTrainer` for an ensemble, whose members' events
+        come wrapped in :class:`~napari_msd.training.events.MemberEvent`); previews predict ``data[0].image``."""
         self.start()
         self._runs += 1
         run = RemoteRun(self, self._runs, pretrained=getattr(config, "pretrained", None))
@@ -335,7 +342,9 @@ class _Child:
             if kind == "preview":
                 self.preview(trainer, *rest)
             elif trainer is not None:
-                getattr(trainer, kind)()  # pause, resume, stop
+                control = getattr(trainer, kind, None)  # pause, resume, stop; skip_member (an ensemble's)
+                if control is not None:
+                    control()
             elif kind == "resume":
                 self.early.discard((run_id, "pause"))
             else:
@@ -359,12 +368,12 @@ class _Child:
         trainer.between_steps(forward).add_done_callback(done)
 
     def train(self, run_id: int, data: list, config: Any, init: Any, replay: list) -> None:
-        from napari_msd.training.engine import Trainer
+        from napari_msd.training.ensemble import make_trainer
 
         self.run_id, self._model, self.image = run_id, None, data[0].image
         error: BaseException | None = None
         try:
-            trainer = Trainer(data, config, init=init, replay=replay)
+            trainer = make_trainer(data, config, init=init, replay=replay)  # an ensemble's, or one network's
             self.trainer = trainer
             for kind in ("pause", "stop"):
                 if (run_id, kind) in self.early:
@@ -391,6 +400,7 @@ class _Child:
         threading.Thread(target=self.read, name="napari-msd messages", daemon=True).start()
         import napari_msd.inference.predictor  # noqa: F401 -- imported while idle (torch: a second or two), so a
         import napari_msd.training.engine  # noqa: F401 -- run sent later starts at once
+        import napari_msd.training.ensemble  # noqa: F401
 
         while (job := self.runs.get()) is not None:
             self.train(*job)
