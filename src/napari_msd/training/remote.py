@@ -31,9 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from napari_msd.errors import NapariMsdError, one_line
-from napari_msd.training.events import MemberEvent, Paused, TrainingFinished, TrainStep
-from napari_msd.training.sampling import TrainingData
+from ..errors import NapariMsdError, one_line
+from .events import MemberEvent, Paused, TrainingFinished, TrainStep
+from .sampling import TrainingData
 
 # Messages are pickled here and sent as bytes, never with the connection's own pickler: torch registers tensor
 # reductions there that share memory between processes of one multiprocessing family, which a child started by
@@ -66,7 +66,7 @@ def predict_view(
     """The live preview's forward, run between two training steps: ``region`` of ``image`` predicted with the
     trainer's current weights, copied into ``model`` (a network kept across a run's previews; None makes one).
     Returns the preview and that network."""
-    from napari_msd.inference.predictor import Predictor
+    from ..inference.predictor import Predictor
 
     start = time.perf_counter()
     model = trainer.snapshot(into=model)
@@ -368,7 +368,7 @@ class _Child:
         trainer.between_steps(forward).add_done_callback(done)
 
     def train(self, run_id: int, data: list, config: Any, init: Any, replay: list) -> None:
-        from napari_msd.training.ensemble import make_trainer
+        from .ensemble import make_trainer
 
         self.run_id, self._model, self.image = run_id, None, data[0].image
         error: BaseException | None = None
@@ -398,9 +398,8 @@ class _Child:
 
     def serve(self) -> None:
         threading.Thread(target=self.read, name="napari-msd messages", daemon=True).start()
-        import napari_msd.inference.predictor  # noqa: F401 -- imported while idle (torch: a second or two), so a
-        import napari_msd.training.engine  # noqa: F401 -- run sent later starts at once
-        import napari_msd.training.ensemble  # noqa: F401
+        from ..inference import predictor  # noqa: F401 -- imported while idle (torch: a second or two), so a
+        from . import engine, ensemble  # noqa: F401 -- run sent later starts at once
 
         while (job := self.runs.get()) is not None:
             self.train(*job)
@@ -423,7 +422,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":  # run as a script, this file is ``__main__``: pickled records must name the module
-    from napari_msd.training import remote
+    from . import remote  # python -m sets the package, so the relative import names the module
 
     remote.main()
 

@@ -13,8 +13,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from napari_msd.training.corrections import split_since
-from napari_msd.training.sampling import TrainingData, TrainingDataError
+from .corrections import split_since
+from .sampling import TrainingData, TrainingDataError
 
 Scratch = Callable[[tuple[int, ...], Any], Any]  # (shape, dtype) -> a zeroed array (numpy, or zarr for big labels)
 
