@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from napari_msd.training.sampling import TrainingData
+
 
 def _make_task(shape=(192, 192), square=24, seed=0, levels=(60, 180), noise=20.0, classes=(1, 2), stroke=12):
     """A checkerboard of dark (class 1) and bright (class 2) squares with Gaussian noise.
@@ -48,3 +50,16 @@ def make_task():
 def predict():
     """:func:`_predict`, whole-image prediction of a 2D image."""
     return _predict
+
+
+@pytest.fixture(scope="module")
+def task(make_task):
+    """The default checkerboard task: ``(image, labels, truth)``."""
+    return make_task()
+
+
+@pytest.fixture
+def data(task):
+    """The default task as training data."""
+    image, labels, _ = task
+    return [TrainingData(image, labels, name="checkerboard")]

@@ -13,23 +13,12 @@ from napari_msd.training import deep_supervision
 from napari_msd.training.engine import Trainer
 from napari_msd.training.events import TrainStep
 from napari_msd.training.losses import SparseLoss
-from napari_msd.training.sampling import IGNORE, TrainingData
+from napari_msd.training.sampling import IGNORE
 
 from helpers.training import tiny_config
 
 MUNET = {"arch": "munet", "model": {"depth": 2, "base_channels": 4, "fusion_radius": 8}, "learning_rate": 3e-3}
 GATED = {"arch": "gated_unet", "model": {"depth": 2, "base_channels": 4, "squeeze_radius": 8}, "learning_rate": 3e-3}
-
-
-@pytest.fixture(scope="module")
-def task(make_task):
-    return make_task()
-
-
-@pytest.fixture
-def data(task):
-    image, labels, _ = task
-    return [TrainingData(image, labels, name="checkerboard")]
 
 
 def test_outputs_are_every_scale_and_the_fused_logits_for_munet_only():

@@ -72,17 +72,6 @@ def _wait_for(condition, timeout=30.0):
         time.sleep(0.005)
 
 
-@pytest.fixture(scope="module")
-def task(make_task):
-    return make_task()
-
-
-@pytest.fixture
-def data(task):
-    image, labels, _ = task
-    return [TrainingData(image, labels, name="checkerboard")]
-
-
 # -- learning and the event stream ----------------------------------------------------------------------------
 
 

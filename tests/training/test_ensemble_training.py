@@ -55,17 +55,6 @@ def _same(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 
 
 @pytest.fixture(scope="module")
-def task(make_task):
-    return make_task()
-
-
-@pytest.fixture
-def data(task):
-    image, labels, _ = task
-    return [TrainingData(image, labels, name="checkerboard")]
-
-
-@pytest.fixture(scope="module")
 def ensemble_file(tmp_path_factory, task):
     """A two-member ensemble trained on the checkerboard, saved."""
     image, labels, _ = task

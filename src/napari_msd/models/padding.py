@@ -29,7 +29,13 @@ def reflect_index(n: int, pad: int, device: torch.device | str | None = None) ->
     """Source indices of an axis of length ``n`` padded by ``pad`` on both sides."""
     if n < 1:
         raise ValueError(f"cannot pad an empty axis (length {n}); give the image at least one pixel")
-    idx = torch.arange(-pad, n + pad, device=device)
+    return mirror_index(n, pad, pad, torch.device("cpu") if device is None else torch.device(device))
+
+
+def mirror_index(n: int, before: int, after: int, device: torch.device) -> torch.Tensor:
+    """Source indices of an axis of length ``n >= 1`` extended by ``before`` and ``after`` (repeated reflection; an
+    axis of length 1 repeats its value). TorchScript compiles it, so the scriptable twins share it."""
+    idx = torch.arange(-before, n + after, device=device)
     if n == 1:
         return torch.zeros_like(idx)
     period = 2 * (n - 1)

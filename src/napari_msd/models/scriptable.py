@@ -18,17 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .munet import fuse_scales, resize_to
-
-
-def _mirror_index(n: int, before: int, after: int, device: torch.device) -> torch.Tensor:
-    """Source indices of an axis of length ``n`` extended by ``before`` and ``after`` (repeated reflection, as
-    :func:`napari_msd.models.padding.reflect_index`; an axis of length 1 repeats its value)."""
-    idx = torch.arange(-before, n + after, device=device)
-    if n == 1:
-        return torch.zeros_like(idx)
-    period = 2 * (n - 1)
-    idx = torch.remainder(idx, period)
-    return torch.where(idx >= n, period - idx, idx)
+from .padding import mirror_index
 
 
 def _reflect_pad(x: torch.Tensor, pad: int, ndim: int) -> torch.Tensor:
@@ -42,7 +32,7 @@ def _reflect_pad(x: torch.Tensor, pad: int, ndim: int) -> torch.Tensor:
     if fits:
         return F.pad(x, [pad] * (2 * ndim), mode="reflect")
     for axis in range(x.dim() - ndim, x.dim()):
-        x = x.index_select(axis, _mirror_index(x.shape[axis], pad, pad, x.device))
+        x = x.index_select(axis, mirror_index(x.shape[axis], pad, pad, x.device))
     return x
 
 
@@ -54,7 +44,7 @@ def _pad_high(x: torch.Tensor, multiples: list[int]) -> torch.Tensor:
         n = x.shape[axis]
         extra = (multiples[i] - n % multiples[i]) % multiples[i]
         if extra > 0:
-            x = x.index_select(axis, _mirror_index(n, 0, extra, x.device))
+            x = x.index_select(axis, mirror_index(n, 0, extra, x.device))
     return x
 
 
