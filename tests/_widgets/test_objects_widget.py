@@ -116,13 +116,27 @@ def test_bad_choices_start_nothing(dock):
     assert widget.work is None
 
 
-def test_stop_keeps_nothing_and_closing_ends_the_work(dock, qtbot):
+def test_stop_keeps_nothing(dock, qtbot, monkeypatch):
+    import time
+
+    import napari_msd.objects as objects
+    from napari_msd.objects import Progress
+
+    def endless(*args, **kwargs):  # a run far longer than the test: only Stop can end it
+        done = 0
+        while True:
+            time.sleep(0.01)
+            done += 1
+            yield Progress("label", done, 10**9)
+
+    monkeypatch.setattr(objects, "iter_objects", endless)
     viewer, widget, errors = dock
     widget.set_classes(["box", "blob"])
-    widget.find()
-    widget.stop()
+    assert widget.find()
+    qtbot.waitUntil(lambda: "labelling" in widget.status.text(), timeout=WAIT_MS)
+    widget.find_or_stop()  # the button reads Stop while running
     wait_idle(qtbot, widget, WAIT_MS)
-    assert errors == []
-    if widget.table is None:  # stopped before the end (a fast machine may finish first)
-        assert "prediction objects" not in [layer.name for layer in viewer.layers]
-        assert "nothing was kept" in widget.status.text()
+    assert errors == [] and widget.table is None
+    assert "prediction objects" not in [layer.name for layer in viewer.layers]
+    assert "nothing was kept" in widget.status.text()
+    assert widget.find_button.text() == "Find objects" and not widget.progress_bar.isVisible()
