@@ -6,7 +6,8 @@ What is measured, per data set and stroke seed (the seed draws other strokes on 
 - Strokes: 0.1% of the volume's pixels on three slices, class-balanced (``strokes.py``; ISBI slices 0, 14, 29, VNC
   slices 0, 9, 19; VNC's synapses run out of paths, so its strokes are about 0.08% of the volume).
 - The random forest on ilastik's 49 filter features (``rf_baseline.train_rf`` / ``predict_rf``, 100 trees), timed.
-- Each network variant trained for ``--minutes`` of wall clock exactly as ``isbi_training.run_network`` does
+- Each network variant (of ``--arch``: the network; ``ensemble`` trains its members one after another within the
+  minutes, as the Train dock does) trained for ``--minutes`` of wall clock exactly as ``isbi_training.run_network`` does
   (``TrainConfig(steps=None, time_limit=..., seed=seed, validate_every=50, patience=0, class_names=...)``; also
   ``n_classes`` = the data set's classes, so a class absent from the strokes still has an output), then predicted
   whole-plane per slice with the model's input cutting and normalisation (``isbi_training.predict_slices``). The
@@ -49,6 +50,8 @@ fraction over the scored slices (classes present in the truth), averaged over se
     python benchmarks/stroke_benchmark.py --datasets vnc --seeds 0 1 2 --minutes 5 --variant "no edge:edge_weight=0"
     python benchmarks/stroke_benchmark.py --datasets isbi vnc --seeds 0 1 2 --minutes 5 \\
         --loop 3 --round-seconds 120 --working-slices 5 --json loop.json
+    python benchmarks/stroke_benchmark.py --datasets isbi vnc --seeds 0 1 --minutes 5 --arch munet  # or gated_unet,
+                                                                          # unet, ensemble (3 MS-D, one after another)
     python benchmarks/stroke_benchmark.py --table isbi.json vnc.json     # tables of earlier runs, merged
     python benchmarks/stroke_benchmark.py --datasets isbi vnc --seeds 0 --minutes 0.1 --crop 128 \\
         --model-depth 10 --loop 1 --round-seconds 5                        # smoke test, about two minutes
@@ -83,11 +86,18 @@ from napari_msd.base.normalization import Normalization  # noqa: E402
 from napari_msd.io import load_model  # noqa: E402
 from napari_msd.training import metrics  # noqa: E402
 from napari_msd.training.engine import TrainConfig, Trainer  # noqa: E402
+from napari_msd.training.ensemble import make_trainer  # noqa: E402
 from napari_msd.training.events import TrainingFinished, Validated  # noqa: E402
 from napari_msd.training.retraining import retraining_data  # noqa: E402
 from napari_msd.training.sampling import TrainingData  # noqa: E402
 
-ARCH_NAMES = {"msd": "MS-D", "unet": "U-Net"}
+ARCH_NAMES = {
+    "msd": "MS-D",
+    "unet": "U-Net",
+    "munet": "MUNet",
+    "gated_unet": "gated U-Net",
+    "ensemble": "ensemble of 3 MS-D",
+}
 FOREST = "Random forest (ilastik features)"
 FRACTION = 0.001  # of the volume's pixels, painted as initial strokes
 
@@ -200,8 +210,15 @@ def predict(model: torch.nn.Module, meta, image: np.ndarray, slices: list[int]) 
 
 
 def evaluate(
-    ds: Dataset, model: torch.nn.Module, meta, image: np.ndarray, slices: list[int], truth: np.ndarray
+    ds: Dataset, model: torch.nn.Module | None, meta, image: np.ndarray, slices: list[int], truth: np.ndarray
 ) -> dict:
+    if model is None:  # no network came out (an ensemble whose every member collapsed): every figure undefined
+        nan = {name: math.nan for name in ds.names}
+        return {
+            **{key: math.nan for key in ("headline", "mean_iou", "pixel_accuracy", "class_accuracy")},
+            **{"iou": nan, "true_fraction": nan, "pred_fraction": nan, "max_fraction_error": math.nan},
+            **{"predict_s": 0.0, "parameters": None},
+        }
     start = time.perf_counter()
     pred = predict(model, meta, image, slices)
     return {
@@ -246,7 +263,7 @@ def train(
     engine then saves nothing; the weights returned are the collapsed ones, so they can still be scored) or, when
     fine-tuning, it never beat the parent (``kept_parent``).
     """
-    trainer = Trainer(data, config, init=init, replay=replay, output=output)
+    trainer = make_trainer(data, config, init=init, replay=replay, output=output)
     if keep is not None:
         keep.append(trainer)
     finished, validations = None, []
@@ -275,9 +292,13 @@ def train(
         "version": collapsed is None and not kept_parent and output.is_file(),
         "validations": validations,
         "kept_parent_because": getattr(finished, "kept_parent_because", None),
-        "seen_agreement": trainer.seen_agreement,
+        "note": getattr(finished, "note", None),  # e.g. the class-prior correction left out, and why
+        "seen_agreement": getattr(trainer, "seen_agreement", None),  # an ensemble has none
     }
-    return figures, trainer.snapshot(), trainer.metadata()
+    try:
+        return figures, trainer.snapshot(), trainer.metadata()
+    except RuntimeError:  # an ensemble none of whose members was usable: nothing to score
+        return {**figures, "collapsed": figures["collapsed"] or "no usable member", "version": False}, None, None
 
 
 def retrain_round(
@@ -407,6 +428,7 @@ def run_dataset(ds: Dataset, args, variants: list[tuple[str, dict]], state: dict
                         if row["collapsed"]
                         else ""
                     )
+                    + (f"; {row['note']}" if row.get("note") else "")
                 )
                 save(state, args.json)
                 if args.prior_rows and not trained["collapsed"]:
