@@ -26,12 +26,13 @@ def _private_cache(monkeypatch, tmp_path_factory):
 
 @pytest.fixture
 def accept_any_network(monkeypatch):
-    """Switch off the collapse verdict (:mod:`napari_msd.training.health`) for tests of run mechanics (stop,
-    save, files, events, command output) whose few steps are too few to learn anything; the guard has tests of
-    its own."""
-    from napari_msd.training import health
+    """Switch off the collapse verdict (:mod:`napari_msd.training.health`) and the class-prior correction's erasure
+    guard (:func:`napari_msd.training.prior.erased_classes`) for tests of run mechanics (stop, save, files, events,
+    command output) whose few steps are too few to learn anything; the guards have tests of their own."""
+    from napari_msd.training import health, prior
 
     monkeypatch.setattr(health, "DOMINANT", 1.01)
+    monkeypatch.setattr(prior, "ERASE_KEEP", 0.0)
 
 
 @pytest.fixture(scope="session")

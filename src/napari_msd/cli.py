@@ -271,6 +271,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
                     )
                 if event.warning:
                     print(f"warning: {event.warning}")
+                if event.note:
+                    print(f"note: {event.note}")
                 if 0 < event.steps < FEW_STEPS and event.reason != "steps":  # a step count the user did not choose
                     print(
                         f"warning: trained only {event.steps} steps in {event.elapsed:.0f} s: the model has "

@@ -262,3 +262,20 @@ def test_a_collapsed_network_becomes_no_version(docks, qtbot, errors, monkeypatc
     assert get_session(viewer).versions.names() == []
     assert len(errors) == 1 and "No new version: the network predicts dark on 99.5%" in errors[0]
     assert "\n" not in errors[0] and train.start_button.isEnabled() and not train.retrain_button.isEnabled()
+
+
+def test_a_step_left_out_is_told(docks, monkeypatch):
+    """A finished training that left out the class-prior correction says so once; a collapsed one only that."""
+    from napari_msd._widgets import train_widget
+    from napari_msd.training.events import TrainingFinished
+
+    _, train, _ = docks
+    shown: list[str] = []
+    monkeypatch.setattr(train_widget, "show_info", shown.append)
+    note = "the class-prior correction was not applied: it would all but erase dark, which is painted"
+    train._on_event(TrainingFinished("steps", 10, 1.0, 10, {}, None, note=note))
+    assert shown == [f"napari-msd: {note}"]
+    shown.clear()
+    monkeypatch.setattr(train_widget, "show_error", shown.append)
+    train._on_event(TrainingFinished("steps", 10, 1.0, 10, {}, None, collapsed="one class everywhere", note=note))
+    assert len(shown) == 1 and "No new version: one class everywhere" in shown[0]

@@ -159,3 +159,51 @@ def test_fine_tuning_starts_without_the_parents_prior_and_a_kept_parent_keeps_it
     saved, saved_meta = load_model(tmp_path / "kept.msd")
     torch.testing.assert_close(output_bias(saved).detach(), output_bias(parent).detach())
     assert saved_meta.provenance["class_prior"] == pytest.approx(recorded)
+
+
+def test_a_shift_that_all_but_erases_a_painted_class_is_named():
+    from napari_msd.training.prior import erased_classes
+
+    rng = np.random.default_rng(0)
+    labels = rng.choice(3, size=20_000, p=[0.6, 0.3, 0.1])
+    p = np.full((3, labels.size), 0.15)
+    p[labels, np.arange(labels.size)] = 0.7  # class 3 predicted on 10% of the pixels, with probability 0.7
+    assert erased_classes(p, np.zeros(3), [1, 2, 3]) == []
+    halved = np.log([1.0, 1.0, 0.2])  # 0.7 * 0.2 < 0.15: class 3 disappears
+    assert erased_classes(p, halved, [1, 2, 3]) == [3]
+    assert erased_classes(p, halved, [1, 2]) == []  # an unpainted class may vanish
+    mild = np.log([1.0, 1.0, 0.5])  # 0.35 > 0.15: class 3 kept
+    assert erased_classes(p, mild, [1, 2, 3]) == []
+    rare = p.copy()
+    rare[:, labels == 2] = [[0.7], [0.15], [0.15]]  # class 3 never predicted before: nothing to erase
+    assert erased_classes(rare, halved, [1, 2, 3]) == []
+
+
+def test_engine_refuses_a_prior_that_erases_a_painted_class_and_says_so(make_task, monkeypatch):
+    from napari_msd.training import engine as engine_module
+    from napari_msd.training.engine import TrainConfig, Trainer
+    from napari_msd.training.events import TrainingFinished
+    from napari_msd.training.sampling import TrainingData
+
+    image, strokes, _ = make_task()
+    config = TrainConfig(
+        model={"depth": 5},
+        steps=30,
+        patch_size=32,
+        batch_size=4,
+        measure_halo=False,
+        threads=1,
+        validate_every=10,
+        teacher_weight=0.0,
+    )
+    monkeypatch.setattr(engine_module, "estimate_prior", lambda p, train: np.array([1 - 1e-4, 1e-4]))
+    trainer = Trainer([TrainingData(image, strokes, "checkerboard")], config)
+    finished = [e for e in trainer.run() if isinstance(e, TrainingFinished)][-1]
+    reason = "it would all but erase class 2, which is painted, from the prediction"  # its logits lowered by 6.2
+    assert trainer.class_prior is None and trainer.prior_refused == reason
+    assert finished.note == f"the class-prior correction was not applied: {reason}"
+    provenance = trainer.metadata().provenance
+    assert "class_prior" not in provenance and provenance["class_prior_refused"] == reason
+    bias = output_bias(trainer.model).detach().clone()  # the refused shift was taken back
+    assert trainer.correct_prior() is None
+    assert torch.allclose(output_bias(trainer.model), bias, atol=1e-6)

@@ -721,6 +721,8 @@ class TrainWidget(QWidget):
                 self.status.setText(text)
             elif event.warning:
                 show_info(f"napari-msd: warning: {event.warning}")
+            if event.note and not event.collapsed and not event.kept_parent:
+                show_info(f"napari-msd: {event.note}")
 
     def _update_progress(self, event: Any) -> None:
         ensemble = self._job is not None and self._job.ensemble and self._member is not None

@@ -45,7 +45,7 @@ from .losses import SparseLoss, auto_class_weights
 from .optim import Adam
 from .potts import EdgePotts
 from .pretrain import apply_pretrained, check_compatible, load_pretrained
-from .prior import estimate_prior, output_bias, shift_output_bias, undo_prior_shift
+from .prior import erased_classes, estimate_prior, output_bias, shift_output_bias, undo_prior_shift
 from .sampling import IGNORE, PatchSampler, TrainingData, TrainingDataError, split, validation_tiles
 from .seen import SeenRings
 from .teacher import forest_pseudo_labels
@@ -360,6 +360,7 @@ class Trainer:
         self.last_gain_step = 0
         self.effective_halo: int | None = None
         self.class_prior: list[float] | None = None
+        self.prior_refused: str | None = None  # why the class-prior correction was not applied, in words
         self.best_metrics: dict = {}
         self.best_health: net_health.Health | None = None
         self.last_health: net_health.Health | None = None
@@ -582,6 +583,9 @@ class Trainer:
             self.health.warning if self.health is not None else None,
             kept_parent,
             self.kept_parent_because,
+            f"the class-prior correction was not applied: {self.prior_refused}"
+            if self.prior_refused is not None and collapsed is None and not kept_parent
+            else None,
         )
 
     def _restore_parent(self) -> None:
@@ -773,25 +777,32 @@ class Trainer:
         output bias to it (strokes teach a uniform prior; see :mod:`.prior`). EM prior estimates trust
         the network's calibration: an undertrained network can be pushed the wrong way, so the shift is undone
         (and None returned) when the corrected network is collapsed on the held-out tiles (one class nearly
-        everywhere while another's held-out pixels are missed, :mod:`.health`) or, with ``max_loss``, when it
-        lowers their class accuracy by more than that. Some loss is expected and right: held-out strokes are
-        class-balanced, the image is not (see PRIOR_MAX_LOSS)."""
-        probs = self._window_probabilities(windows, side)
+        everywhere while another's held-out pixels are missed, :mod:`.health`), when it would all but erase a
+        painted class from the windows (:func:`.prior.erased_classes`) or, with ``max_loss``, when it lowers the
+        held-out class accuracy by more than that. Some loss is expected and right: held-out strokes are
+        class-balanced, the image is not (see PRIOR_MAX_LOSS). ``prior_refused`` says why it was not applied."""
+        probs = np.concatenate(self._window_probabilities(windows, side), axis=1)
         uniform = np.full(self.n_classes, 1.0 / self.n_classes)
-        prior = estimate_prior(np.concatenate(probs, axis=1), uniform)
+        prior = estimate_prior(probs, uniform)
         before = seg_metrics.class_accuracy(self._evaluate_tiles()[0]) if self.val_tiles else None
         with self._lock:
             shift = shift_output_bias(self._judged, prior, uniform)
-        worse = False
-        if before is not None:
+        erased = erased_classes(probs, shift, sorted(self.counts))
+        refused = None
+        if erased:
+            names = ", ".join(self.class_names[c - 1] for c in erased)
+            refused = f"it would all but erase {names}, which is painted, from the prediction"
+        elif before is not None:
             cm, _, predicted, _ = self._evaluate_tiles()
             collapsed = net_health.check(
                 predicted, sorted(self.counts), self.class_names, seg_metrics.recall(cm)
             ).collapsed
-            worse = collapsed is not None or (
-                max_loss is not None and seg_metrics.class_accuracy(cm) < before - max_loss
-            )
-        if worse:
+            if collapsed is not None:
+                refused = f"the corrected network would be collapsed: {collapsed}"
+            elif max_loss is not None and seg_metrics.class_accuracy(cm) < before - max_loss:
+                refused = f"it would cost more than {max_loss:.0%} class accuracy on the held-out labels"
+        self.prior_refused = refused
+        if refused is not None:
             with self._lock, torch.no_grad():  # the network is not calibrated: the shift does more harm than good
                 bias: torch.Tensor = output_bias(self._judged)  # a Parameter, shifted in place
                 bias -= torch.as_tensor(shift, dtype=bias.dtype, device=bias.device)
@@ -877,6 +888,8 @@ class Trainer:
             prov["teacher"] = {"kind": "parent network", "weight": self.distill.weight}
         if self.class_prior is not None:
             prov["class_prior"] = dict(zip(self.class_names, self.class_prior))
+        elif self.prior_refused is not None:
+            prov["class_prior_refused"] = self.prior_refused
         if self.base_metadata is not None:
             prov["fine_tuned_from"] = {
                 "source": self.init_source,

@@ -331,7 +331,7 @@ class EnsembleTrainer:
     def run(self) -> Iterator[Any]:
         """Train every member, yielding their events (see the module docstring); ends with ``TrainingFinished``."""
         n = self.n_members
-        elapsed, reasons, warnings = 0.0, [], []
+        elapsed, reasons, warnings, notes = 0.0, [], [], []
         for m in range(n):
             retraining = self.parent is not None
             if self._stop.is_set():
@@ -381,9 +381,11 @@ class EnsembleTrainer:
                 )
                 if finished.warning:
                     warnings.append(f"member {m + 1}: {finished.warning}")
+                if finished.note:
+                    notes.append(f"member {m + 1}: {finished.note}")
             yield self._finished_event(m, trainer.step, trainer.kept_parent_because if trainer.kept_parent else None)
             del trainer  # its patches, validation tiles and optimizer go before the next member's
-        yield from self._finish(elapsed, reasons, warnings)
+        yield from self._finish(elapsed, reasons, warnings, notes)
 
     def _keep_parent_or_leave_out(self, m: int, why: str) -> None:
         """A member that gave no usable network: in a retraining it keeps its earlier weights, else it is left out."""
@@ -401,7 +403,7 @@ class EnsembleTrainer:
             m, self.n_members, mine is not None, steps, why, mine.kept_parent if mine is not None else False
         )
 
-    def _finish(self, elapsed: float, reasons: list[str], warnings: list[str]) -> Iterator[Any]:
+    def _finish(self, elapsed: float, reasons: list[str], warnings: list[str], notes: list[str]) -> Iterator[Any]:
         kept = self._members
         reason = "stopped" if self._stop.is_set() else ", ".join(sorted(set(reasons))) or "stopped"
         path = None
@@ -437,6 +439,7 @@ class EnsembleTrainer:
             "; ".join(warnings) or None,
             self.kept_parent,
             self.kept_parent_because,
+            "; ".join(notes) or None,
         )
 
     def _ensemble_metadata(self, ensemble: Ensemble, kept: list[_Member], metrics: dict[str, Any]) -> ModelMetadata:
