@@ -10,6 +10,13 @@ from napari_msd.models import MSDNet, UNet
 from napari_msd.training.prior import estimate_prior, output_bias, shift_output_bias
 
 
+def _small_config(**changes):
+    """A few steps of a 5-layer MS-D on 32 px patches, one thread, no halo measurement."""
+    from napari_msd.training.engine import TrainConfig
+
+    return TrainConfig(model={"depth": 5}, patch_size=32, batch_size=4, measure_halo=False, threads=1, **changes)
+
+
 def _calibrated_posteriors(true_prior: np.ndarray, train_prior: np.ndarray, n: int = 200_000, seed: int = 0):
     """Pixels drawn with ``true_prior`` from two overlapping Gaussians, scored by the Bayes posterior under
     ``train_prior``: exactly what a calibrated network trained on balanced strokes outputs."""
@@ -50,22 +57,13 @@ def test_a_class_never_becomes_impossible():
 
 
 def test_engine_applies_and_records_the_prior(make_task, accept_any_network):
-    from napari_msd.training.engine import TrainConfig, Trainer
+    from napari_msd.training.engine import Trainer
     from napari_msd.training.sampling import TrainingData
 
     image, strokes, _ = make_task()
     data = [TrainingData(image, strokes, "checkerboard")]
 
-    config = TrainConfig(
-        model={"depth": 5},
-        steps=10,
-        patch_size=32,
-        batch_size=4,
-        prior_correction=True,
-        measure_halo=False,
-        threads=1,
-        validate_every=5,
-    )
+    config = _small_config(steps=10, validate_every=5, prior_correction=True)
     trainer = Trainer(data, config)
     for _ in trainer.run():
         pass
@@ -76,21 +74,11 @@ def test_engine_applies_and_records_the_prior(make_task, accept_any_network):
 
 def test_engine_undoes_a_prior_that_costs_the_held_out_strokes(make_task, monkeypatch):
     from napari_msd.training import engine as engine_module
-    from napari_msd.training.engine import TrainConfig, Trainer
+    from napari_msd.training.engine import Trainer
     from napari_msd.training.sampling import TrainingData
 
     image, strokes, _ = make_task()
-    config = TrainConfig(
-        model={"depth": 5},
-        steps=30,
-        patch_size=32,
-        batch_size=4,
-        measure_halo=False,
-        threads=1,
-        validate_every=10,
-        prior_correction=False,
-        teacher_weight=0.0,
-    )  # applied by hand below
+    config = _small_config(steps=30, validate_every=10, prior_correction=False, teacher_weight=0.0)  # by hand below
     trainer = Trainer([TrainingData(image, strokes, "checkerboard")], config)
     for _ in trainer.run():
         pass
@@ -125,22 +113,13 @@ def test_fine_tuning_starts_without_the_parents_prior_and_a_kept_parent_keeps_it
     """A retrained model is corrected once, not twice; a retraining that keeps the parent saves it unchanged."""
     from napari_msd.io.model_file import load_model
     from napari_msd.training import engine
-    from napari_msd.training.engine import TrainConfig, Trainer
+    from napari_msd.training.engine import Trainer
     from napari_msd.training.prior import output_bias
     from napari_msd.training.sampling import TrainingData
 
     image, strokes, _ = make_task()
     data = [TrainingData(image, strokes, "checkerboard")]
-    config = TrainConfig(
-        model={"depth": 5},
-        steps=10,
-        patch_size=32,
-        batch_size=4,
-        measure_halo=False,
-        threads=1,
-        validate_every=5,
-        teacher_weight=0,
-    )
+    config = _small_config(steps=10, validate_every=5, teacher_weight=0.0)
     parent_path = tmp_path / "parent.msd"
     list(Trainer(data, config, output=parent_path).run())
     parent, meta = load_model(parent_path)
@@ -181,21 +160,12 @@ def test_a_shift_that_all_but_erases_a_painted_class_is_named():
 
 def test_engine_refuses_a_prior_that_erases_a_painted_class_and_says_so(make_task, monkeypatch):
     from napari_msd.training import engine as engine_module
-    from napari_msd.training.engine import TrainConfig, Trainer
+    from napari_msd.training.engine import Trainer
     from napari_msd.training.events import TrainingFinished
     from napari_msd.training.sampling import TrainingData
 
     image, strokes, _ = make_task()
-    config = TrainConfig(
-        model={"depth": 5},
-        steps=30,
-        patch_size=32,
-        batch_size=4,
-        measure_halo=False,
-        threads=1,
-        validate_every=10,
-        teacher_weight=0.0,
-    )
+    config = _small_config(steps=30, validate_every=10, teacher_weight=0.0)
     monkeypatch.setattr(engine_module, "estimate_prior", lambda p, train: np.array([1 - 1e-4, 1e-4]))
     trainer = Trainer([TrainingData(image, strokes, "checkerboard")], config)
     finished = [e for e in trainer.run() if isinstance(e, TrainingFinished)][-1]
