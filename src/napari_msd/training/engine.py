@@ -64,6 +64,18 @@ TIME_GRACE = 0.25  # share of a time limit the wrap-up (last validation, halo me
 _OPENMP = "ATen parallel backend: OpenMP" in torch.__config__.parallel_info()
 
 
+def fine_tuning_provenance(source: Any, parent: ModelMetadata, replay: Sequence[Any]) -> dict[str, Any]:
+    """What a fine-tuned model records of its parent (``fine_tuned_from``) and of the earlier labels replayed."""
+    return {
+        "fine_tuned_from": {
+            "source": source,
+            "created": parent.provenance.get("created"),
+            "steps": parent.provenance.get("steps"),
+        },
+        "replayed_images": len(replay),
+    }
+
+
 @dataclass
 class TrainConfig:
     """Everything that shapes a training run. ``steps`` and/or ``time_limit`` (seconds) bound it."""
@@ -891,12 +903,7 @@ class Trainer:
         elif self.prior_refused is not None:
             prov["class_prior_refused"] = self.prior_refused
         if self.base_metadata is not None:
-            prov["fine_tuned_from"] = {
-                "source": self.init_source,
-                "created": self.base_metadata.provenance.get("created"),
-                "steps": self.base_metadata.provenance.get("steps"),
-            }
-            prov["replayed_images"] = len(self.replay)
+            prov.update(fine_tuning_provenance(self.init_source, self.base_metadata, self.replay))
         return prov
 
 

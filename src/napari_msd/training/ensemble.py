@@ -56,7 +56,7 @@ from ..base.normalization import Normalization
 from ..io.model_file import ModelMetadata, load_model, read_metadata, save_model
 from ..models.ensemble import Ensemble
 from ..models.registry import PRESETS
-from .engine import TrainConfig, Trainer
+from .engine import TrainConfig, Trainer, fine_tuning_provenance
 from .events import MemberEvent, MemberFinished, MemberStarted, Saved, TrainingFinished
 from .sampling import TrainingData
 
@@ -473,12 +473,7 @@ class EnsembleTrainer:
             },
         }
         if self.parent_metadata is not None:
-            provenance["fine_tuned_from"] = {
-                "source": self.init_source,
-                "created": self.parent_metadata.provenance.get("created"),
-                "steps": self.parent_metadata.provenance.get("steps"),
-            }
-            provenance["replayed_images"] = len(self.replay)
+            provenance.update(fine_tuning_provenance(self.init_source, self.parent_metadata, self.replay))
         return ModelMetadata(
             arch=ARCH,
             config=ensemble.config(),
