@@ -15,6 +15,7 @@ from napari_msd.cli import _train_config, build_parser, main
 from napari_msd.io import read_metadata, save_model
 from napari_msd.models import MSDNet
 from napari_msd.training.engine import TrainConfig
+from napari_msd.training.optim import LR_SCHEDULES
 
 
 @pytest.fixture
@@ -170,6 +171,19 @@ def test_train_teacher_weight_reaches_the_engine(flag, expected, stroke_files, t
     image, labels = stroke_files
     args = build_parser().parse_args(["train", str(image), str(labels), "-o", str(tmp_path / "m.msd"), *flag])
     assert _train_config(args).teacher_weight == expected
+
+
+@pytest.mark.parametrize("flag, expected", [([], TrainConfig.lr_schedule), (["--lr-schedule", "cosine"], "cosine")])
+def test_train_lr_schedule_reaches_the_engine(flag, expected, stroke_files, tmp_path):
+    image, labels = stroke_files
+    args = build_parser().parse_args(["train", str(image), str(labels), "-o", str(tmp_path / "m.msd"), *flag])
+    assert _train_config(args).lr_schedule == expected
+
+
+def test_the_cli_offers_every_lr_schedule():
+    train = build_parser()._subparsers._group_actions[0].choices["train"]  # type: ignore[union-attr]
+    action = next(a for a in train._actions if a.dest == "lr_schedule")
+    assert tuple(action.choices) == LR_SCHEDULES
 
 
 @pytest.mark.parametrize("flag, expected", [([], TrainConfig.seen_tolerance), (["--seen-tolerance", "1"], 1.0)])

@@ -140,7 +140,8 @@ def _train_config(args: argparse.Namespace):
         batch_size=args.batch_size,
         steps=steps,
         time_limit=args.time,
-        learning_rate=args.lr,
+        **({} if args.lr is None else {"learning_rate": args.lr}),
+        **({} if args.lr_schedule is None else {"lr_schedule": args.lr_schedule}),
         validate_every=args.validate_every,
         patience=args.patience,
         augmentation=Augmentation(intensity=args.intensity, elastic=args.elastic),
@@ -662,7 +663,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="after training, adapt the output to the class frequencies of the image (EM estimate; "
         "undone if it leaves one class nearly everywhere; on by default)",
     )
-    train.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    train.add_argument("--lr", type=float, help="Adam learning rate (default 0.001)")
+    train.add_argument(
+        "--lr-schedule",
+        choices=("constant", "linear", "cosine"),  # training.optim.LR_SCHEDULES (not imported: no torch here)
+        help="how the learning rate falls over --time/--steps: constant, linear or cosine (down to 0 at the end)",
+    )
     train.add_argument("--validate-every", type=int, default=50, metavar="STEPS")
     train.add_argument("--patience", type=int, default=10, help="validations without improvement before stopping")
     train.add_argument("--intensity", type=float, default=0.0, help="intensity jitter, e.g. 0.1")

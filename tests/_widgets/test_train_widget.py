@@ -244,6 +244,18 @@ def test_edge_aware_smoothing_setting_reaches_the_training_config(docks):
     assert train._config(None).teacher_weight == 1.0
 
 
+def test_learning_rate_and_its_schedule_reach_the_training_config(docks):
+    from napari_msd.training.engine import TrainConfig
+
+    _, train, _ = docks
+    config = train._config(None)  # the engine's defaults, as in the CLI
+    assert (config.learning_rate, config.lr_schedule) == (TrainConfig.learning_rate, TrainConfig.lr_schedule)
+    train.lr_schedule.setCurrentText("cosine")
+    train.learning_rate.setValue(5e-4)
+    config = train._config(None)
+    assert (config.learning_rate, config.lr_schedule) == (5e-4, "cosine")
+
+
 def test_a_collapsed_network_becomes_no_version(docks, qtbot, errors, monkeypatch):
     """The engine finds the network collapsed (one class everywhere): one message, no version, dock usable."""
     from napari_msd.training import health

@@ -994,6 +994,17 @@ def test_fine_tuning_warms_the_learning_rate_up_over_the_first_steps(base_model,
         Trainer(data, _config(fine_tune_warmup=-1))
 
 
+def test_a_linear_schedule_decays_the_learning_rate_over_the_steps(data):
+    trainer = Trainer(data, _config(learning_rate=1e-2, lr_schedule="linear", steps=4, validate_every=100))
+    seen = []
+    step = trainer.optimizer.step
+    trainer.optimizer.step = lambda: (seen.append(trainer.optimizer.param_groups[0]["lr"]), step())
+    list(trainer.run())
+    assert seen == pytest.approx([1e-2, 7.5e-3, 5e-3, 2.5e-3])
+    with pytest.raises(ValueError, match="learning-rate schedule 'fast'"):
+        Trainer(data, _config(lr_schedule="fast"))
+
+
 def test_a_fine_tuning_can_be_taught_by_its_parent_instead_of_the_forest(base_model, data):
     config = _config(distill_weight=1.0, teacher_weight=1.0, steps=2, validate_every=100)
     tuned = Trainer(data, config, init=base_model)

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from napari_msd.training.optim import Adam
+from napari_msd.training.optim import Adam, scheduled_lr
 
 
 def _trajectories(steps: int = 25):
@@ -75,3 +75,14 @@ def test_training_never_imports_the_compiler_stack():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_scheduled_learning_rates():
+    assert scheduled_lr(1e-3, "constant", 0.9) == 1e-3
+    assert [scheduled_lr(1.0, "linear", p) for p in (0.0, 0.25, 1.0, 1.5)] == [1.0, 0.75, 0.0, 0.0]
+    assert scheduled_lr(1.0, "cosine", 0.5) == pytest.approx(0.5)
+    assert scheduled_lr(1.0, "cosine", 1.0) == pytest.approx(0.0)
+    assert scheduled_lr(1.0, "linear", None) == 1.0  # open-ended training: nothing to decay towards
+    assert scheduled_lr(1.0, "linear", 0.5, step=0, warmup=4) == pytest.approx(0.125)  # ramp times decay
+    with pytest.raises(ValueError, match="schedule 'step'"):
+        scheduled_lr(1.0, "step", 0.5)

@@ -213,16 +213,25 @@ class TrainWidget(QWidget):
         self.patch_size.setToolTip(
             "Side of the image pieces shown to the network in one step; auto picks one that fits the network"
         )
+        from napari_msd.training.engine import TrainConfig
+        from napari_msd.training.optim import LR_SCHEDULES
+
         self.learning_rate = QDoubleSpinBox()
         self.learning_rate.setDecimals(5)
         self.learning_rate.setRange(1e-5, 1.0)
         self.learning_rate.setSingleStep(1e-4)
-        self.learning_rate.setValue(1e-3)
+        self.learning_rate.setValue(TrainConfig.learning_rate)
+        self.lr_schedule = QComboBox()
+        self.lr_schedule.addItems(LR_SCHEDULES)
+        self.lr_schedule.setCurrentText(TrainConfig.lr_schedule)
+        self.lr_schedule.setToolTip(
+            "How the learning rate falls over the training's minutes or steps: linear and cosine end on small "
+            "steps, which settles the network; constant keeps it"
+        )
         self.preview_every = QDoubleSpinBox()
         self.preview_every.setRange(0.2, 60.0)
         self.preview_every.setValue(1.5)
         self.preview_every.setSuffix(" s")
-        from napari_msd.training.engine import TrainConfig
 
         self.edge_weight = _loss_weight(
             TrainConfig.edge_weight,
@@ -334,6 +343,7 @@ class TrainWidget(QWidget):
         adv.addRow("Batch size", self.batch_size)
         adv.addRow("Patch size (px)", self.patch_size)
         adv.addRow("Learning rate", self.learning_rate)
+        adv.addRow("Learning-rate schedule", self.lr_schedule)
         adv.addRow("Validate every (steps)", self.validate_every)
         adv.addRow("Patience (validations)", self.patience)
         adv.addRow("Edge-aware smoothing", self.edge_weight)
@@ -461,6 +471,7 @@ class TrainWidget(QWidget):
             steps=None if minutes else self.length.value(),
             time_limit=60.0 * self.length.value() if minutes else None,
             learning_rate=self.learning_rate.value(),
+            lr_schedule=self.lr_schedule.currentText(),
             validate_every=self.validate_every.value(),
             patience=self.patience.value(),
             seed=self.seed.value(),

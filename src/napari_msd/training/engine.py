@@ -42,7 +42,7 @@ from .cpu_share import CpuShare
 from .distill import ParentTeacher
 from .events import CpuThreads, Paused, Saved, TrainingFinished, TrainingStarted, TrainStep, Validated
 from .losses import SparseLoss, auto_class_weights
-from .optim import Adam
+from .optim import LR_SCHEDULES, Adam, scheduled_lr
 from .potts import EdgePotts
 from .pretrain import apply_pretrained, check_compatible, load_pretrained
 from .prior import erased_classes, estimate_prior, output_bias, shift_output_bias, undo_prior_shift
@@ -114,6 +114,7 @@ class TrainConfig:
     pretrained: str | None = None  # a new network starts from this self-supervised body (training.pretrain)
     weight_average: float = 0.0  # decay of the weights' running average, the network judged and kept; 0 = off
     fine_tune_lr_factor: float = 1.0  # the learning rate is multiplied by this when training starts from a model
+    lr_schedule: str = "constant"  # decay of the learning rate over the steps or time limit (optim.LR_SCHEDULES)
     fine_tune_warmup: int = 0  # steps over which a fine-tuning's learning rate rises linearly to its value; 0 = off
     seen_tolerance: float = 0.03  # fine-tuning: share of the prediction left as it was around the corrections it may
     #                               change, or the parent is kept (training.seen); 1 = not checked
@@ -152,6 +153,10 @@ class TrainConfig:
             raise ValueError(f"distill_weight must be >= 0 (0 = off), got {self.distill_weight}")
         if self.fine_tune_warmup < 0:
             raise ValueError(f"fine_tune_warmup is a number of steps (0 = off), got {self.fine_tune_warmup}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(
+                f"unknown learning-rate schedule {self.lr_schedule!r}; choose one of {', '.join(LR_SCHEDULES)}"
+            )
         if self.fine_tune_lr_factor <= 0:
             raise ValueError(f"fine_tune_lr_factor must be positive, got {self.fine_tune_lr_factor}")
         if not 0 <= self.weight_average < 1:
@@ -495,6 +500,9 @@ class Trainer:
                     continue
                 t0 = time.perf_counter()
                 x, y = batches.get()
+                self.optimizer.param_groups[0]["lr"] = scheduled_lr(
+                    self.lr, cfg.lr_schedule, self._progress(elapsed), self.step, self.warmup
+                )
                 loss = self._train_step(x, y)
                 elapsed += time.perf_counter() - t0
                 self.step += 1
@@ -695,8 +703,6 @@ class Trainer:
                 if self.edge_loss is not None:
                     loss = loss + self.edge_loss(logits, x)
             self.scaler.scale(loss).backward()
-            if self.step < self.warmup:
-                self.optimizer.param_groups[0]["lr"] = self.lr * min(1.0, (self.step + 1) / self.warmup)
             self.scaler.step(self.optimizer)  # type: ignore[arg-type]  # GradScaler duck-types it (param_groups, step)
             self.scaler.update()
             if self.average is not None:

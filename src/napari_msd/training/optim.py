@@ -1,4 +1,5 @@
-"""Adam without ``torch.optim``: the same update, minus the import of torch's compiler stack.
+"""Adam without ``torch.optim``: the same update, minus the import of torch's compiler stack; and the learning-rate
+schedules over a training's budget (:func:`scheduled_lr`).
 
 ``torch.optim.Optimizer`` methods are wrapped in ``torch._disable_dynamo``, whose first call imports
 ``torch._dynamo`` and, with the CUDA wheels, Triton's LLVM. Loaded into a napari process that already
@@ -15,6 +16,24 @@ from collections.abc import Iterable
 from typing import TypedDict
 
 import torch
+
+LR_SCHEDULES = ("constant", "linear", "cosine")
+
+
+def scheduled_lr(base: float, schedule: str, progress: float | None, step: int = 0, warmup: int = 0) -> float:
+    """The learning rate of step ``step`` (0-based): ``base``, ramped up over ``warmup`` steps, decayed by ``schedule``.
+
+    ``progress`` is the share of the training's budget (steps or time limit) used so far; ``None`` (open-ended
+    training) means no decay. ``linear`` falls to 0 at the end of the budget and ``cosine`` follows half a cosine
+    down to 0: training to a known budget ends on small steps (Li, Yumer & Ramanan, ICLR 2020).
+    """
+    if schedule not in LR_SCHEDULES:
+        raise ValueError(f"unknown learning-rate schedule {schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
+    lr = base * (min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0)
+    if progress is None or schedule == "constant":
+        return lr
+    p = min(1.0, max(0.0, progress))
+    return lr * ((1.0 - p) if schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * p)))
 
 
 class ParamGroup(TypedDict):
