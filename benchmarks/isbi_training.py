@@ -35,6 +35,7 @@ from rf_baseline import predict_rf, train_rf  # noqa: E402
 
 from napari_msd.base.inputs import InputSpec, read_input  # noqa: E402
 from napari_msd.base.normalization import Normalization  # noqa: E402
+from napari_msd.inference.flips import flip_averaged  # noqa: E402
 from napari_msd.io import load_model  # noqa: E402
 from napari_msd.training import metrics  # noqa: E402
 from napari_msd.training.engine import TrainConfig, Trainer  # noqa: E402
@@ -44,15 +45,22 @@ from napari_msd.training.sampling import TrainingData  # noqa: E402
 
 @torch.no_grad()
 def predict_slices(
-    model: torch.nn.Module, image: np.ndarray, slices: list[int], spec: InputSpec, normalization: Normalization
+    model: torch.nn.Module,
+    image: np.ndarray,
+    slices: list[int],
+    spec: InputSpec,
+    normalization: Normalization,
+    flips: bool = False,
 ) -> np.ndarray:
-    """Whole-plane prediction of ``slices`` (labels 1..K), cut exactly as in training."""
+    """Whole-plane prediction of ``slices`` (labels 1..K), cut exactly as in training; ``flips``: averaged over the
+    mirrored inputs (``inference.flips``)."""
     out = np.zeros((len(slices), *image.shape[1:]), np.uint8)
     h, w = image.shape[1:]
     for k, z in enumerate(slices):
         x, _ = read_input(image, spec, (z, h // 2, w // 2), (h, w))
-        logits = model(torch.from_numpy(normalization(x))[None])
-        out[k] = logits.argmax(1)[0].numpy() + 1
+        xt = torch.from_numpy(normalization(x))[None]
+        scores = flip_averaged(model, xt) if flips else model(xt)
+        out[k] = scores.argmax(1)[0].numpy() + 1
     return out
 
 

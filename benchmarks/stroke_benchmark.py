@@ -36,7 +36,10 @@ What is measured, per data set and stroke seed (the seed draws other strokes on 
   training's); every stroke seed of that data set starts from the same body, as the Train dock's per-image cache does.
 - ``--prior-rows``: the networks train without the class-prior correction (a default since it won on both data
   sets), and every first network is scored as trained and again after the correction, forced (a row "... + prior";
-  same weights, output bias shifted; ``prior_kept`` says whether the engine's rule would have kept it).
+  same weights, output bias shifted, forced past the engine's rules but the collapse verdict; ``prior_kept`` says
+  whether the engine would have kept it, ``prior_refused`` why not).
+- ``--flips``: every first network is also scored with its probabilities averaged over the mirrored inputs (a row
+  "... + flips"; same weights; ``napari_msd.inference.flips``, 4 forward passes per plane).
 - A network the engine judges collapsed (one class nearly everywhere; it saves nothing) is scored as it is,
   marked † in the table, and not taken into the loop.
 
@@ -85,6 +88,7 @@ from napari_msd.base.inputs import InputSpec  # noqa: E402
 from napari_msd.base.normalization import Normalization  # noqa: E402
 from napari_msd.io import load_model  # noqa: E402
 from napari_msd.training import metrics  # noqa: E402
+from napari_msd.training import prior as prior_module  # noqa: E402
 from napari_msd.training.engine import TrainConfig, Trainer  # noqa: E402
 from napari_msd.training.ensemble import make_trainer  # noqa: E402
 from napari_msd.training.events import TrainingFinished, Validated  # noqa: E402
@@ -203,14 +207,25 @@ def score(ds: Dataset, truth: np.ndarray, pred: np.ndarray) -> dict:
     }
 
 
-def predict(model: torch.nn.Module, meta, image: np.ndarray, slices: list[int]) -> np.ndarray:
+def predict(model: torch.nn.Module, meta, image: np.ndarray, slices: list[int], flips: bool = False) -> np.ndarray:
     return predict_slices(
-        model.eval(), image, slices, InputSpec.from_dict(meta.input or {}), Normalization.from_dict(meta.normalization)
+        model.eval(),
+        image,
+        slices,
+        InputSpec.from_dict(meta.input or {}),
+        Normalization.from_dict(meta.normalization),
+        flips=flips,
     )
 
 
 def evaluate(
-    ds: Dataset, model: torch.nn.Module | None, meta, image: np.ndarray, slices: list[int], truth: np.ndarray
+    ds: Dataset,
+    model: torch.nn.Module | None,
+    meta,
+    image: np.ndarray,
+    slices: list[int],
+    truth: np.ndarray,
+    flips: bool = False,
 ) -> dict:
     if model is None:  # no network came out (an ensemble whose every member collapsed): every figure undefined
         nan = {name: math.nan for name in ds.names}
@@ -220,7 +235,7 @@ def evaluate(
             **{"predict_s": 0.0, "parameters": None},
         }
     start = time.perf_counter()
-    pred = predict(model, meta, image, slices)
+    pred = predict(model, meta, image, slices, flips)
     return {
         **score(ds, truth, pred),
         "predict_s": time.perf_counter() - start,
@@ -431,6 +446,9 @@ def run_dataset(ds: Dataset, args, variants: list[tuple[str, dict]], state: dict
                     + (f"; {row['note']}" if row.get("note") else "")
                 )
                 save(state, args.json)
+                if args.flips and model is not None:
+                    state["rows"].append(flips_row(ds, model, meta, image, scored, truth, row))
+                    save(state, args.json)
                 if args.prior_rows and not trained["collapsed"]:
                     state["rows"].append(prior_row(ds, trainers[-1], image, scored, truth, row))
                     save(state, args.json)
@@ -454,23 +472,42 @@ def run_dataset(ds: Dataset, args, variants: list[tuple[str, dict]], state: dict
                     )
 
 
+def flips_row(ds: Dataset, model, meta, image, scored, truth, row: dict) -> dict:
+    """The same network, its probabilities averaged over the mirrored inputs (``inference.flips``)."""
+    result = {
+        **row,
+        "method": row["method"] + " + flips",
+        "variant": f"{row['variant']} + flips",
+        **evaluate(ds, model, meta, image, scored, truth, flips=True),
+    }
+    log(f"{ds.key} seed {row['seed']}: {result['method']} {ds.headline_label} {result['headline']:.3f}")
+    return result
+
+
 def prior_row(ds: Dataset, trainer: Trainer, image, scored, truth, row: dict) -> dict:
     """The same network after the class-prior correction (``Trainer.correct_prior``), forced even where the engine's
-    rule (undo it when held-out strokes lose class accuracy) would undo it; ``prior_kept`` says what the rule did."""
+    rules (undo it when held-out strokes lose class accuracy or a painted class is all but erased) would undo it;
+    ``prior_kept`` says what the engine did, ``prior_refused`` why."""
     kept = trainer.correct_prior() is not None
-    if not kept:
-        trainer.correct_prior(max_loss=math.inf)
+    refused = trainer.prior_refused
+    if not kept:  # forced past the held-out-loss rule and the erasure guard (the collapse verdict still holds)
+        keep, prior_module.ERASE_KEEP = prior_module.ERASE_KEEP, 0.0
+        try:
+            trainer.correct_prior(max_loss=math.inf)
+        finally:
+            prior_module.ERASE_KEEP = keep
     result = {
         **row,
         "method": row["method"] + " + prior",
         "variant": f"{row['variant']} + prior",
         "prior_kept": kept,
+        "prior_refused": refused,
         "class_prior": trainer.class_prior,
         **evaluate(ds, trainer.snapshot(), trainer.metadata(), image, scored, truth),
     }
     log(
         f"{ds.key} seed {row['seed']}: {result['method']} {ds.headline_label} {result['headline']:.3f} "
-        f"(the engine's rule {'keeps' if kept else 'undoes'} it)"
+        f"(the engine {'keeps' if kept else 'undoes'} it" + ("" if kept else f": {refused}") + ")"
     )
     return result
 
@@ -737,6 +774,9 @@ def main(argv: list[str] | None = None) -> None:
         help="a network variant overriding TrainConfig fields (repeatable), besides 'default'",
     )
     parser.add_argument("--no-default", action="store_true", help="train only the --variant rows")
+    parser.add_argument(
+        "--flips", action="store_true", help="also score every first network averaged over mirrored inputs"
+    )
     parser.add_argument("--loop", type=int, default=0, metavar="K", help="correction rounds after the first training")
     parser.add_argument("--round-seconds", type=float, default=120.0, help="retraining time per correction round")
     parser.add_argument(
