@@ -37,7 +37,8 @@ What is measured, per data set and stroke seed (the seed draws other strokes on 
 - ``--prior-rows``: the networks train without the class-prior correction (a default since it won on both data
   sets), and every first network is scored as trained and again after the correction, forced (a row "... + prior";
   same weights, output bias shifted, forced past the engine's rules but the collapse verdict; ``prior_kept`` says
-  whether the engine would have kept it, ``prior_refused`` why not).
+  whether the engine would have kept it, ``prior_refused`` why not). Where the erasure guard refused it, a row
+  "... + partial prior" applies the largest tenth of the shift that erases no painted class.
 - ``--flips``: every first network is also scored with its probabilities averaged over the mirrored inputs (a row
   "... + flips"; same weights; ``napari_msd.inference.flips``, 4 forward passes per plane).
 - A network the engine judges collapsed (one class nearly everywhere; it saves nothing) is scored as it is,
@@ -450,7 +451,7 @@ def run_dataset(ds: Dataset, args, variants: list[tuple[str, dict]], state: dict
                     state["rows"].append(flips_row(ds, model, meta, image, scored, truth, row))
                     save(state, args.json)
                 if args.prior_rows and not trained["collapsed"]:
-                    state["rows"].append(prior_row(ds, trainers[-1], image, scored, truth, row))
+                    state["rows"].extend(prior_rows(ds, trainers[-1], image, scored, truth, row))
                     save(state, args.json)
                 if args.loop and trained["version"]:
                     run_loop(
@@ -484,10 +485,14 @@ def flips_row(ds: Dataset, model, meta, image, scored, truth, row: dict) -> dict
     return result
 
 
-def prior_row(ds: Dataset, trainer: Trainer, image, scored, truth, row: dict) -> dict:
+def prior_rows(ds: Dataset, trainer: Trainer, image, scored, truth, row: dict) -> list[dict]:
     """The same network after the class-prior correction (``Trainer.correct_prior``), forced even where the engine's
     rules (undo it when held-out strokes lose class accuracy or a painted class is all but erased) would undo it;
-    ``prior_kept`` says what the engine did, ``prior_refused`` why."""
+    ``prior_kept`` says what the engine did, ``prior_refused`` why. Where the erasure guard refused it, a second row
+    "... + partial prior" applies the largest tenth of the shift (0.9, 0.8, ...) that erases no painted class."""
+    bias = prior_module.output_bias(trainer.snapshot())
+    before = bias.detach().clone()
+    probs = np.concatenate(trainer._window_probabilities(), axis=1)  # the engine's windows, before any shift
     kept = trainer.correct_prior() is not None
     refused = trainer.prior_refused
     if not kept:  # forced past the held-out-loss rule and the erasure guard (the collapse verdict still holds)
@@ -509,7 +514,30 @@ def prior_row(ds: Dataset, trainer: Trainer, image, scored, truth, row: dict) ->
         f"{ds.key} seed {row['seed']}: {result['method']} {ds.headline_label} {result['headline']:.3f} "
         f"(the engine {'keeps' if kept else 'undoes'} it" + ("" if kept else f": {refused}") + ")"
     )
-    return result
+    rows = [result]
+    if not kept and refused and "erase" in refused and trainer.class_prior is not None:
+        net = trainer.snapshot()
+        bias = prior_module.output_bias(net)
+        shift = (bias.detach() - before).numpy()
+        painted = sorted(trainer.counts)
+        strength = next(
+            (t / 10 for t in range(9, 0, -1) if not prior_module.erased_classes(probs, t / 10 * shift, painted)), 0.0
+        )
+        with torch.no_grad():
+            bias.copy_(before + torch.as_tensor(strength * shift, dtype=bias.dtype))
+        partial = {
+            **row,
+            "method": row["method"] + " + partial prior",
+            "variant": f"{row['variant']} + partial prior",
+            "prior_strength": strength,
+            **evaluate(ds, net, trainer.metadata(), image, scored, truth),
+        }
+        log(
+            f"{ds.key} seed {row['seed']}: {partial['method']} {ds.headline_label} {partial['headline']:.3f} "
+            f"(at {strength:.1f} of the shift)"
+        )
+        rows.append(partial)
+    return rows
 
 
 SCORES = ("headline", "iou", "mean_iou", "pixel_accuracy", "class_accuracy", "max_fraction_error")
