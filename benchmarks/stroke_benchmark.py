@@ -515,11 +515,11 @@ def prior_rows(ds: Dataset, trainer: Trainer, image, scored, truth, row: dict) -
         f"(the engine {'keeps' if kept else 'undoes'} it" + ("" if kept else f": {refused}") + ")"
     )
     rows = [result]
-    if not kept and refused and "erase" in refused and trainer.class_prior is not None:
-        net = trainer.snapshot()
-        bias = prior_module.output_bias(net)
-        shift = (bias.detach() - before).numpy()
-        painted = sorted(trainer.counts)
+    net = trainer.snapshot()
+    bias = prior_module.output_bias(net)
+    shift = (bias.detach() - before).numpy()
+    painted = sorted(trainer.counts)
+    if not kept and prior_module.erased_classes(probs, shift, painted):  # the erasure guard refused it
         strength = next(
             (t / 10 for t in range(9, 0, -1) if not prior_module.erased_classes(probs, t / 10 * shift, painted)), 0.0
         )

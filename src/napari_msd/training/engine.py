@@ -42,7 +42,7 @@ from .cpu_share import CpuShare
 from .distill import ParentTeacher
 from .events import CpuThreads, Paused, Saved, TrainingFinished, TrainingStarted, TrainStep, Validated
 from .losses import SparseLoss, auto_class_weights
-from .optim import LR_SCHEDULES, Adam, scheduled_lr
+from .optim import Adam, check_lr_schedule, scheduled_lr
 from .potts import EdgePotts
 from .pretrain import apply_pretrained, check_compatible, load_pretrained
 from .prior import erased_classes, estimate_prior, output_bias, shift_output_bias, undo_prior_shift
@@ -153,10 +153,7 @@ class TrainConfig:
             raise ValueError(f"distill_weight must be >= 0 (0 = off), got {self.distill_weight}")
         if self.fine_tune_warmup < 0:
             raise ValueError(f"fine_tune_warmup is a number of steps (0 = off), got {self.fine_tune_warmup}")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(
-                f"unknown learning-rate schedule {self.lr_schedule!r}; choose one of {', '.join(LR_SCHEDULES)}"
-            )
+        check_lr_schedule(self.lr_schedule)
         if self.fine_tune_lr_factor <= 0:
             raise ValueError(f"fine_tune_lr_factor must be positive, got {self.fine_tune_lr_factor}")
         if not 0 <= self.weight_average < 1:

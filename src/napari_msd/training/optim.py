@@ -20,6 +20,12 @@ import torch
 LR_SCHEDULES = ("constant", "linear", "cosine")
 
 
+def check_lr_schedule(schedule: str) -> None:
+    """Raise a one-line ValueError unless ``schedule`` is one of :data:`LR_SCHEDULES`."""
+    if schedule not in LR_SCHEDULES:
+        raise ValueError(f"unknown learning-rate schedule {schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
+
+
 def scheduled_lr(base: float, schedule: str, progress: float | None, step: int = 0, warmup: int = 0) -> float:
     """The learning rate of step ``step`` (0-based): ``base``, ramped up over ``warmup`` steps, decayed by ``schedule``.
 
@@ -27,8 +33,7 @@ def scheduled_lr(base: float, schedule: str, progress: float | None, step: int =
     training) means no decay. ``linear`` falls to 0 at the end of the budget and ``cosine`` follows half a cosine
     down to 0: training to a known budget ends on small steps (Li, Yumer & Ramanan, ICLR 2020).
     """
-    if schedule not in LR_SCHEDULES:
-        raise ValueError(f"unknown learning-rate schedule {schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
+    check_lr_schedule(schedule)
     lr = base * (min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0)
     if progress is None or schedule == "constant":
         return lr
