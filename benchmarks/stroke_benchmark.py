@@ -35,10 +35,10 @@ What is measured, per data set and stroke seed (the seed draws other strokes on 
   ``--pretrain-minutes`` (default 5: the pretraining runs while a person paints, so its minutes are not the
   training's); every stroke seed of that data set starts from the same body, as the Train dock's per-image cache does.
 - ``--prior-rows``: the networks train without the class-prior correction (a default since it won on both data
-  sets), and every first network is scored as trained and again after the correction, forced (a row "... + prior";
-  same weights, output bias shifted, forced past the engine's rules but the collapse verdict; ``prior_kept`` says
-  whether the engine would have kept it, ``prior_refused`` why not). Where the erasure guard refused it, a row
-  "... + partial prior" applies the largest tenth of the shift that erases no painted class.
+  sets), and every first network is scored as trained and again after the engine's correction (a row "... + prior";
+  same weights, output bias shifted; ``prior_scale`` says how much of the estimated shift the engine applied,
+  ``prior_refused`` why none). Where the engine applied less than all of it, a row "... + full prior" forces the
+  full shift past the engine's rules but the collapse verdict.
 - ``--flips``: every first network is also scored with its probabilities averaged over the mirrored inputs (a row
   "... + flips"; same weights; ``napari_msd.inference.flips``, 4 forward passes per plane).
 - A network the engine judges collapsed (one class nearly everywhere; it saves nothing) is scored as it is,
@@ -486,57 +486,52 @@ def flips_row(ds: Dataset, model, meta, image, scored, truth, row: dict) -> dict
 
 
 def prior_rows(ds: Dataset, trainer: Trainer, image, scored, truth, row: dict) -> list[dict]:
-    """The same network after the class-prior correction (``Trainer.correct_prior``), forced even where the engine's
-    rules (undo it when held-out strokes lose class accuracy or a painted class is all but erased) would undo it;
-    ``prior_kept`` says what the engine did, ``prior_refused`` why. Where the erasure guard refused it, a second row
-    "... + partial prior" applies the largest tenth of the shift (0.9, 0.8, ...) that erases no painted class."""
-    bias = prior_module.output_bias(trainer.snapshot())
+    """The same network after the engine's class-prior correction (``Trainer.correct_prior``: all of it, the largest
+    safe tenth where the full shift would all but erase a painted class, or none), row "... + prior" with
+    ``prior_scale`` and ``prior_refused``; where the engine applied less than all of it, a second row
+    "... + full prior" forces the full shift past the erasure guard and the held-out-loss rule (the collapse verdict
+    still holds)."""
+    bias = prior_module.output_bias(trainer._judged)
     before = bias.detach().clone()
-    probs = np.concatenate(trainer._window_probabilities(), axis=1)  # the engine's windows, before any shift
-    kept = trainer.correct_prior() is not None
-    refused = trainer.prior_refused
-    if not kept:  # forced past the held-out-loss rule and the erasure guard (the collapse verdict still holds)
-        keep, prior_module.ERASE_KEEP = prior_module.ERASE_KEEP, 0.0
-        try:
-            trainer.correct_prior(max_loss=math.inf)
-        finally:
-            prior_module.ERASE_KEEP = keep
+    trainer.correct_prior()
+    scale, refused = trainer.prior_scale, trainer.prior_refused
     result = {
         **row,
         "method": row["method"] + " + prior",
         "variant": f"{row['variant']} + prior",
-        "prior_kept": kept,
+        "prior_scale": scale,
         "prior_refused": refused,
+        "prior_scaled": trainer.prior_scaled,
         "class_prior": trainer.class_prior,
         **evaluate(ds, trainer.snapshot(), trainer.metadata(), image, scored, truth),
     }
     log(
         f"{ds.key} seed {row['seed']}: {result['method']} {ds.headline_label} {result['headline']:.3f} "
-        f"(the engine {'keeps' if kept else 'undoes'} it" + ("" if kept else f": {refused}") + ")"
+        f"(the engine applies {scale:.1f} of it" + (f": {refused}" if refused else "") + ")"
     )
     rows = [result]
-    net = trainer.snapshot()
-    bias = prior_module.output_bias(net)
-    shift = (bias.detach() - before).numpy()
-    painted = sorted(trainer.counts)
-    if not kept and prior_module.erased_classes(probs, shift, painted):  # the erasure guard refused it
-        strength = next(
-            (t / 10 for t in range(9, 0, -1) if not prior_module.erased_classes(probs, t / 10 * shift, painted)), 0.0
-        )
+    if scale < 1:
         with torch.no_grad():
-            bias.copy_(before + torch.as_tensor(strength * shift, dtype=bias.dtype))
-        partial = {
+            bias.copy_(before)
+        keep, prior_module.ERASE_KEEP = prior_module.ERASE_KEEP, 0.0
+        try:
+            trainer.correct_prior(max_loss=math.inf)
+        finally:
+            prior_module.ERASE_KEEP = keep
+        full = {
             **row,
-            "method": row["method"] + " + partial prior",
-            "variant": f"{row['variant']} + partial prior",
-            "prior_strength": strength,
-            **evaluate(ds, net, trainer.metadata(), image, scored, truth),
+            "method": row["method"] + " + full prior",
+            "variant": f"{row['variant']} + full prior",
+            "prior_refused": trainer.prior_refused,
+            "class_prior": trainer.class_prior,
+            **evaluate(ds, trainer.snapshot(), trainer.metadata(), image, scored, truth),
         }
+        why = full["prior_refused"]
         log(
-            f"{ds.key} seed {row['seed']}: {partial['method']} {ds.headline_label} {partial['headline']:.3f} "
-            f"(at {strength:.1f} of the shift)"
+            f"{ds.key} seed {row['seed']}: {full['method']} {ds.headline_label} {full['headline']:.3f}"
+            + (f" (not applied: {why})" if why else "")
         )
-        rows.append(partial)
+        rows.append(full)
     return rows
 
 

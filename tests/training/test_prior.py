@@ -158,7 +158,42 @@ def test_a_shift_that_all_but_erases_a_painted_class_is_named():
     assert erased_classes(rare, halved, [1, 2, 3]) == []
 
 
-def test_engine_refuses_a_prior_that_erases_a_painted_class_and_says_so(make_task, monkeypatch):
+def test_the_largest_safe_tenth_of_a_shift_is_found():
+    from napari_msd.training.prior import safe_scale
+
+    rng = np.random.default_rng(0)
+    labels = rng.choice(3, size=20_000, p=[0.6, 0.3, 0.1])
+    p = np.full((3, labels.size), 0.15)
+    p[labels, np.arange(labels.size)] = 0.7
+    assert safe_scale(p, np.log([1.0, 1.0, 0.5]), [1, 2, 3]) == 1.0  # erases nothing: all of it
+    # 0.7 * 0.01 ** t stays above 0.15 for t < 0.334: three tenths of the shift keep class 3
+    assert safe_scale(p, np.log([1.0, 1.0, 0.01]), [1, 2, 3]) == pytest.approx(0.3)
+    assert safe_scale(p, np.log([1.0, 1.0, 0.01]), [1, 2]) == 1.0  # an unpainted class may vanish
+    close = np.full((3, labels.size), 0.32)
+    close[labels, np.arange(labels.size)] = 0.36  # a margin of log(0.36 / 0.32) = 0.12 for every pixel
+    assert safe_scale(close, np.array([0.0, 0.0, -50.0]), [1, 2, 3]) == 0.0  # even a tenth erases class 3
+
+
+def test_a_scaled_prior_is_taken_back_exactly_by_undo():
+    from napari_msd.training.prior import scaled_prior, undo_prior_shift
+
+    model, train = MSDNet(1, 3, depth=3), np.full(3, 1 / 3)
+    x = torch.randn(1, 1, 16, 16)
+    with torch.no_grad():
+        before = torch.softmax(model(x), 1)
+    shift = 0.4 * shift_output_bias(model, np.array([0.05, 0.15, 0.8]), train)
+    with torch.no_grad():
+        output_bias(model).sub_(torch.as_tensor(shift / 0.4 * 0.6, dtype=torch.float32))  # 0.4 of it kept
+    prior = scaled_prior(shift, train)
+    assert prior.sum() == pytest.approx(1.0) and prior[2] > prior[1] > prior[0]
+    undo_prior_shift(model, {"class_prior": dict(zip("abc", prior))}, list("abc"))
+    with torch.no_grad():
+        assert torch.allclose(torch.softmax(model(x), 1), before, atol=1e-5)
+
+
+def _prior_run(make_task, monkeypatch, scale: float, prior=(1 - 1e-4, 1e-4)):
+    """A short training whose class-prior estimate ``prior`` the erasure guard finds would all but erase painted
+    class 2, with ``safe_scale`` answering ``scale``; the trainer, its last TrainingFinished, the shift estimated."""
     from napari_msd.training import engine as engine_module
     from napari_msd.training.engine import Trainer
     from napari_msd.training.events import TrainingFinished
@@ -166,14 +201,42 @@ def test_engine_refuses_a_prior_that_erases_a_painted_class_and_says_so(make_tas
 
     image, strokes, _ = make_task()
     config = _small_config(steps=30, validate_every=10, teacher_weight=0.0)
-    monkeypatch.setattr(engine_module, "estimate_prior", lambda p, train: np.array([1 - 1e-4, 1e-4]))
+    monkeypatch.setattr(engine_module, "estimate_prior", lambda p, train: np.array(prior))
+    monkeypatch.setattr(engine_module, "erased_classes", lambda p, shift, painted: [2])
+    monkeypatch.setattr(engine_module, "safe_scale", lambda p, shift, painted: scale)
     trainer = Trainer([TrainingData(image, strokes, "checkerboard")], config)
     finished = [e for e in trainer.run() if isinstance(e, TrainingFinished)][-1]
-    reason = "it would all but erase class 2, which is painted, from the prediction"  # its logits lowered by 6.2
-    assert trainer.class_prior is None and trainer.prior_refused == reason
+    return trainer, finished, np.log(np.maximum(prior, 1e-3) / 0.5)
+
+
+def test_engine_refuses_a_prior_of_which_no_tenth_is_safe_and_says_so(make_task, monkeypatch):
+    trainer, finished, _ = _prior_run(make_task, monkeypatch, 0.0)
+    reason = "it would all but erase class 2, which is painted, from the prediction"
+    assert trainer.class_prior is None and trainer.prior_refused == reason and trainer.prior_scale == 0
     assert finished.note == f"the class-prior correction was not applied: {reason}"
     provenance = trainer.metadata().provenance
     assert "class_prior" not in provenance and provenance["class_prior_refused"] == reason
     bias = output_bias(trainer.model).detach().clone()  # the refused shift was taken back
     assert trainer.correct_prior() is None
     assert torch.allclose(output_bias(trainer.model), bias, atol=1e-6)
+
+
+def test_engine_applies_the_safe_share_of_a_prior_and_retrain_takes_it_back(make_task, monkeypatch, accept_any_network):
+    from napari_msd.training.prior import scaled_prior, undo_prior_shift
+
+    trainer, finished, shift = _prior_run(make_task, monkeypatch, 0.3, prior=(0.7, 0.3))
+    assert trainer.prior_refused is None and trainer.prior_scale == pytest.approx(0.3)
+    assert finished.note == (
+        "the class-prior correction was applied at 30%: "
+        "the full correction would all but erase class 2, which is painted"
+    )
+    provenance = trainer.metadata().provenance
+    assert provenance["class_prior_scale"] == pytest.approx(0.3)
+    recorded = provenance["class_prior"]
+    assert list(recorded.values()) == pytest.approx(scaled_prior(0.3 * shift, np.full(2, 0.5)))
+    assert trainer.class_prior == list(recorded.values())
+    model = trainer.snapshot()
+    corrected = output_bias(model).detach().clone()
+    undo_prior_shift(model, provenance, list(recorded))
+    undone = corrected - output_bias(model).detach()  # what Retrain takes back: 0.3 of the shift, up to a constant
+    np.testing.assert_allclose((undone - undone.mean()).numpy(), 0.3 * (shift - shift.mean()), atol=1e-5)

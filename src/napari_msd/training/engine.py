@@ -45,7 +45,15 @@ from .losses import SparseLoss, auto_class_weights
 from .optim import Adam, check_lr_schedule, scheduled_lr
 from .potts import EdgePotts
 from .pretrain import apply_pretrained, check_compatible, load_pretrained
-from .prior import erased_classes, estimate_prior, output_bias, shift_output_bias, undo_prior_shift
+from .prior import (
+    erased_classes,
+    estimate_prior,
+    output_bias,
+    safe_scale,
+    scaled_prior,
+    shift_output_bias,
+    undo_prior_shift,
+)
 from .sampling import IGNORE, PatchSampler, TrainingData, TrainingDataError, split, validation_tiles
 from .seen import SeenRings
 from .teacher import forest_pseudo_labels
@@ -375,6 +383,8 @@ class Trainer:
         self.effective_halo: int | None = None
         self.class_prior: list[float] | None = None
         self.prior_refused: str | None = None  # why the class-prior correction was not applied, in words
+        self.prior_scale = 0.0  # the share of the estimated class-prior correction applied (training.prior)
+        self.prior_scaled: str | None = None  # why only that share of it was applied, in words
         self.best_metrics: dict = {}
         self.best_health: net_health.Health | None = None
         self.last_health: net_health.Health | None = None
@@ -600,10 +610,16 @@ class Trainer:
             self.health.warning if self.health is not None else None,
             kept_parent,
             self.kept_parent_because,
-            f"the class-prior correction was not applied: {self.prior_refused}"
-            if self.prior_refused is not None and collapsed is None and not kept_parent
-            else None,
+            self._prior_note() if collapsed is None and not kept_parent else None,
         )
+
+    def _prior_note(self) -> str | None:
+        """What the user is told of a class-prior correction not applied in full, or None."""
+        if self.prior_refused is not None:
+            return f"the class-prior correction was not applied: {self.prior_refused}"
+        if self.prior_scaled is not None:
+            return f"the class-prior correction was applied at {self.prior_scale:.0%}: {self.prior_scaled}"
+        return None
 
     def _restore_parent(self) -> None:
         """The parent as it was saved (its prior correction included) is the result, with its figures and halo."""
@@ -616,6 +632,7 @@ class Trainer:
             if self.parent_prior_undone is not None and recorded
             else None
         )
+        self.prior_scaled = None  # the parent's correction, not this run's
         self.effective_halo = self.base_metadata.effective_halo
         self.best_step, self.best_metrics = 0, dict(self._parent_metrics)
         if self._parent_health is not None:
@@ -790,41 +807,52 @@ class Trainer:
     ) -> list[float] | None:
         """Estimate the class prior on random unlabeled windows of the training images and shift the
         output bias to it (strokes teach a uniform prior; see :mod:`.prior`). EM prior estimates trust
-        the network's calibration: an undertrained network can be pushed the wrong way, so the shift is undone
-        (and None returned) when the corrected network is collapsed on the held-out tiles (one class nearly
-        everywhere while another's held-out pixels are missed, :mod:`.health`), when it would all but erase a
-        painted class from the windows (:func:`.prior.erased_classes`) or, with ``max_loss``, when it lowers the
-        held-out class accuracy by more than that. Some loss is expected and right: held-out strokes are
-        class-balanced, the image is not (see PRIOR_MAX_LOSS). ``prior_refused`` says why it was not applied."""
+        the network's calibration: an undertrained network can be pushed too far, so where the full shift would
+        all but erase a painted class from the windows (:func:`.prior.erased_classes`) only the largest tenth of it
+        that erases none is applied (``prior_scale``, :func:`.prior.safe_scale`). The shift is undone (and None
+        returned) when no tenth is safe, when the corrected network is collapsed on the held-out tiles (one class
+        nearly everywhere while another's held-out pixels are missed, :mod:`.health`) or, with ``max_loss``, when it
+        lowers the held-out class accuracy by more than that. Some loss is expected and right: held-out strokes are
+        class-balanced, the image is not (see PRIOR_MAX_LOSS). ``prior_refused`` says why it was not applied,
+        ``prior_scaled`` why only part of it was. Returns the prior the applied shift stands for."""
         probs = np.concatenate(self._window_probabilities(windows, side), axis=1)
         uniform = np.full(self.n_classes, 1.0 / self.n_classes)
         prior = estimate_prior(probs, uniform)
         before = seg_metrics.class_accuracy(self._evaluate_tiles()[0]) if self.val_tiles else None
         with self._lock:
             shift = shift_output_bias(self._judged, prior, uniform)
-        erased = erased_classes(probs, shift, sorted(self.counts))
-        refused = None
+        painted = sorted(self.counts)
+        erased = erased_classes(probs, shift, painted)
+        scale = safe_scale(probs, shift, painted) if erased else 1.0
+        self.prior_scale, self.prior_scaled, refused = scale, None, None
+        applied = 1.0  # the share of the shift the output bias holds now
         if erased:
             names = ", ".join(self.class_names[c - 1] for c in erased)
-            refused = f"it would all but erase {names}, which is painted, from the prediction"
-        elif before is not None:
+            if scale == 0:
+                refused = f"it would all but erase {names}, which is painted, from the prediction"
+            else:
+                self.prior_scaled = f"the full correction would all but erase {names}, which is painted"
+                self._add_to_output_bias((scale - 1) * shift)
+                applied = scale
+        if refused is None and before is not None:
             cm, _, predicted, _ = self._evaluate_tiles()
-            collapsed = net_health.check(
-                predicted, sorted(self.counts), self.class_names, seg_metrics.recall(cm)
-            ).collapsed
+            collapsed = net_health.check(predicted, painted, self.class_names, seg_metrics.recall(cm)).collapsed
             if collapsed is not None:
                 refused = f"the corrected network would be collapsed: {collapsed}"
             elif max_loss is not None and seg_metrics.class_accuracy(cm) < before - max_loss:
                 refused = f"it would cost more than {max_loss:.0%} class accuracy on the held-out labels"
         self.prior_refused = refused
-        if refused is not None:
-            with self._lock, torch.no_grad():  # the network is not calibrated: the shift does more harm than good
-                bias: torch.Tensor = output_bias(self._judged)  # a Parameter, shifted in place
-                bias -= torch.as_tensor(shift, dtype=bias.dtype, device=bias.device)
-            self.class_prior = None
+        if refused is not None:  # the network is not calibrated: the shift does more harm than good
+            self._add_to_output_bias(-applied * shift)
+            self.class_prior, self.prior_scale, self.prior_scaled = None, 0.0, None
             return None
-        self.class_prior = [float(p) for p in prior]
+        self.class_prior = [float(p) for p in (prior if scale == 1 else scaled_prior(scale * shift, uniform))]
         return self.class_prior
+
+    def _add_to_output_bias(self, delta: np.ndarray) -> None:
+        with self._lock, torch.no_grad():
+            bias: torch.Tensor = output_bias(self._judged)  # a Parameter, shifted in place
+            bias += torch.as_tensor(delta, dtype=bias.dtype, device=bias.device)
 
     @torch.no_grad()
     def _window_probabilities(self, windows: int = 8, side: int = 256) -> list[np.ndarray]:
@@ -903,6 +931,8 @@ class Trainer:
             prov["teacher"] = {"kind": "parent network", "weight": self.distill.weight}
         if self.class_prior is not None:
             prov["class_prior"] = dict(zip(self.class_names, self.class_prior))
+            if self.prior_scaled is not None:
+                prov["class_prior_scale"] = self.prior_scale
         elif self.prior_refused is not None:
             prov["class_prior_refused"] = self.prior_refused
         if self.base_metadata is not None:

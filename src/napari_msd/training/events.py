@@ -71,7 +71,7 @@ class TrainingFinished:
     warning: str | None = None  # what a person should know about the kept network
     kept_parent: bool = False  # fine-tuning gave no better network: the parent's weights are kept
     kept_parent_because: str | None = None  # why, in words ("it never beat the parent on the held-out labels")
-    note: str | None = None  # a step of the run left out, and why (the class-prior correction), in words
+    note: str | None = None  # a step of the run left out or cut short, and why (the class-prior correction), in words
 
 
 # -- an ensemble's training (training.ensemble): its members are trained one after another ---------------------------

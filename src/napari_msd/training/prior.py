@@ -6,7 +6,9 @@ the EM algorithm of Saerens et al. estimates the image's class prior from the ne
 posteriors; the correction ``log(prior / training prior)`` is then added to the output layer's bias,
 so the saved model predicts with the image's prior and no prediction code changes. Fine-tuning such a model
 first takes the correction back (:func:`undo_prior_shift`), or the retrained model would carry it twice. An estimate
-that would all but erase a painted class is wrong (:func:`erased_classes`): the engine then leaves the correction out.
+that would all but erase a painted class is wrong in its size, not always in its direction (:func:`erased_classes`):
+the engine then applies the largest tenth of it that erases none (:func:`safe_scale`), and leaves it out only where no
+tenth is safe.
 """
 
 from __future__ import annotations
@@ -64,6 +66,25 @@ def erased_classes(
         for c in sorted(set(painted))
         if 1 <= c <= k and before[c - 1] >= min_share and after[c - 1] < keep * before[c - 1]
     ]
+
+
+def safe_scale(probabilities: np.ndarray, shift: np.ndarray, painted: Sequence[int], tenths: int = 10) -> float:
+    """The largest share of ``shift`` (1, 0.9, ..., 0.1; 0 when none) whose addition to the logits erases no painted
+    class from pixels whose posteriors are ``(K, N)`` (:func:`erased_classes`). On the VNC volume at 475 steps the
+    full correction would have erased synapses (mean class IoU 0.451 -> 0.426), 0.7 of it gave 0.480 (README)."""
+    shift = np.asarray(shift, np.float64)
+    for t in range(tenths, 0, -1):
+        if not erased_classes(probabilities, t / tenths * shift, painted):
+            return t / tenths
+    return 0.0
+
+
+def scaled_prior(shift: np.ndarray, train_prior: np.ndarray) -> np.ndarray:
+    """The class prior that ``shift`` (added to the logits of a network trained under ``train_prior``) stands for:
+    ``train_prior * exp(shift)``, normalized. Recorded as a model's ``class_prior``, :func:`undo_prior_shift` takes
+    the shift back exactly (up to a constant, to which softmax is blind)."""
+    prior = np.asarray(train_prior, np.float64) * np.exp(np.asarray(shift, np.float64))
+    return prior / prior.sum()
 
 
 def output_bias(model: torch.nn.Module) -> torch.nn.Parameter:
