@@ -11,6 +11,15 @@ from napari_msd.models.msd import MSDNet, msd_dilation_schedule, msd_parameter_c
 from napari_msd.models.msd_reference import reference_forward
 
 
+@pytest.fixture(params=["padded taps", "framed"])
+def layout(request, monkeypatch):
+    """Run a test with each buffer layout of the MS-D kernel (``msd_kernel.layout_for`` picks by input size)."""
+    from napari_msd.models import msd_kernel
+
+    monkeypatch.setattr(msd_kernel, "FRAMED_MAX_GROWTH", 0.0 if request.param == "padded taps" else math.inf)
+    return request.param
+
+
 def _randomised(net: MSDNet) -> MSDNet:
     """Non-zero head and biases, so every parameter influences the output."""
     with torch.no_grad():
@@ -76,7 +85,7 @@ def test_initialisation_follows_the_paper(ndim):
         (3, (2, 2, 6, 7, 5), 5, 2, 2, 3, 2),
     ],
 )
-def test_outputs_and_gradients_match_reference_in_float64(ndim, shape, depth, width, c_in, c_out, block):
+def test_outputs_and_gradients_match_reference_in_float64(ndim, shape, depth, width, c_in, c_out, block, layout):
     torch.manual_seed(0)
     net = _randomised(MSDNet(c_in, c_out, depth=depth, width=width, ndim=ndim, block=block).double())
     x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
@@ -90,7 +99,7 @@ def test_outputs_and_gradients_match_reference_in_float64(ndim, shape, depth, wi
         assert _rel_err(g_fast, g_slow) < 1e-6
 
 
-def test_block_size_changes_speed_not_result():
+def test_block_size_changes_speed_not_result(layout):
     torch.manual_seed(1)
     x = torch.randn(2, 1, 20, 20, dtype=torch.float64)
     outs = []
@@ -103,7 +112,7 @@ def test_block_size_changes_speed_not_result():
 
 
 @pytest.mark.parametrize("ndim", [2, 3])
-def test_gradcheck_on_a_small_network(ndim):
+def test_gradcheck_on_a_small_network(ndim, layout):
     # finite differences are wrong where a pre-activation lies within eps of the ReLU kink; this seed has none
     torch.manual_seed(4)
     net = _randomised(MSDNet(2, 2, depth=4, width=2, ndim=ndim, dilations=[1, 2, 3], block=3).double())
@@ -125,7 +134,7 @@ def test_gradcheck_on_a_small_network(ndim):
     ("ndim", "spatial"),
     [(2, (1, 1)), (2, (2, 3)), (2, (1, 17)), (2, (5, 4)), (3, (1, 6, 6)), (3, (3, 2, 1)), (3, (2, 9, 9))],
 )
-def test_inputs_smaller_than_the_largest_dilation_work_and_match_reference(ndim, spatial):
+def test_inputs_smaller_than_the_largest_dilation_work_and_match_reference(ndim, spatial, layout):
     torch.manual_seed(4)
     net = _randomised(MSDNet(1, 3, depth=10, ndim=ndim).double())  # dilations up to 10
     x = torch.randn((2, 1, *spatial), dtype=torch.float64, requires_grad=True)
@@ -138,7 +147,7 @@ def test_inputs_smaller_than_the_largest_dilation_work_and_match_reference(ndim,
         assert _rel_err(g_fast, g_slow) < 1e-6
 
 
-def test_float32_agrees_with_float64():
+def test_float32_agrees_with_float64(layout):
     torch.manual_seed(5)
     net = _randomised(MSDNet(1, 2, depth=30))
     x = torch.randn(1, 1, 33, 31)

@@ -6,21 +6,16 @@ included) with a 3x3 (3x3x3 in 3D) kernel dilated by
 The output is a 1x1 convolution over every map. Boundaries are reflective
 (see :mod:`napari_msd.models.padding` for images smaller than a dilation).
 
-Implementation: all maps live in one preallocated buffer of
-``in_channels + width * depth`` maps. A layer's convolution is computed as a
-matrix product ``taps = W @ buffer[:prefix]`` (one row per kernel tap, over a
-zero-copy view of the buffer prefix) followed by a shifted sum of the reflect-
-padded taps; padding commutes with the channel mixing, so only the few tap maps
-are padded. The taps of ``block`` consecutive layers are mixed together, so the
-prefix is read once per block instead of once per layer. A custom autograd
-Function walks the layers in reverse in backward and accumulates into one
-gradient buffer, so training stores about ``2 * (in + width * depth)`` maps
-instead of the O(depth^2) a per-layer ``torch.cat`` keeps.
+Implementation (:mod:`.msd_kernel`): all maps live in one preallocated buffer of
+``in_channels + width * depth`` maps; a layer's convolution is a matrix product
+over a zero-copy view of the buffer prefix followed by a shifted sum of the few
+tap maps, and backward accumulates into one gradient buffer, so training stores
+about ``2 * (in + width * depth)`` maps instead of the O(depth^2) a per-layer
+``torch.cat`` keeps.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Sequence
 
@@ -28,7 +23,7 @@ import torch
 from torch import nn
 
 from .checks import check_input
-from .padding import reflect_pad, reflect_pad_adjoint
+from .msd_kernel import MSDFunction
 
 DEFAULT_DILATIONS = tuple(range(1, 11))
 
@@ -45,162 +40,6 @@ def msd_parameter_count(in_channels: int, out_channels: int, depth: int, width: 
 def msd_dilation_schedule(depth: int, width: int, dilations: Sequence[int]) -> list[list[int]]:
     """Dilation of every channel: ``schedule[i][j] = dilations[(i * width + j) % len(dilations)]``."""
     return [[int(dilations[(i * width + j) % len(dilations)]) for j in range(width)] for i in range(depth)]
-
-
-def _tap_slices(ndim: int, dilation: int, shape: Sequence[int]) -> list[tuple[slice, ...]]:
-    """For each kernel tap (C order over the kernel), the window of the padded map it reads."""
-    slices = []
-    for offset in itertools.product((-1, 0, 1), repeat=ndim):
-        start = [(o + 1) * dilation for o in offset]
-        slices.append(tuple(slice(s, s + n) for s, n in zip(start, shape)))
-    return slices
-
-
-class _Scratch:
-    """One growing flat tensor handing out contiguous views, so hot loops do not allocate."""
-
-    def __init__(self, like: torch.Tensor):
-        self._like = like
-        self._flat = like.new_empty(0)
-
-    def __call__(self, *shape: int) -> torch.Tensor:
-        numel = math.prod(shape)
-        if self._flat.numel() < numel:
-            self._flat = self._like.new_empty(numel)
-        return self._flat[:numel].view(shape)
-
-
-def _shift_sum(taps: torch.Tensor, dilation: int, out: torch.Tensor, scratch: _Scratch) -> None:
-    """Write into ``out`` the sum of the reflect-padded taps, each shifted by its kernel offset.
-
-    ``taps`` is ``(N, 3**ndim, *spatial)`` and ``out`` ``(N, *spatial)``.
-    """
-    ndim = taps.ndim - 2
-    spatial = taps.shape[2:]
-    padded_shape = (taps.shape[0], taps.shape[1], *[n + 2 * dilation for n in spatial])
-    padded = reflect_pad(taps, dilation, ndim, out=scratch(*padded_shape))
-    for k, window in enumerate(_tap_slices(ndim, dilation, spatial)):
-        piece = padded[(slice(None), k) + window]
-        if k == 0:
-            out.copy_(piece)
-        else:
-            out.add_(piece)
-
-
-def _shift_sum_adjoint(grad: torch.Tensor, dilation: int, out: torch.Tensor, scratch: _Scratch) -> None:
-    """Adjoint of :func:`_shift_sum`: ``(N, *spatial)`` into ``out``, ``(N, 3**ndim, *spatial)``."""
-    ndim = grad.ndim - 1
-    spatial = grad.shape[1:]
-    n_taps = 3**ndim
-    padded_numel = grad.shape[0] * n_taps * math.prod(n + 2 * dilation for n in spatial)
-    work = scratch(padded_numel + out.numel())
-    padded = work[:padded_numel].view(grad.shape[0], n_taps, *[n + 2 * dilation for n in spatial]).zero_()
-    for k, window in enumerate(_tap_slices(ndim, dilation, spatial)):
-        padded[(slice(None), k) + window] = grad
-    out.copy_(reflect_pad_adjoint(padded, dilation, ndim, out=work[padded_numel:].view(out.shape)))
-
-
-def _tap_matrix(weight: torch.Tensor) -> torch.Tensor:
-    """``(w, C, 3, 3[, 3])`` kernel to ``(w * taps, C)`` rows, row ``j * taps + k``."""
-    w, c = weight.shape[:2]
-    return weight.reshape(w, c, -1).transpose(1, 2).reshape(-1, c)
-
-
-def _blocks(depth: int, block: int) -> list[tuple[int, int]]:
-    return [(start, min(start + block, depth)) for start in range(0, depth, block)]
-
-
-class _MSDFunction(torch.autograd.Function):
-    """Forward and backward of all MS-D layers and the head over one feature buffer."""
-
-    @staticmethod
-    def forward(ctx, x, bias, head_weight, head_bias, schedule, block, *weights):
-        n, c_in = x.shape[:2]
-        spatial = x.shape[2:]
-        width, depth = weights[0].shape[0], len(weights)
-        n_maps = c_in + width * depth
-        n_taps = 3 ** len(spatial)
-        rows_per_layer = width * n_taps
-        buf = x.new_empty((n, n_maps, *spatial))
-        buf[:, :c_in] = x
-        flat = buf.view(n, n_maps, -1)
-        mats = [_tap_matrix(w).contiguous() for w in weights]
-        mixed_scratch, pad_scratch = _Scratch(x), _Scratch(x)
-        for start, stop in _blocks(depth, block):
-            c_start = c_in + start * width
-            block_mat = torch.cat([m[:, :c_start] for m in mats[start:stop]])
-            mixed = mixed_scratch(n, block_mat.shape[0], flat.shape[2])
-            for b in range(n):
-                torch.mm(block_mat, flat[b, :c_start], out=mixed[b])
-            for i in range(start, stop):
-                c_i = c_in + i * width
-                rows = mixed[:, (i - start) * rows_per_layer : (i - start + 1) * rows_per_layer]
-                if c_i > c_start:
-                    for b in range(n):
-                        rows[b].addmm_(mats[i][:, c_start:c_i], flat[b, c_start:c_i])
-                for j in range(width):
-                    taps = rows[:, j * n_taps : (j + 1) * n_taps].view(n, n_taps, *spatial)
-                    out = buf[:, c_i + j]
-                    _shift_sum(taps, schedule[i][j], out, pad_scratch)
-                    out.add_(bias[i * width + j]).clamp_(min=0)
-        logits = torch.matmul(head_weight, flat) + head_bias[:, None]
-        ctx.schedule, ctx.block = schedule, block
-        ctx.save_for_backward(buf, head_weight, *weights)
-        return logits.view(n, -1, *spatial)
-
-    @staticmethod
-    def backward(ctx, grad_logits):
-        buf, head_weight, *weights = ctx.saved_tensors
-        schedule, block = ctx.schedule, ctx.block
-        n, n_maps = buf.shape[:2]
-        spatial = buf.shape[2:]
-        width, depth = weights[0].shape[0], len(weights)
-        c_in = n_maps - width * depth
-        n_taps = 3 ** len(spatial)
-        rows_per_layer = width * n_taps
-        flat = buf.view(n, n_maps, -1)
-        g_out = grad_logits.reshape(n, grad_logits.shape[1], -1)
-
-        grad_head_weight = head_weight.new_zeros(head_weight.shape)
-        for b in range(n):  # per-sample products over transposed views: no copy of the buffer
-            grad_head_weight.addmm_(g_out[b], flat[b].t())
-        grad_head_bias = g_out.sum(dim=(0, 2))
-        grad = torch.matmul(head_weight.t(), g_out)  # (N, maps, P): the one gradient buffer
-        grad_bias = buf.new_zeros(width * depth)
-        grad_mats = [buf.new_zeros((w.shape[0] * n_taps, w.shape[1])) for w in weights]
-        mats = [_tap_matrix(w).contiguous() for w in weights]
-        taps_scratch, pad_scratch = _Scratch(buf), _Scratch(buf)
-
-        for start, stop in reversed(_blocks(depth, block)):
-            c_start = c_in + start * width
-            g_taps = taps_scratch(n, (stop - start) * rows_per_layer, flat.shape[2])
-            for i in reversed(range(start, stop)):
-                c_i = c_in + i * width
-                g_layer = grad[:, c_i : c_i + width]
-                g_layer.mul_(flat[:, c_i : c_i + width] > 0)  # ReLU'; this slice is final now
-                grad_bias[i * width : (i + 1) * width] = g_layer.sum(dim=(0, 2))
-                rows = g_taps[:, (i - start) * rows_per_layer : (i - start + 1) * rows_per_layer]
-                for j in range(width):
-                    out = rows[:, j * n_taps : (j + 1) * n_taps].view(n, n_taps, *spatial)
-                    _shift_sum_adjoint(g_layer[:, j].view(n, *spatial), schedule[i][j], out, pad_scratch)
-                if c_i > c_start:
-                    for b in range(n):
-                        grad[b, c_start:c_i].addmm_(mats[i][:, c_start:c_i].t(), rows[b])
-                        grad_mats[i][:, c_start:c_i].addmm_(rows[b], flat[b, c_start:c_i].t())
-            block_mat = torch.cat([m[:, :c_start] for m in mats[start:stop]])
-            g_block = buf.new_zeros(block_mat.shape)
-            for b in range(n):
-                grad[b, :c_start].addmm_(block_mat.t(), g_taps[b])
-                g_block.addmm_(g_taps[b], flat[b, :c_start].t())
-            for i in range(start, stop):
-                grad_mats[i][:, :c_start] = g_block[(i - start) * rows_per_layer : (i - start + 1) * rows_per_layer]
-
-        grad_weights = [
-            m.reshape(w.shape[0], n_taps, w.shape[1]).transpose(1, 2).reshape(w.shape)
-            for m, w in zip(grad_mats, weights)
-        ]
-        grad_x = grad[:, :c_in].reshape(n, c_in, *spatial) if ctx.needs_input_grad[0] else None
-        return (grad_x, grad_bias, grad_head_weight, grad_head_bias, None, None, *grad_weights)
 
 
 class MSDNet(nn.Module):
@@ -284,7 +123,7 @@ class MSDNet(nn.Module):
         check_input("MSDNet", x, self.in_channels, self.ndim)
         dtype = self.bias.dtype
         with torch.autocast(device_type=x.device.type, enabled=False):
-            return _MSDFunction.apply(
+            return MSDFunction.apply(
                 x.to(dtype), self.bias, self.head_weight, self.head_bias, self.schedule, self.block, *self.weights
             )
 

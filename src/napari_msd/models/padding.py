@@ -18,11 +18,6 @@ import torch.nn.functional as F
 
 _NN: Any = torch._C._nn  # torch's own reflection-pad kernels (not in its type stubs)
 _PAD = {1: _NN.reflection_pad1d, 2: _NN.reflection_pad2d, 3: _NN.reflection_pad3d}
-_PAD_BACKWARD = {
-    1: torch.ops.aten.reflection_pad1d_backward.grad_input,
-    2: torch.ops.aten.reflection_pad2d_backward.grad_input,
-    3: torch.ops.aten.reflection_pad3d_backward.grad_input,
-}
 
 
 def reflect_index(n: int, pad: int, device: torch.device | str | None = None) -> torch.Tensor:
@@ -62,25 +57,3 @@ def reflect_pad(x: torch.Tensor, pad: int, ndim: int, out: torch.Tensor | None =
     for dim in range(x.ndim - ndim, x.ndim):
         x = x.index_select(dim, reflect_index(x.shape[dim], pad, x.device))
     return x
-
-
-def reflect_pad_adjoint(g: torch.Tensor, pad: int, ndim: int, out: torch.Tensor | None = None) -> torch.Tensor:
-    """Adjoint of :func:`reflect_pad`: fold the gradient of a padded tensor back onto the image.
-
-    ``out``, if given, is a preallocated contiguous tensor of the unpadded shape.
-    """
-    if pad == 0:
-        return g
-    shape = g.shape[:-ndim] + tuple(n - 2 * pad for n in g.shape[-ndim:])
-    if _torch_can_pad(torch.Size(shape), pad, ndim):
-        out = g.new_empty(shape) if out is None else out
-        # the kernel reads only the shape of its ``self`` argument, so ``out`` serves for both
-        return _PAD_BACKWARD[ndim](g, out, [pad] * (2 * ndim), grad_input=out)
-    for dim in reversed(range(g.ndim - ndim, g.ndim)):
-        n = g.shape[dim] - 2 * pad
-        out_shape = list(g.shape)
-        out_shape[dim] = n
-        out = g.new_zeros(out_shape)
-        out.index_add_(dim, reflect_index(n, pad, g.device), g)
-        g = out
-    return g
