@@ -147,6 +147,19 @@ def test_inputs_smaller_than_the_largest_dilation_work_and_match_reference(ndim,
         assert _rel_err(g_fast, g_slow) < 1e-6
 
 
+@pytest.mark.parametrize(("ndim", "spatial"), [(2, (11, 9)), (3, (7, 8, 6))])
+def test_small_dilations_on_inputs_longer_than_them_match_reference(ndim, spatial, layout):
+    torch.manual_seed(6)  # every axis longer than the frame: the framed layout's one-mirror path in every layer
+    net = _randomised(MSDNet(2, 2, depth=6, width=2, ndim=ndim, dilations=[1, 2, 3], block=4).double())
+    x = torch.randn((2, 2, *spatial), dtype=torch.float64, requires_grad=True)
+    fast, slow = net(x), reference_forward(net, x)
+    assert _rel_err(fast, slow) < 1e-6
+    seed = torch.randn_like(fast)
+    params = [x, *net.parameters()]
+    for g_fast, g_slow in zip(_grads(fast, params, seed), _grads(slow, params, seed)):
+        assert _rel_err(g_fast, g_slow) < 1e-6
+
+
 def test_float32_agrees_with_float64(layout):
     torch.manual_seed(5)
     net = _randomised(MSDNet(1, 2, depth=30))

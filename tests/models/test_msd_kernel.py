@@ -64,3 +64,43 @@ def test_windows_shift_the_framed_map_by_each_tap_offset():
 def test_the_framed_layout_serves_inputs_its_frame_barely_grows(spatial, kind):
     schedule = [[d] for d in range(1, 11)]  # the paper's dilations: a frame of 10 pixels
     assert isinstance(layout_for(spatial, schedule, torch.device("cpu")), kind)
+
+
+SHIFTS = [((9, 7), 2), ((4, 3), 3), ((6, 5, 7), 2), ((2, 5, 3), 3)]  # the framed pad is 3: wider than 2
+
+
+@pytest.mark.parametrize(("spatial", "dilation"), SHIFTS)
+def test_both_layouts_sum_the_same_shifted_taps(spatial, dilation):
+    from napari_msd.models.msd_kernel import Scratch
+
+    torch.manual_seed(0)
+    taps = torch.randn(2, 3 ** len(spatial), *spatial, dtype=torch.float64)
+    padded, framed = PaddedTaps(spatial, {dilation, 3}, taps.device), Framed(spatial, {dilation, 3}, taps.device)
+    stored = torch.zeros((*taps.shape[:2], *framed.stored), dtype=torch.float64)
+    framed.inside(stored).copy_(taps)
+    framed.made(stored)
+    out_padded, out_framed = (torch.empty(2, *spatial, dtype=torch.float64) for _ in range(2))
+    padded.shift_sum(taps, dilation, out_padded, Scratch(taps))
+    framed.shift_sum(stored, dilation, out_framed, Scratch(taps))
+    torch.testing.assert_close(out_framed, out_padded)
+    expected = sum(  # tap k of the 3**ndim, read at its kernel offset from the reflect-padded map
+        reflect_pad(taps[:, k : k + 1], dilation, len(spatial))[(slice(None), 0) + window]
+        for k, window in enumerate(Frame(spatial, dilation, taps.device).windows(dilation))
+    )
+    torch.testing.assert_close(out_padded, expected)
+
+
+@pytest.mark.parametrize("kind", [PaddedTaps, Framed])
+@pytest.mark.parametrize(("spatial", "dilation"), SHIFTS)
+def test_the_shifted_sums_adjoint_satisfies_the_inner_product_identity(kind, spatial, dilation):
+    from napari_msd.models.msd_kernel import Scratch
+
+    torch.manual_seed(1)
+    layout = kind(spatial, {dilation, 3}, torch.device("cpu"))
+    taps = torch.randn(2, 3 ** len(spatial), *layout.stored, dtype=torch.float64)
+    g = torch.randn(2, *spatial, dtype=torch.float64)
+    out = torch.empty(2, *spatial, dtype=torch.float64)
+    layout.shift_sum(taps, dilation, out, Scratch(taps))
+    adjoint = torch.full_like(taps, float("nan"))  # every element must be written
+    layout.shift_sum_adjoint(g, dilation, adjoint, Scratch(taps))
+    assert torch.allclose((out * g).sum(), (taps * adjoint).sum(), rtol=1e-12)

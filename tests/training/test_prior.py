@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from napari_msd.models import MSDNet, UNet
-from napari_msd.training.prior import estimate_prior, output_bias, shift_output_bias
+from napari_msd.training.prior import erased_classes, estimate_prior, output_bias, safe_scale, shift_output_bias
 
 
 def _small_config(**changes):
@@ -74,6 +74,7 @@ def test_engine_applies_and_records_the_prior(make_task, accept_any_network):
 
 def test_engine_undoes_a_prior_that_costs_the_held_out_strokes(make_task, monkeypatch):
     from napari_msd.training import engine as engine_module
+    from napari_msd.training import prior as prior_module
     from napari_msd.training.engine import Trainer
     from napari_msd.training.sampling import TrainingData
 
@@ -85,10 +86,13 @@ def test_engine_undoes_a_prior_that_costs_the_held_out_strokes(make_task, monkey
     assert trainer.val_tiles
     bias = output_bias(trainer.model).detach().clone()
     monkeypatch.setattr(engine_module, "estimate_prior", lambda p, train: np.array([1e-4, 1 - 1e-4]))
+    monkeypatch.setattr(prior_module, "ERASE_KEEP", 0.0)  # the erasure guard aside: these rules come after it
     assert trainer.correct_prior(max_loss=0.02) is None and trainer.class_prior is None
+    assert trainer.prior_refused.startswith(("it would cost more than 2%", "the corrected network would be collapsed"))
     assert torch.allclose(output_bias(trainer.model), bias, atol=1e-6)
     # without a bound on the class accuracy (the default), a collapsed result (class 1 never predicted) undoes it
     assert trainer.correct_prior() is None and trainer.class_prior is None
+    assert trainer.prior_refused.startswith("the corrected network would be collapsed")
     assert torch.allclose(output_bias(trainer.model), bias, atol=1e-6)
     assert "class_prior" not in trainer.metadata().provenance
 
@@ -193,7 +197,8 @@ def test_a_scaled_prior_is_taken_back_exactly_by_undo():
 
 def _prior_run(make_task, monkeypatch, scale: float, prior=(1 - 1e-4, 1e-4)):
     """A short training whose class-prior estimate ``prior`` the erasure guard finds would all but erase painted
-    class 2, with ``safe_scale`` answering ``scale``; the trainer, its last TrainingFinished, the shift estimated."""
+    class 2, with ``safe_scale`` answering ``scale``: the trainer, its last TrainingFinished, the shift estimated
+    and the output bias just before the correction."""
     from napari_msd.training import engine as engine_module
     from napari_msd.training.engine import Trainer
     from napari_msd.training.events import TrainingFinished
@@ -204,39 +209,92 @@ def _prior_run(make_task, monkeypatch, scale: float, prior=(1 - 1e-4, 1e-4)):
     monkeypatch.setattr(engine_module, "estimate_prior", lambda p, train: np.array(prior))
     monkeypatch.setattr(engine_module, "erased_classes", lambda p, shift, painted: [2])
     monkeypatch.setattr(engine_module, "safe_scale", lambda p, shift, painted: scale)
+    before = []
+    real_shift = engine_module.shift_output_bias
+
+    def shift_output_bias(model, *args):
+        before.append(output_bias(model).detach().clone())
+        return real_shift(model, *args)
+
+    monkeypatch.setattr(engine_module, "shift_output_bias", shift_output_bias)
     trainer = Trainer([TrainingData(image, strokes, "checkerboard")], config)
     finished = [e for e in trainer.run() if isinstance(e, TrainingFinished)][-1]
-    return trainer, finished, np.log(np.maximum(prior, 1e-3) / 0.5)
+    assert len(before) == 1
+    return trainer, finished, np.log(np.maximum(prior, 1e-3) / 0.5), before[0]
+
+
+def _centred(t: torch.Tensor) -> np.ndarray:
+    return (t - t.mean()).numpy()  # logits up to a constant, to which softmax is blind
 
 
 def test_engine_refuses_a_prior_of_which_no_tenth_is_safe_and_says_so(make_task, monkeypatch):
-    trainer, finished, _ = _prior_run(make_task, monkeypatch, 0.0)
+    trainer, finished, _, before = _prior_run(make_task, monkeypatch, 0.0)
     reason = "it would all but erase class 2, which is painted, from the prediction"
     assert trainer.class_prior is None and trainer.prior_refused == reason and trainer.prior_scale == 0
     assert finished.note == f"the class-prior correction was not applied: {reason}"
     provenance = trainer.metadata().provenance
     assert "class_prior" not in provenance and provenance["class_prior_refused"] == reason
-    bias = output_bias(trainer.model).detach().clone()  # the refused shift was taken back
-    assert trainer.correct_prior() is None
-    assert torch.allclose(output_bias(trainer.model), bias, atol=1e-6)
+    torch.testing.assert_close(output_bias(trainer.model).detach(), before)  # the refused shift was taken back
 
 
 def test_engine_applies_the_safe_share_of_a_prior_and_retrain_takes_it_back(make_task, monkeypatch, accept_any_network):
     from napari_msd.training.prior import scaled_prior, undo_prior_shift
 
-    trainer, finished, shift = _prior_run(make_task, monkeypatch, 0.3, prior=(0.7, 0.3))
+    trainer, finished, shift, before = _prior_run(make_task, monkeypatch, 0.3, prior=(0.7, 0.3))
     assert trainer.prior_refused is None and trainer.prior_scale == pytest.approx(0.3)
     assert finished.note == (
         "the class-prior correction was applied at 30%: "
         "the full correction would all but erase class 2, which is painted"
     )
+    model = trainer.snapshot()
+    applied = output_bias(model).detach() - before
+    np.testing.assert_allclose(_centred(applied), 0.3 * (shift - shift.mean()), atol=1e-5)
     provenance = trainer.metadata().provenance
     assert provenance["class_prior_scale"] == pytest.approx(0.3)
     recorded = provenance["class_prior"]
     assert list(recorded.values()) == pytest.approx(scaled_prior(0.3 * shift, np.full(2, 0.5)))
     assert trainer.class_prior == list(recorded.values())
-    model = trainer.snapshot()
-    corrected = output_bias(model).detach().clone()
-    undo_prior_shift(model, provenance, list(recorded))
-    undone = corrected - output_bias(model).detach()  # what Retrain takes back: 0.3 of the shift, up to a constant
-    np.testing.assert_allclose((undone - undone.mean()).numpy(), 0.3 * (shift - shift.mean()), atol=1e-5)
+    undo_prior_shift(model, provenance, list(recorded))  # what Retrain does first: back to the network as trained
+    np.testing.assert_allclose(_centred(output_bias(model).detach()), _centred(before), atol=1e-5)
+
+
+def test_a_partial_prior_that_costs_too_much_is_taken_back_whole(make_task, monkeypatch, accept_any_network):
+    from napari_msd.training import engine as engine_module
+    from napari_msd.training.engine import Trainer
+    from napari_msd.training.sampling import TrainingData
+
+    image, strokes, _ = make_task()
+    config = _small_config(steps=30, validate_every=10, prior_correction=False, teacher_weight=0.0)
+    trainer = Trainer([TrainingData(image, strokes, "checkerboard")], config)
+    for _ in trainer.run():
+        pass
+    monkeypatch.setattr(engine_module, "estimate_prior", lambda p, train: np.array([0.7, 0.3]))
+    monkeypatch.setattr(engine_module, "erased_classes", lambda p, shift, painted: [2])
+    monkeypatch.setattr(engine_module, "safe_scale", lambda p, shift, painted: 0.3)
+    before = output_bias(trainer.model).detach().clone()
+    assert trainer.correct_prior(max_loss=-1.0) is None  # any class accuracy is too costly
+    assert trainer.prior_refused == "it would cost more than -100% class accuracy on the held-out labels"
+    assert trainer.class_prior is None and trainer.prior_scale == 0 and trainer.prior_scaled is None
+    torch.testing.assert_close(output_bias(trainer.model).detach(), before)  # 0.3 of the shift taken back
+
+
+def test_the_real_guard_scales_or_refuses_a_prior_that_would_erase_a_painted_class(make_task, monkeypatch):
+    from napari_msd.training import engine as engine_module
+    from napari_msd.training.engine import Trainer
+    from napari_msd.training.sampling import TrainingData
+
+    image, strokes, _ = make_task()
+    config = _small_config(steps=30, validate_every=10, prior_correction=False, teacher_weight=0.0)
+    trainer = Trainer([TrainingData(image, strokes, "checkerboard")], config)
+    for _ in trainer.run():
+        pass
+    monkeypatch.setattr(engine_module, "estimate_prior", lambda p, train: np.array([1 - 1e-4, 1e-4]))
+    probs = np.concatenate(trainer._window_probabilities(), axis=1)  # the windows correct_prior judges on
+    full = np.log(np.array([1 - 1e-4, 1e-3]) / 0.5)
+    assert erased_classes(probs, full, [1, 2]) == [2]  # class 2's logits lowered by 6.2 erase it
+    trainer.correct_prior()
+    if trainer.prior_refused is None:
+        assert 0 < trainer.prior_scale < 1 and trainer.prior_scale == safe_scale(probs, full, [1, 2])
+        assert "class 2, which is painted" in trainer.prior_scaled
+    else:
+        assert trainer.prior_scale == 0 and safe_scale(probs, full, [1, 2]) == 0 or "collapsed" in trainer.prior_refused

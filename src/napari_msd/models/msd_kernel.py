@@ -2,7 +2,7 @@
 
 A layer's dilated convolution over all earlier maps is a matrix product ``taps = W @ buffer[:prefix]`` (one row per
 kernel tap, ``3**ndim`` per channel) followed by a shifted sum of the reflect-padded taps; padding commutes with the
-channel mixing, so only the few tap maps are padded, never the prefix. The taps of ``block`` consecutive layers are
+channel mixing, so the prefix itself is never padded per layer. The taps of ``block`` consecutive layers are
 mixed together, so the prefix is read once per block. Backward walks the layers in reverse and accumulates into one
 gradient buffer: training stores about ``2 * (in + width * depth)`` maps, not the O(depth^2) of concatenation.
 
@@ -117,6 +117,7 @@ class PaddedTaps:
     def __init__(self, spatial: tuple[int, ...], dilations: set[int], device: torch.device):
         self.spatial = self.stored = spatial
         self._frames = {d: Frame(spatial, d, device) for d in dilations}
+        self._windows = {d: frame.windows(d) for d, frame in self._frames.items()}
 
     def inside(self, t: torch.Tensor) -> torch.Tensor:
         return t
@@ -132,7 +133,7 @@ class PaddedTaps:
         shifted by its kernel offset at ``dilation``."""
         frame = self._frames[dilation]
         padded = reflect_pad(taps, dilation, taps.ndim - 2, out=scratch(*taps.shape[:2], *frame.framed))
-        _sum_windows(padded, frame.windows(dilation), out)
+        _sum_windows(padded, self._windows[dilation], out)
 
     def shift_sum_adjoint(self, grad: torch.Tensor, dilation: int, out: torch.Tensor, scratch: Scratch) -> None:
         """Adjoint of :meth:`shift_sum`: ``grad`` ``(N, *spatial)`` into ``out`` ``(N, 3**ndim, *stored)``. The

@@ -1,9 +1,9 @@
 """TorchScript twins of the networks, for exchange formats that run a model without napari-msd (bioimage.io).
 
-The fast MS-D (:mod:`.msd`) computes its layers in a custom autograd Function that TorchScript can neither script
-nor trace; :class:`ScriptableMSD` computes the same function with plain convolutions (dilated 3x3 taps on the
-reflect-padded maps, the 1x1 head over all of them), slower but scriptable, and :class:`ScriptableUNet` mirrors the
-U-Net (and the gated U-Net, its gates being scriptable), :class:`ScriptableMUNet` the MUNet.
+The fast MS-D (:mod:`.msd`) computes its layers in a custom autograd Function (:mod:`.msd_kernel`) that TorchScript
+can neither script nor trace; :class:`ScriptableMSD` computes the same function with plain convolutions (dilated 3x3
+taps on the reflect-padded maps, the 1x1 head over all of them), slower but scriptable, and :class:`ScriptableUNet`
+mirrors the U-Net (and the gated U-Net, its gates being scriptable), :class:`ScriptableMUNet` the MUNet.
 :func:`script_network` builds the twin of a trained network and scripts it; all take inputs of any size.
 """
 
@@ -57,7 +57,7 @@ class _ScriptMSDLayer(nn.Module):
         super().__init__()
         width, channels = int(weight.shape[0]), int(weight.shape[1])
         self.ndim, self.n_taps = int(ndim), 3 ** int(ndim)
-        # row j * n_taps + k: channel j's kernel tap k (C order over the kernel), as models.msd._tap_matrix
+        # row j * n_taps + k: channel j's kernel tap k (C order over the kernel), as models.msd_kernel.tap_matrix
         rows = weight.detach().reshape(width, channels, self.n_taps).transpose(1, 2).reshape(-1, channels)
         self.tap_weight = nn.Parameter(rows.reshape(*rows.shape, *([1] * self.ndim)).clone(), requires_grad=False)
         self.bias = nn.Parameter(bias.detach().clone(), requires_grad=False)

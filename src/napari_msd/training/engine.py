@@ -632,7 +632,10 @@ class Trainer:
             if self.parent_prior_undone is not None and recorded
             else None
         )
-        self.prior_scaled = None  # the parent's correction, not this run's
+        self.prior_refused = self.prior_scaled = None  # the parent's correction, not this run's
+        self.prior_scale = float(
+            self.base_metadata.provenance.get("class_prior_scale", 1.0 if self.class_prior else 0.0)
+        )
         self.effective_halo = self.base_metadata.effective_halo
         self.best_step, self.best_metrics = 0, dict(self._parent_metrics)
         if self._parent_health is not None:
@@ -828,10 +831,11 @@ class Trainer:
         applied = 1.0  # the share of the shift the output bias holds now
         if erased:
             names = ", ".join(self.class_names[c - 1] for c in erased)
+            painted_words = f"{names}, which {'are' if len(erased) > 1 else 'is'} painted"
             if scale == 0:
-                refused = f"it would all but erase {names}, which is painted, from the prediction"
+                refused = f"it would all but erase {painted_words}, from the prediction"
             else:
-                self.prior_scaled = f"the full correction would all but erase {names}, which is painted"
+                self.prior_scaled = f"the full correction would all but erase {painted_words}"
                 self._add_to_output_bias((scale - 1) * shift)
                 applied = scale
         if refused is None and before is not None:
@@ -931,7 +935,7 @@ class Trainer:
             prov["teacher"] = {"kind": "parent network", "weight": self.distill.weight}
         if self.class_prior is not None:
             prov["class_prior"] = dict(zip(self.class_names, self.class_prior))
-            if self.prior_scaled is not None:
+            if self.prior_scale < 1:
                 prov["class_prior_scale"] = self.prior_scale
         elif self.prior_refused is not None:
             prov["class_prior_refused"] = self.prior_refused
