@@ -828,7 +828,6 @@ class Trainer:
         erased = erased_classes(probs, shift, painted)
         scale = safe_scale(probs, shift, painted) if erased else 1.0
         self.prior_scale, self.prior_scaled, refused = scale, None, None
-        applied = 1.0  # the share of the shift the output bias holds now
         if erased:
             names = ", ".join(self.class_names[c - 1] for c in erased)
             painted_words = f"{names}, which {'are' if len(erased) > 1 else 'is'} painted"
@@ -837,7 +836,6 @@ class Trainer:
             else:
                 self.prior_scaled = f"the full correction would all but erase {painted_words}"
                 self._add_to_output_bias((scale - 1) * shift)
-                applied = scale
         if refused is None and before is not None:
             cm, _, predicted, _ = self._evaluate_tiles()
             collapsed = net_health.check(predicted, painted, self.class_names, seg_metrics.recall(cm)).collapsed
@@ -847,7 +845,7 @@ class Trainer:
                 refused = f"it would cost more than {max_loss:.0%} class accuracy on the held-out labels"
         self.prior_refused = refused
         if refused is not None:  # the network is not calibrated: the shift does more harm than good
-            self._add_to_output_bias(-applied * shift)
+            self._add_to_output_bias(-(scale or 1.0) * shift)  # the share the bias holds: all of it where none was safe
             self.class_prior, self.prior_scale, self.prior_scaled = None, 0.0, None
             return None
         self.class_prior = [float(p) for p in (prior if scale == 1 else scaled_prior(scale * shift, uniform))]
