@@ -33,10 +33,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from isbi_strokes import DEFAULT_DATA_DIR, load_isbi, make_strokes  # noqa: E402
 from rf_baseline import predict_rf, train_rf  # noqa: E402
 
-from napari_msd.base.inputs import InputSpec, read_input  # noqa: E402
+from napari_msd.base.forest_channels import FittedForest  # noqa: E402
+from napari_msd.base.inputs import InputSpec, network_input  # noqa: E402
 from napari_msd.base.normalization import Normalization  # noqa: E402
 from napari_msd.inference.flips import flip_averaged  # noqa: E402
 from napari_msd.io import load_model  # noqa: E402
+from napari_msd.models.forest_buffers import forest_of  # noqa: E402
 from napari_msd.training import metrics  # noqa: E402
 from napari_msd.training.engine import TrainConfig, Trainer  # noqa: E402
 from napari_msd.training.events import TrainingFinished  # noqa: E402
@@ -52,13 +54,15 @@ def predict_slices(
     normalization: Normalization,
     flips: bool = False,
 ) -> np.ndarray:
-    """Whole-plane prediction of ``slices`` (labels 1..K), cut exactly as in training; ``flips``: averaged over the
-    mirrored inputs (``inference.flips``)."""
+    """Whole-plane prediction of ``slices`` (labels 1..K), cut exactly as in training, with the forest's channels
+    where the model takes them; ``flips``: averaged over the mirrored inputs (``inference.flips``)."""
     out = np.zeros((len(slices), *image.shape[1:]), np.uint8)
     h, w = image.shape[1:]
+    buffers = forest_of(model)
+    context = None if buffers is None else FittedForest.from_buffers(buffers).channels
     for k, z in enumerate(slices):
-        x, _ = read_input(image, spec, (z, h // 2, w // 2), (h, w))
-        xt = torch.from_numpy(normalization(x))[None]
+        x, _ = network_input(image, spec, normalization, (z, h // 2, w // 2), (h, w), context=context)
+        xt = torch.from_numpy(x)[None]
         scores = flip_averaged(model, xt) if flips else model(xt)
         out[k] = scores.argmax(1)[0].numpy() + 1
     return out

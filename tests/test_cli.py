@@ -180,6 +180,21 @@ def test_train_lr_schedule_reaches_the_engine(flag, expected, stroke_files, tmp_
     assert _train_config(args).lr_schedule == expected
 
 
+def test_train_with_forest_channels_says_so_and_stores_the_forest(stroke_files, tmp_path, capsys):
+    image, labels = stroke_files
+    out = tmp_path / "forest.msd"
+    args = [str(image), str(labels), "-o", str(out), "--depth", "4", "--steps", "4", "--patch-size", "32"]
+    code, stdout, _ = _train([*args, "--forest-channels"], capsys)
+    assert code == 0 and "input: the image and a random forest's 2 class probabilities" in stdout
+    assert main(["info", str(out)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["config"]["forest"]["n_classes"] == 2 and info["config"]["in_channels"] == 3
+    assert info["provenance"]["forest_channels"]["out_of_fold_forests"] == 2
+    assert main(["predict", str(out), str(image), str(tmp_path / "pred.zarr"), "--quiet"]) == 0
+    parser_args = build_parser().parse_args(["train", *args])
+    assert _train_config(parser_args).forest_channels is TrainConfig.forest_channels is False
+
+
 def test_the_cli_offers_every_lr_schedule():
     train = build_parser()._subparsers._group_actions[0].choices["train"]  # type: ignore[union-attr]
     action = next(a for a in train._actions if a.dest == "lr_schedule")

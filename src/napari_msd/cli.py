@@ -153,6 +153,7 @@ def _train_config(args: argparse.Namespace):
         threads=args.threads,
         seed=args.seed,
         prior_correction=args.prior_correction,
+        forest_channels=args.forest_channels,
         class_names=args.class_names.split(",") if args.class_names else None,
     )
 
@@ -228,6 +229,11 @@ def _cmd_train(args: argparse.Namespace) -> None:
                     f"({event.n_parameters:,} parameters) on {event.device}; "
                     f"patches {'x'.join(map(str, event.patch_size))}; labeled pixels {event.train_pixels}, "
                     f"held out for validation {event.val_pixels or 'none (too few strokes)'}"
+                    + (
+                        f"; input: the image and a random forest's {event.forest_channels} class probabilities"
+                        if event.forest_channels
+                        else ""
+                    )
                 )
             elif isinstance(event, CpuThreads):
                 bar.write(f"CPU: {event.text}")
@@ -682,6 +688,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="W",
         help="weight of the edge-aware smoothness loss that moves class boundaries in unpainted "
         "regions onto image edges (on by default, weight 2; 0 = off)",
+    )
+    train.add_argument(
+        "--forest-channels",
+        action="store_true",
+        help="a new network also takes the class probabilities of a random forest fitted on the strokes as "
+        "input (out of fold on the painted slices; the forest is stored with the model; 2D input on xy planes "
+        "only, no ensemble or --init); --from follows the parent",
     )
     train.add_argument(
         "--teacher-weight",

@@ -291,3 +291,29 @@ def test_a_step_left_out_is_told(docks, monkeypatch):
     monkeypatch.setattr(train_widget, "show_error", shown.append)
     train._on_event(TrainingFinished("steps", 10, 1.0, 10, {}, None, collapsed="one class everywhere", note=note))
     assert len(shown) == 1 and "No new version: one class everywhere" in shown[0]
+
+
+def test_forest_channels_and_augmentation_defaults_are_the_engines(docks):
+    from napari_msd.training.engine import TrainConfig
+
+    _, train, _ = docks
+    config = train._config(None)  # the engine's defaults, as in the CLI
+    assert config.forest_channels is TrainConfig.forest_channels is False
+    assert config.augmentation == TrainConfig().augmentation
+    train.forest_check.setChecked(True)
+    assert train._config(None).forest_channels is True
+
+
+def test_a_network_with_forest_channels_trains_previews_and_predicts(docks, qtbot, errors):
+    viewer, train, predict = docks
+    session = get_session(viewer)
+    train.forest_check.setChecked(True)
+    assert train.start()
+    wait_idle(qtbot, train)
+    assert errors == [] and session.versions.names() == ["v1"]
+    model = session.versions.current.model
+    assert model.in_channels == 3 and model.forest.channels == 2  # it came back from the training process whole
+    assert set(np.unique(viewer.layers[PREVIEW_LAYER].data)) <= {1, 2}
+    assert predict.predict()
+    wait_idle(qtbot, predict)
+    assert errors == [] and set(np.unique(viewer.layers["prediction (v1)"].data)) <= {1, 2}

@@ -9,8 +9,8 @@ MSD = {"model": {"depth": 8}}
 
 def tiny_config(**overrides) -> TrainConfig:
     """Tiny, fast settings: an 8-layer MS-D, 48 px patches, one torch thread (the machine is shared); no forest
-    teacher and no prior correction (on by default, tested in test_teacher and test_prior), so the mechanics
-    tested see plain training."""
+    teacher, no forest channels and no prior correction (on by default, tested in test_teacher, test_context and
+    test_engine, and test_prior), so the mechanics tested see plain training."""
     settings = {
         **MSD,
         "patch_size": 48,
@@ -21,6 +21,7 @@ def tiny_config(**overrides) -> TrainConfig:
         "threads": 1,
         "seed": 0,
         "teacher_weight": 0.0,
+        "forest_channels": False,
         "prior_correction": False,
     }
     settings.update(overrides)

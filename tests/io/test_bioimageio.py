@@ -366,3 +366,13 @@ def test_the_u_net_family_exports_and_passes(arch, tmp_path, offline):
     assert "Architecture:" in rdf["description"]
     loaded, meta = load_model(package)
     assert meta.arch == arch
+
+
+def test_a_model_with_forest_channels_is_refused_with_one_line(tmp_path):
+    from napari_msd.models.registry import build_model
+
+    forest = {"n_classes": 2, "classes": [1, 2], "n_features": 49, "sigmas": [1.0], "node_counts": [1], "depths": [0]}
+    net = build_model("msd", {"in_channels": 3, "out_channels": 2, "depth": 2, "forest": forest}).eval()
+    with pytest.raises(bio.PackageError, match="train a model without the forest channels") as info:
+        bio.export_package((net, _metadata(net, InputSpec())), tmp_path / "f.zip")
+    assert "\n" not in str(info.value) and not (tmp_path / "f.zip").exists()

@@ -1017,3 +1017,54 @@ def test_a_fine_tuning_can_be_taught_by_its_parent_instead_of_the_forest(base_mo
     assert Trainer(data, config).distill is None  # a new network has no parent
     with pytest.raises(ValueError, match="distill_weight"):
         Trainer(data, _config(distill_weight=-1))
+
+
+# -- forest channels (training.context) -------------------------------------------------------------------------------
+def test_a_new_network_takes_the_forest_channels_and_keeps_its_forest(task, tmp_path):
+    from napari_msd.inference import Predictor
+
+    image, labels, _ = task
+    path = tmp_path / "forest.msd"
+    trainer = Trainer([TrainingData(image, labels)], _config(steps=12, forest_channels=True), output=path)
+    events = list(trainer.run())
+    started = _of(events, TrainingStarted)[0]
+    assert started.forest_channels == 2 and trainer.model.in_channels == 3
+    prov = trainer.metadata().provenance["forest_channels"]
+    assert prov["out_of_fold_forests"] == 2 and prov["in_sample_planes"] == 0  # one plane: its two halves
+    model, meta = load_model(path)
+    assert _same_state(_state(model.forest), _state(trainer.model.forest)) and meta.config["forest"]["n_classes"] == 2
+    predictor = Predictor(model, meta)
+    whole = predictor.predict(image)
+    assert whole.shape == (2, *image.shape)
+    tiled = np.zeros_like(whole)
+    for done in predictor.blocks(image, block_shape=(64, 64), halo=predictor.receptive_field):
+        tiled[(slice(None), *done.block.out)] = done.probabilities
+    assert np.abs(tiled - whole).max() < 1e-5  # the forest reads its own context beyond every tile
+    with pytest.raises(ValueError, match="predict xy planes with it"):
+        Predictor(model, meta, orientation="xz")
+
+
+def test_fine_tuning_keeps_the_parents_forest(task, tmp_path):
+    image, labels, _ = task
+    parent = tmp_path / "parent.msd"
+    list(Trainer([TrainingData(image, labels)], _config(steps=6, forest_channels=True), output=parent).run())
+    parent_model, _ = load_model(parent)
+    more = np.zeros_like(labels)
+    more[100:104, 20:60] = 2
+    child = Trainer(
+        [TrainingData(image, more)],
+        _config(steps=6, forest_channels=False),  # fine-tuning follows the parent, whatever is asked
+        init=parent,
+        replay=[TrainingData(image, labels)],
+    )
+    assert child.context is not None and child.model.in_channels == 3
+    assert _same_state(_state(child.model.forest), _state(parent_model.forest))
+    list(child.run())
+    assert _same_state(_state(child.model.forest), _state(parent_model.forest))
+
+
+def test_without_forest_channels_the_network_takes_the_image_alone(task):
+    image, labels, _ = task
+    trainer = Trainer([TrainingData(image, labels)], _config(steps=2, forest_channels=False))
+    assert trainer.model.in_channels == 1 and trainer.context is None and not hasattr(trainer.model, "forest")
+    assert _of(list(trainer.run()), TrainingStarted)[0].forest_channels == 0

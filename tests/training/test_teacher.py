@@ -11,7 +11,7 @@ from napari_msd.base.inputs import InputSpec
 from napari_msd.base.normalization import estimate_normalization
 from napari_msd.training.engine import TrainConfig, Trainer
 from napari_msd.training.sampling import IGNORE, PatchSampler, TrainingData, split
-from napari_msd.training.teacher import _TrainingStrokes, forest_pseudo_labels, unpainted_planes
+from napari_msd.training.teacher import TrainingStrokes, forest_pseudo_labels, unpainted_planes
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,7 @@ def test_a_share_of_patches_comes_from_planes_only_the_teacher_labeled(volume):
 def test_the_forest_never_sees_held_out_strokes(volume):
     image, labels, _ = volume
     ix = split(TrainingData(image, labels), InputSpec(), 0.3, 0)
-    strokes = _TrainingStrokes(ix)
+    strokes = TrainingStrokes(ix)
     shown = np.stack([strokes[z] for z in range(3)])
     held = np.zeros(labels.shape, bool)
     for xy in ix.val.values():

@@ -7,7 +7,7 @@ zarr: only the requested box is read.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -136,3 +136,25 @@ def read_target(labels: Any, box: tuple[slice, ...], spec: InputSpec, orientatio
         return target
     _, normal = plane_axes(len(labels.shape), orientation)
     return np.take(target, 0, axis=normal)
+
+
+#: extra input channels of an xy box: ``context(image, box) -> (K, h, w)`` float32 (a forest's class probabilities)
+Context = Callable[[Any, tuple[slice, ...]], np.ndarray]
+
+
+def network_input(
+    image: Any,
+    spec: InputSpec,
+    normalization: Callable[[np.ndarray], np.ndarray],
+    center: Sequence[int] | np.ndarray,
+    size: Sequence[int],
+    orientation: str = "xy",
+    context: Context | None = None,
+) -> tuple[np.ndarray, tuple[slice, ...]]:
+    """:func:`read_input`, normalised, with the ``context`` channels of its box appended after the image's
+    (``napari_msd.base.forest_channels``); ``(array, box)``."""
+    x, box = read_input(image, spec, center, size, orientation)
+    x = normalization(x)
+    if context is not None:
+        x = np.concatenate([x, context(image, box)])
+    return x, box

@@ -46,10 +46,12 @@ import numpy as np
 import torch
 
 from ..base.device import select_device
+from ..base.forest_channels import FittedForest
 from ..base.inputs import ORIENTATIONS, InputSpec, mirror, plane_axes, read_input
 from ..base.labels import labels_dtype
 from ..base.normalization import Normalization
 from ..io.model_file import ModelMetadata, load_model
+from ..models.forest_buffers import forest_of
 from .sinks import write_blocks
 from .tiling import Block, Region, make_block, normalize_region, order_blocks, per_axis, plan_blocks
 from .uncertainty import disagreement as member_disagreement
@@ -129,8 +131,15 @@ class Predictor:
         self.orientation = orientation or self.spec.orientations[0]
         if self.orientation not in ORIENTATIONS:
             raise ValueError(f"orientation must be one of {', '.join(ORIENTATIONS)}, got {self.orientation!r}")
+        buffers = forest_of(model)
+        self.forest = None if buffers is None else FittedForest.from_buffers(buffers)  # its channels: extra input
+        if self.forest is not None and (self.spec.model_ndim != 2 or self.orientation != "xy"):
+            raise ValueError(
+                "this model also takes a forest's probabilities of xy planes as input: predict xy planes with it"
+            )
+        expected = self.spec.in_channels + (0 if self.forest is None else self.forest.n_classes)
         in_channels, ndim = getattr(model, "in_channels", None), getattr(model, "ndim", None)
-        if in_channels not in (None, self.spec.in_channels) or ndim not in (None, self.spec.model_ndim):
+        if in_channels not in (None, expected) or ndim not in (None, self.spec.model_ndim):
             raise ValueError(
                 f"the model ({in_channels} input channels, {ndim}D) does not match its input "
                 f"description {self.spec.to_dict()}; re-save the model with the right input mode"
@@ -258,16 +267,26 @@ class Predictor:
         return self.normalization(array) if self.normalization is not None else array.astype(np.float32)
 
     def read_block(self, image: Any, block: Block) -> np.ndarray:
-        """Normalised network inputs of ``block``: ``(planes, slices, h, w)`` or ``(1, 1, d, h, w)``."""
+        """Normalised network inputs of ``block``: ``(planes, slices, h, w)`` or ``(1, 1, d, h, w)``, and the forest's
+        channels after the image's where the model takes them."""
         shape = tuple(image.shape)
         box = self.read_box(shape, block)
         data = self._normalise(image[box])
         normal = self.normal_axis(len(shape))
         if normal is None:
-            return data[None, None]
+            return self._with_forest(image, data[None, None], [block.inp])
         wanted = self._plane_indices(block, normal, shape[normal]) - box[normal].start
         data = np.take(data, wanted, axis=normal)  # the normal axis becomes (planes, slices)
-        return np.ascontiguousarray(np.moveaxis(data, (normal, normal + 1), (0, 1)))
+        data = np.ascontiguousarray(np.moveaxis(data, (normal, normal + 1), (0, 1)))
+        zs = range(block.inp[normal].start, block.inp[normal].stop)
+        return self._with_forest(image, data, [(slice(z, z + 1), *block.inp[1:]) for z in zs])
+
+    def _with_forest(self, image: Any, x: np.ndarray, boxes: Sequence[tuple[slice, ...]]) -> np.ndarray:
+        """Inputs ``x`` ``(items, C, h, w)`` of the xy ``boxes`` of ``image`` with the forest's channels appended."""
+        if self.forest is None:
+            return x
+        channels = np.stack([self.forest.channels(image, box) for box in boxes])
+        return np.concatenate([x, channels.astype(x.dtype)], axis=1)
 
     # -- computing -----------------------------------------------------------------------------
     def _forward(
@@ -370,14 +389,15 @@ class Predictor:
         self._check(shape)
         normal = self.normal_axis(len(shape))
         if normal is None:
-            return self._probabilities(self._normalise(image[...])[None, None])[0]
+            whole = tuple(slice(0, n) for n in shape)
+            return self._probabilities(self._with_forest(image, self._normalise(image[...])[None, None], [whole]))[0]
         (a, b), _ = plane_axes(len(shape), self.orientation)
         planes = []
         for z in range(shape[normal]):
             center = [0] * len(shape)
             center[normal] = z
-            x, _ = read_input(image, self.spec, center, (shape[a], shape[b]), self.orientation)
-            planes.append(self._normalise(x))
+            x, box = read_input(image, self.spec, center, (shape[a], shape[b]), self.orientation)
+            planes.append(self._with_forest(image, self._normalise(x)[None], [box])[0])
         probs = [
             self._probabilities(np.stack(planes[i : i + self.batch_size]))
             for i in range(0, len(planes), self.batch_size)

@@ -48,6 +48,7 @@ from .. import __version__
 from ..base.inputs import InputSpec, plane_axes, read_input
 from ..base.normalization import Normalization
 from ..errors import one_line
+from ..models.forest_buffers import forest_of
 from ..models.registry import ARCHITECTURES
 from ..models.scriptable import SCRIPTABLE, script_network
 from .model_file import ModelFileError, ModelMetadata, _to_json, load_model, save_model
@@ -435,6 +436,11 @@ def _check_model(model: nn.Module, meta: ModelMetadata) -> tuple[str, InputSpec,
     arch = getattr(model, "arch", None)
     if arch not in ARCHITECTURES or arch not in SCRIPTABLE:
         raise PackageError(f"architecture {arch!r} cannot be exported; export an MS-D or U-Net model")
+    if forest_of(model) is not None:
+        raise PackageError(
+            "this model also takes a random forest's probabilities as input, which bioimage.io cannot run; "
+            "train a model without the forest channels (--no-forest-channels) to export it"
+        )
     try:
         spec = InputSpec.from_dict(meta.input or {})
         norm = Normalization.from_dict(meta.normalization) if meta.normalization else None

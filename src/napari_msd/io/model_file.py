@@ -36,6 +36,7 @@ from torch import nn
 
 from .. import __version__
 from ..errors import NapariMsdError, one_line
+from ..models.forest_buffers import model_config
 from ..models.registry import ARCHITECTURES, build_model
 
 FORMAT_VERSION = 1
@@ -176,8 +177,9 @@ def save_model(
         return getattr(metadata, name) if metadata is not None else default
 
     net: Any = model  # a registered network: arch, config(), receptive_field (nn.Module types them as tensors)
-    config = net.config()
-    n_out = int(getattr(model, "out_channels", config.get("out_channels")))
+    config = model_config(net)  # its forest's description included, where it takes a forest's channels
+    out_channels: Any = getattr(model, "out_channels", config.get("out_channels"))
+    n_out = int(out_channels)
     names = list(pick(class_names, "class_names", [f"class {i + 1}" for i in range(n_out)]))
     if len(names) != n_out:
         raise ValueError(f"{len(names)} class names given but the model predicts {n_out} classes; give one per class")

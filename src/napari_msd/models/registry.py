@@ -7,6 +7,7 @@ from typing import Any
 from torch import nn
 
 from .ensemble import Ensemble, ensemble_config
+from .forest_buffers import attach_forest
 from .gated_unet import GatedUNet
 from .msd import MSDNet
 from .munet import MUNet
@@ -29,15 +30,24 @@ PRESETS["ensemble"] = ensemble_config("msd", PRESETS["msd"], 3)  # three MS-D, t
 
 
 def build_model(arch: str, config: dict[str, Any]) -> nn.Module:
-    """Instantiate architecture ``arch`` from the keyword arguments in ``config``."""
+    """Instantiate architecture ``arch`` from the keyword arguments in ``config``; its ``forest`` entry, if any,
+    gives the network the buffers of the forest whose probabilities it takes as input (``forest_buffers``)."""
     try:
         cls = ARCHITECTURES[arch]
     except KeyError:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(sorted(ARCHITECTURES))}") from None
+    config = dict(config)
+    forest = config.pop("forest", None)
+    if forest is not None and arch == "ensemble":
+        raise ValueError("an ensemble takes no forest channels; train its members without them")
     try:
-        return cls(**config)
+        net = cls(**config)
     except TypeError as err:
         raise ValueError(f"invalid {arch} configuration {config}: {err}") from None
+    try:
+        return attach_forest(net, forest)
+    except TypeError as err:
+        raise ValueError(f"invalid forest description {forest}: {err}") from None
 
 
 def receptive_field(model: nn.Module) -> int:

@@ -23,9 +23,11 @@ class Augmentation:
     elastic_grid: int = 8  # control points per axis of the random displacement field
 
     def __call__(
-        self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
+        self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator, image_channels: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Augment ``x`` (B, C, *spatial) and ``y`` (B, *spatial) alike, per sample."""
+        """Augment ``x`` (B, C, *spatial) and ``y`` (B, *spatial) alike, per sample. The intensity jitter changes the
+        first ``image_channels`` channels only (default: all; others, such as a forest's probabilities, are not
+        intensities)."""
         out_x, out_y = [], []
         for xi, yi in zip(x, y):
             xi, yi = self._geometric(xi, yi, generator)
@@ -38,7 +40,8 @@ class Augmentation:
             shape = (x.shape[0],) + (1,) * (x.ndim - 1)
             gain = 1 + self.intensity * (2 * torch.rand(shape, generator=generator, device=x.device) - 1)
             offset = self.intensity * (2 * torch.rand(shape, generator=generator, device=x.device) - 1)
-            x = x * gain + offset
+            n = x.shape[1] if image_channels is None else image_channels
+            x = torch.cat([x[:, :n] * gain + offset, x[:, n:]], dim=1)
         return x, y
 
     def _geometric(self, x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

@@ -27,17 +27,20 @@ import torch
 
 from .. import __version__
 from ..base.device import cpu_threads, describe_device, select_device
-from ..base.inputs import InputSpec, plane_axes, read_input
+from ..base.forest_channels import FittedForest
+from ..base.inputs import InputSpec, network_input, plane_axes
 from ..base.normalization import Normalization, estimate_normalization
 from ..inference import halo as inference_halo
 from ..inference.predictor import Predictor
 from ..io.model_file import ModelMetadata, load_model, save_model
+from ..models.forest_buffers import forest_of, model_config
 from ..models.registry import PRESETS, build_model
 from . import deep_supervision
 from . import health as net_health
 from . import metrics as seg_metrics
 from .augment import Augmentation
 from .between_steps import BetweenSteps
+from .context import ForestContext, fit_context, forest_channels_apply
 from .cpu_share import CpuShare
 from .distill import ParentTeacher
 from .events import CpuThreads, Paused, Saved, TrainingFinished, TrainingStarted, TrainStep, Validated
@@ -107,6 +110,8 @@ class TrainConfig:
     teacher_weight: float = 1.0  # loss weight of a random forest's confident labels (training.teacher); 0 = off
     teacher_confidence: float = 0.8  # the forest's probability a pixel needs to be taught
     teacher_planes: int = 0  # unpainted planes of a volume the forest also labels (a quarter of the patches)
+    forest_channels: bool = False  # a new network also takes a forest's class probabilities as input
+    #                                (training.context; 2D input on xy planes); fine-tuning follows the parent
     teacher_refit: bool = False  # fine-tuning: the forest also learns the new labels (else only the replayed ones:
     #                              corrections sit where a forest errs, and learning them made its labels worse)
     device: str = "auto"
@@ -297,20 +302,38 @@ class Trainer:
                 self.cpu_share = CpuShare(cpu_threads())
         torch.manual_seed(config.seed)
         self.pretrained = None
+        self.context: ForestContext | None = None  # the forest channels of the training images (training.context)
+        self.context_seconds = 0.0  # spent fitting them: counted against the time limit
+        use_forest = forest_channels_apply(config) if init is None else forest_of(model) is not None
         if init is None:
-            model_config = {
+            net_config = {
                 **PRESETS.get(config.arch, {}),
                 **config.model,
-                "in_channels": config.input.in_channels,
+                "in_channels": config.input.in_channels + (n_classes if use_forest else 0),
                 "out_channels": n_classes,
                 "ndim": config.input.model_ndim,
             }
-            model = build_model(config.arch, model_config)
+            model = build_model(config.arch, net_config)
             if config.pretrained:
                 self.pretrained = body = load_pretrained(config.pretrained)
-                check_compatible(body, config.arch, model_config, config.input)
+                check_compatible(body, config.arch, net_config, config.input)
                 apply_pretrained(model, body)
                 self.normalization = Normalization.from_dict(body.normalization)  # what the body learned on
+        if use_forest:
+            t0 = time.perf_counter()
+            parent_forest = forest_of(model)
+            self.context = fit_context(
+                all_indices,
+                n_classes,
+                config.seed,
+                config.threads,
+                forest=None if parent_forest is None else FittedForest.from_buffers(parent_forest),
+                fit_on=None if parent_forest is None else self.replay_indices,  # the parent's forest learned those
+            )
+            if parent_forest is None:
+                model.forest = self.context.forest.to_buffers()
+            self.context_seconds = time.perf_counter() - t0
+        context = None if self.context is None else self.context.region
         self.model = model.to(self.device).train()
         self.parent_prior_undone = None  # fine-tuning starts from the parent as trained, its prior correction undone
         self.seen: SeenRings | None = None  # fine-tuning: the parent's prediction around the corrections (.seen)
@@ -326,6 +349,7 @@ class Trainer:
                     self.normalization,
                     self.device,
                     seed=config.seed,
+                    context=None if self.context is None else self.context.forest.channels,  # as the parent predicts
                 )
             self.parent_prior_undone = undo_prior_shift(
                 self.model, self.base_metadata.provenance, self.base_metadata.class_names
@@ -340,14 +364,27 @@ class Trainer:
             # fine-tuning: the earlier labels' held-out tiles come last and are also scored apart (see _validate)
             tiles = [
                 validation_tiles(
-                    group, config.input, self.patch_size, n_classes, self.normalization, max_tiles=16, seed=config.seed
+                    group,
+                    config.input,
+                    self.patch_size,
+                    n_classes,
+                    self.normalization,
+                    max_tiles=16,
+                    seed=config.seed,
+                    context=context,
                 )
                 for group in (self.indices, self.replay_indices)
             ]
             self.val_tiles, self.replay_from = tiles[0] + tiles[1], len(tiles[0])
         else:
             self.val_tiles = validation_tiles(
-                all_indices, config.input, self.patch_size, n_classes, self.normalization, seed=config.seed
+                all_indices,
+                config.input,
+                self.patch_size,
+                n_classes,
+                self.normalization,
+                seed=config.seed,
+                context=context,
             )
             self.replay_from = len(self.val_tiles)  # no replayed tiles
         self.parent_replay_accuracy: float | None = None
@@ -356,7 +393,9 @@ class Trainer:
             weights = auto_class_weights(counts, n_classes)
         dice = config.dice_weight if config.dice_weight is not None else getattr(self.model, "dice_weight", 0.0)
         self.loss_fn = SparseLoss(n_classes, weights, float(dice)).to(self.device)
-        self.edge_loss = EdgePotts(config.edge_weight) if config.edge_weight > 0 else None
+        # the image's centre channel guides the edge-aware loss (the forest's channels come after the image's)
+        guide = config.input.in_channels // 2
+        self.edge_loss = EdgePotts(config.edge_weight, guide=guide) if config.edge_weight > 0 else None
         lr = config.learning_rate * (config.fine_tune_lr_factor if init is not None else 1.0)
         self.optimizer = Adam(self.model.parameters(), lr=lr)  # not torch.optim: see .optim
         self.lr = lr
@@ -428,7 +467,7 @@ class Trainer:
         with self._lock:
             state = {k: v.detach().to("cpu", copy=True) for k, v in self._judged.state_dict().items()}
         net: Any = self.model  # a registered network: arch, config() (nn.Module types them as tensors)
-        twin = build_model(net.arch, net.config()) if into is None else into
+        twin = build_model(net.arch, model_config(net)) if into is None else into
         twin.load_state_dict(state)
         return twin.eval()
 
@@ -437,7 +476,7 @@ class Trainer:
         net: Any = self.model  # a registered network: arch, config(), receptive_field (nn.Module types them as tensors)
         return ModelMetadata(
             arch=net.arch,
-            config=net.config(),
+            config=model_config(net),
             class_names=self.class_names,
             receptive_field=int(net.receptive_field),
             class_colors=list(self.class_colors or []),
@@ -460,8 +499,10 @@ class Trainer:
             train_pixels={names[c - 1]: n for c, n in sorted(self._pixels("train").items()) if c <= len(names)},
             val_pixels={names[c - 1]: n for c, n in sorted(self._pixels("val").items()) if c <= len(names)},
             fine_tuning=self.base_metadata is not None,
+            forest_channels=0 if self.context is None else self.context.channels,
         )
-        elapsed, reason, validated_at = 0.0, "steps", -1  # elapsed: seconds of steps and validations, pauses excluded
+        # elapsed: seconds of steps and validations, pauses excluded, and of fitting the forest channels
+        elapsed, reason, validated_at = self.context_seconds, "steps", -1
         if self.base_metadata is not None and self.val_tiles:
             t0 = time.perf_counter()
             event = self._validate()  # the parent's score on the same held-out labels: the bar to beat
@@ -484,12 +525,19 @@ class Trainer:
                 cfg.threads,
                 cfg.teacher_planes,
                 fit_on=None if cfg.teacher_refit or not earlier else earlier,
+                # a new network's forest channels come from a forest fitted on the same strokes: it teaches too
+                forest=self.context.forest if self.context is not None and self.base_metadata is None else None,
             )
+            if self.context is not None:  # planes only the teacher labels are sampled too: their channels, once
+                for ix in self.indices + self.replay_indices:
+                    self.context.add_planes(ix.data.image, [z for z in pseudo.get(id(ix), {}) if z is not None])
             elapsed += time.perf_counter() - t0
         self.teacher_active = pseudo is not None
         if self.cpu_share is not None:
             yield self._share_cpu()
-        batches = _Prefetcher(self._make_sampler(pseudo), cfg.batch_size, cfg.augmentation, cfg.seed)
+        batches = _Prefetcher(
+            self._make_sampler(pseudo), cfg.batch_size, cfg.augmentation, cfg.seed, cfg.input.in_channels
+        )
         self._between.open()
         try:
             while True:
@@ -675,6 +723,7 @@ class Trainer:
             replay=self.replay_indices,
             replay_fraction=self.config.replay_fraction,
             pseudo=pseudo,
+            context=None if self.context is None else self.context.region,
         )
 
     def _share_cpu(self, measured: bool = False) -> CpuThreads:
@@ -874,8 +923,9 @@ class Trainer:
                     else:
                         (a, b), _ = plane_axes(len(image.shape), "xy")
                         size = (min(side, image.shape[a]), min(side, image.shape[b]))
-                    x, _ = read_input(image, spec, center, size, "xy")
-                    logits = model(torch.from_numpy(self.normalization(x))[None].to(self.device)).float()
+                    context = None if self.context is None else self.context.region
+                    x, _ = network_input(image, spec, self.normalization, center, size, "xy", context)
+                    logits = model(torch.from_numpy(x)[None].to(self.device)).float()
                     probs.append(torch.softmax(logits, 1)[0].reshape(self.n_classes, -1).cpu().numpy())
             finally:
                 model.train(was_training)
@@ -922,6 +972,15 @@ class Trainer:
                 "seconds": round(self.pretrained.seconds, 1),
                 "file": Path(str(self.config.pretrained)).name,
             }
+        if self.context is not None:
+            forest = self.context.forest
+            prov["forest_channels"] = {
+                "trees": len(forest.trees),
+                "classes": [self.class_names[c - 1] for c in forest.classes_present if c <= len(self.class_names)],
+                "out_of_fold_forests": self.context.folds,
+                "in_sample_planes": self.context.in_sample,
+                "seconds": round(self.context_seconds, 1),
+            }
         if self.teacher_active:
             prov["teacher"] = {
                 "kind": "random forest",
@@ -956,15 +1015,28 @@ def _metrics_from(cm: np.ndarray, class_names: list[str]) -> dict[str, Any]:
 class _Prefetcher:
     """Cuts and augments batches on one background thread while the network trains."""
 
-    def __init__(self, sampler: PatchSampler, batch_size: int, augmentation: Augmentation, seed: int, depth: int = 3):
+    def __init__(
+        self,
+        sampler: PatchSampler,
+        batch_size: int,
+        augmentation: Augmentation,
+        seed: int,
+        image_channels: int | None = None,
+        depth: int = 3,
+    ):
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._closed = threading.Event()
         self._thread = threading.Thread(
-            target=self._work, args=(sampler, batch_size, augmentation, seed), name="napari-msd-patches", daemon=True
+            target=self._work,
+            args=(sampler, batch_size, augmentation, seed, image_channels),
+            name="napari-msd-patches",
+            daemon=True,
         )
         self._thread.start()
 
-    def _work(self, sampler: PatchSampler, batch_size: int, augmentation: Augmentation, seed: int) -> None:
+    def _work(
+        self, sampler: PatchSampler, batch_size: int, augmentation: Augmentation, seed: int, image_channels: int | None
+    ) -> None:
         # One intra-op thread here (the setting is per thread with OpenMP): torch ops on this thread otherwise
         # start a second team of compute threads that competes with the training step's and halved its speed
         # on 2 cores (intensity jitter: 0.95 vs 1.9 steps/s for the paper MS-D). With another backend the
@@ -975,7 +1047,7 @@ class _Prefetcher:
         try:
             while not self._closed.is_set():
                 x, y = sampler.sample(batch_size)
-                item = augmentation(torch.from_numpy(x), torch.from_numpy(y), generator)
+                item = augmentation(torch.from_numpy(x), torch.from_numpy(y), generator, image_channels)
                 self._put(item)
         except BaseException as err:  # hand the error to the training thread
             self._put(err)

@@ -172,6 +172,8 @@ class EnsembleTrainer:
     ):
         self.config = config = copy.deepcopy(config) if config is not None else TrainConfig(arch=ARCH)
         config.check()
+        if config.forest_channels:
+            raise ValueError("an ensemble's members take the image alone; train without the forest channels")
         self.output = Path(output) if output is not None else None
         if self.output is not None and self.output.exists() and not overwrite:
             raise FileExistsError(f"{self.output} already exists; choose another file name or allow overwriting")
@@ -314,8 +316,14 @@ class EnsembleTrainer:
         cfg = self.config
         spec = self.specs[m]
         limit = None if cfg.time_limit is None else cfg.time_limit / self.n_members
-        return dataclasses.replace(
-            cfg, arch=spec["arch"], model=dict(spec["config"]), seed=cfg.seed + m, time_limit=limit, pretrained=None
+        return dataclasses.replace(  # members take the image alone (an ensemble has no forest channels)
+            cfg,
+            arch=spec["arch"],
+            model=dict(spec["config"]),
+            seed=cfg.seed + m,
+            time_limit=limit,
+            pretrained=None,
+            forest_channels=False,
         )
 
     def _parent_member(self, m: int) -> tuple[torch.nn.Module, ModelMetadata]:

@@ -14,6 +14,7 @@ class TrainingStarted:
     train_pixels: dict[str, int]  # class name -> labeled pixels used for training
     val_pixels: dict[str, int]  # class name -> held-out pixels (empty: validation is off)
     fine_tuning: bool = False
+    forest_channels: int = 0  # input channels of a forest's class probabilities beside the image (training.context)
 
 
 @dataclass(frozen=True)

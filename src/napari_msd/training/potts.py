@@ -47,22 +47,28 @@ class EdgePotts(torch.nn.Module):
 
     ``sigma_intensity`` is in units of the normalised image (percentiles 1-99 map to 0-1);
     ``radius`` and ``sigma_space`` in pixels; by default the radius is 3 in 2D and 2 in 3D (16 neighbours
-    per voxel instead of 61). The guide image is the centre input channel.
+    per voxel instead of 61). The guide image is input channel ``guide`` (default: the centre one).
     """
 
     def __init__(
-        self, weight: float = 1.0, radius: int | None = None, sigma_intensity: float = 0.1, sigma_space: float = 3.0
+        self,
+        weight: float = 1.0,
+        radius: int | None = None,
+        sigma_intensity: float = 0.1,
+        sigma_space: float = 3.0,
+        guide: int | None = None,
     ):
         super().__init__()
         if weight < 0 or (radius is not None and radius < 1) or sigma_intensity <= 0 or sigma_space <= 0:
             raise ValueError("the edge-aware loss needs weight >= 0, radius >= 1 and positive sigmas")
         self.weight, self.radius = float(weight), radius
         self.sigma_intensity, self.sigma_space = float(sigma_intensity), float(sigma_space)
+        self.guide = guide
 
     def forward(self, logits: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         ndim = logits.dim() - 2
         probs = logits.float().softmax(dim=1)
-        guide = image[:, image.shape[1] // 2].detach().float()
+        guide = image[:, image.shape[1] // 2 if self.guide is None else self.guide].detach().float()
         total, count = probs.new_zeros(()), 0.0
         radius = self.radius if self.radius is not None else (2 if ndim == 3 else 3)
         for offset in half_offsets(ndim, radius):

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from ..base.inputs import InputSpec, plane_axes, read_input, read_target
+from ..base.inputs import Context, InputSpec, network_input, plane_axes, read_target
 from ..base.normalization import Normalization
 from ..errors import NapariMsdError
 
@@ -245,7 +245,8 @@ class PatchSampler:
     The patch is centred near that pixel (jittered by up to a quarter patch), cut through a
     random orientation of ``spec``, normalised, and its labels in validation or guard cells
     are set to :data:`IGNORE`. With ``replay`` indices (earlier annotations when
-    fine-tuning), a ``replay_fraction`` of patches come from them.
+    fine-tuning), a ``replay_fraction`` of patches come from them. ``context``: extra input channels
+    appended to each patch (the forest's, :mod:`.context`; xy orientation only).
     """
 
     def __init__(
@@ -260,8 +261,10 @@ class PatchSampler:
         replay_fraction: float = 0.5,
         pseudo: dict | None = None,
         unpainted_fraction: float = 0.25,
+        context: Context | None = None,
     ):
         self.spec, self.size, self.n_classes, self.normalization = spec, tuple(size), n_classes, normalization
+        self.context = context
         self.pseudo = pseudo or {}  # teacher labels of xy planes (training.teacher): targets K..2K-1 where unpainted
         self.rng = np.random.default_rng(seed)
         self.groups = [g for g in (indices, replay or []) if any(ix.train for ix in g)]
@@ -304,7 +307,9 @@ class PatchSampler:
                 jitter_axes = plane_axes(len(center), orientation)[0]
             for axis, s in zip(jitter_axes, self.size):
                 center[axis] += int(self.rng.integers(-(s // 4), s // 4 + 1))
-            x, box = read_input(ix.data.image, self.spec, center, self.size, orientation)
+            x, box = network_input(
+                ix.data.image, self.spec, self.normalization, center, self.size, orientation, self.context
+            )
             labels = np.asarray(ix.data.labels[box]).copy()
             labels[excluded_mask(ix, box)] = 0
             y = read_target(labels, tuple(slice(0, n) for n in labels.shape), self.spec, orientation)
@@ -317,7 +322,7 @@ class PatchSampler:
                     taught = taught[box[-2], box[-1]]
                     free = (target == IGNORE) & (taught > 0)
                     target[free] = taught[free].astype(np.int64) - 1 + self.n_classes
-            xs.append(self.normalization(x))
+            xs.append(x)
             ys.append(target)
         return np.stack(xs), np.stack(ys)
 
@@ -335,8 +340,10 @@ def validation_tiles(
     normalization: Normalization,
     max_tiles: int = 32,
     seed: int = 0,
+    context: Context | None = None,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Fixed ``(input, target)`` tiles covering held-out pixels (xy orientation, no augmentation).
+    """Fixed ``(input, target)`` tiles covering held-out pixels (xy orientation, no augmentation; ``context``: extra
+    input channels, as in :class:`PatchSampler`).
 
     Each tile is centred on one validation cell and scores only that cell's validation pixels,
     so a pixel is never counted twice; tiles are spread over the classes.
@@ -372,7 +379,7 @@ def validation_tiles(
             center = [(b.start + b.stop) // 2 for b in cell_box]
             if z is not None:
                 center[0] = z
-            x, box = read_input(ix.data.image, spec, center, size, "xy")
+            x, box = network_input(ix.data.image, spec, normalization, center, size, "xy", context)
             box_lo = np.array([b.start for b in box])
             box_hi = np.array([b.stop for b in box])
             labels = np.zeros([b.stop - b.start for b in box], np.int64)  # only this cell's held-out pixels
@@ -381,5 +388,5 @@ def validation_tiles(
                 labels[tuple((xy - box_lo).T)] = c
             y = read_target(labels, tuple(slice(0, n) for n in labels.shape), spec, "xy")
             if (y > 0).any():
-                tiles.append((normalization(x), to_target(y, n_classes)))
+                tiles.append((x, to_target(y, n_classes)))
     return tiles

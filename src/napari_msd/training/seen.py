@@ -24,14 +24,15 @@ import numpy as np
 import torch
 from scipy import ndimage as ndi
 
-from ..base.inputs import InputSpec, read_input
+from ..base.inputs import Context, InputSpec, network_input
 from ..base.normalization import Normalization
 from .sampling import LabelIndex, TrainingData
 
 
 class SeenRings:
     """Windows around the new labels of ``indices`` with the pixels a person saw and left, and ``parent``'s
-    prediction of them. ``others``: earlier labels (replayed), counted as labels where they share an image."""
+    prediction of them. ``others``: earlier labels (replayed), counted as labels where they share an image.
+    ``context``: the parent's extra input channels (its forest's, as it predicts)."""
 
     def __init__(
         self,
@@ -46,6 +47,7 @@ class SeenRings:
         margin: int = 8,
         confidence: float = 0.9,
         seed: int = 0,
+        context: Context | None = None,
     ):
         if spec.mode == "3d":
             raise ValueError("the rings around corrections are xy windows: 3D inputs have none")
@@ -66,14 +68,14 @@ class SeenRings:
             for k in rng.choice(len(painted), size=min(windows, len(painted)), replace=False):
                 center = painted[k]
                 size = tuple(min(side, n) for n in d.image.shape[-2:])
-                x, box = read_input(d.image, spec, center, size, "xy")
+                x, box = network_input(d.image, spec, normalization, center, size, "xy", context)
                 plane = box if len(box) == 2 else (int(center[0]), *box[-2:])
                 labeled = np.asarray(d.labels[plane]) > 0
                 for other in same_image:
                     labeled |= np.asarray(other[plane]) > 0
                 seen = ndi.distance_transform_edt(~labeled) > margin
                 if seen.any():
-                    self.tiles.append((self.normalization(x), seen))
+                    self.tiles.append((x, seen))
         self.reference, self.masks = [], []
         for (label, prob), (_, seen) in zip(self._predict(parent, probabilities=True), self.tiles):
             mask = seen & (prob >= confidence)

@@ -21,13 +21,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ..base.forest_channels import FittedForest
 from .forest import PixelForest
 from .sampling import LabelIndex, TrainingData
 
 PseudoLabels = dict[int, dict[int | None, np.ndarray]]  # id(LabelIndex) -> plane (None for a 2D image) -> labels
 
 
-class _TrainingStrokes:
+class TrainingStrokes:
     """The training pixels of a :class:`LabelIndex` as a lazy label volume, read plane by plane."""
 
     def __init__(self, index: LabelIndex):
@@ -43,7 +44,15 @@ class _TrainingStrokes:
                 self._planes.setdefault(int(z), []).append((c, xy[xy[:, 0] == z, 1:]))
 
     def planes(self) -> list[int | None]:
-        return sorted(self._planes, key=lambda z: -1 if z is None else z)
+        """Planes holding training strokes, in order (None: the plane of a 2D image)."""
+        return sorted(
+            (z for z, items in self._planes.items() if any(len(yx) for _, yx in items)),
+            key=lambda z: -1 if z is None else z,
+        )
+
+    def items(self, z: int | None) -> list[tuple[int, np.ndarray]]:
+        """``(class, (M, 2) yx coordinates)`` of plane ``z``'s training strokes."""
+        return list(self._planes.get(z, []))
 
     def plane(self, z: int | None) -> np.ndarray:
         out = np.zeros(self.shape[-2:], self.dtype)
@@ -74,16 +83,18 @@ def forest_pseudo_labels(
     threads: int | None = None,
     extra_planes: int = 0,
     fit_on: Sequence[LabelIndex] | None = None,
+    forest: FittedForest | None = None,
 ) -> PseudoLabels:
-    """Fit a forest on the training strokes of ``fit_on`` (default: ``indices``) and label the pixels of the
-    painted planes of ``indices`` (and of ``extra_planes`` unpainted planes per volume) where its probability of
-    the winning class is at least ``confidence`` (1..K; 0 elsewhere)."""
+    """Fit a forest on the training strokes of ``fit_on`` (default: ``indices``), or take ``forest`` already fitted
+    on them, and label the pixels of the painted planes of ``indices`` (and of ``extra_planes`` unpainted planes per
+    volume) where its probability of the winning class is at least ``confidence`` (1..K; 0 elsewhere)."""
     if not 0 < confidence <= 1:
         raise ValueError(f"the teacher's confidence threshold must be in (0, 1], got {confidence}")
-    strokes = {id(ix): _TrainingStrokes(ix) for ix in indices if ix.train}
+    strokes = {id(ix): TrainingStrokes(ix) for ix in indices if ix.train}
     fit_on = indices if fit_on is None else fit_on
-    data = [TrainingData(ix.data.image, _TrainingStrokes(ix), ix.data.name) for ix in fit_on if ix.train]
-    forest = PixelForest.fit(data, n_classes, seed=seed, threads=threads)
+    data = [TrainingData(ix.data.image, TrainingStrokes(ix), ix.data.name) for ix in fit_on if ix.train]
+    if forest is None:
+        forest = PixelForest.fit(data, n_classes, seed=seed, threads=threads)
     out: PseudoLabels = {}
     done: dict[tuple[int, int | None], np.ndarray] = {}  # (image, plane): a retraining's new and replayed labels
     for ix in indices:  # share one image and often its planes: label each once
@@ -107,4 +118,4 @@ def forest_pseudo_labels(
     return out
 
 
-__all__ = ["PseudoLabels", "forest_pseudo_labels", "unpainted_planes"]
+__all__ = ["PseudoLabels", "TrainingStrokes", "forest_pseudo_labels", "unpainted_planes"]
