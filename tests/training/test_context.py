@@ -101,3 +101,16 @@ def test_asking_for_forest_channels_where_the_input_cannot_take_them_is_one_line
     with pytest.raises(ValueError, match=f"{why}; train without the forest channels") as err:
         forest_channels_apply(config)
     assert "\n" not in str(err.value)
+
+
+def test_the_kept_forest_learns_the_held_out_strokes_too(make_task):
+    image, labels, _ = make_task(shape=(2, 96, 96), seed=6)
+    ix = split(TrainingData(image, labels), InputSpec(), 0.3, 0)
+    assert ix.val  # some strokes held out
+    ctx = fit_context([ix], 2, **FAST)
+    assert ctx.forest.n_fit_pixels == int((labels > 0).sum())  # as a forest on its own would
+    for z in (0, 1):  # each plane's channels come from the forest of the other plane's strokes, held-out ones too
+        others = labels.copy()
+        others[z] = 0
+        fold = PixelForest.fit(TrainingData(image, others), 2, seed=0, threads=1)
+        np.testing.assert_allclose(ctx.planes[id(image), z], fold.predict_proba(image[z].astype(np.float32)), atol=1e-3)

@@ -2,13 +2,14 @@
 
 The network sees, beside the image, the class probabilities of a random forest fitted on the strokes
 (:mod:`napari_msd.base.forest_channels`), and learns from the strokes where to trust them, with the context of the
-whole patch. The forest the model keeps (and predicts with) learned every training stroke; but a forest predicts its
-own training strokes far better than anything else, and a network fed those probabilities would trust them more
-than they deserve on the planes nobody painted. So on the planes it learned from, the channels come out of fold
-(stacked generalisation, Wolpert 1992): those planes are dealt into up to :data:`FOLDS` groups, and each group's
-planes get the probabilities of a forest fitted on the other groups' strokes. Strokes on a single plane are split
-into its two halves instead (where half the strokes lie on either side), each half predicted by the forest of the
-other. A fold whose strokes hold fewer than two classes keeps the forest of all strokes there (``in_sample``).
+whole patch. The forest the model keeps (and predicts with) learned every stroke, held-out ones included, as a
+forest on its own would; but a forest predicts its own training strokes far better than anything else, and a network
+fed those probabilities would trust them more than they deserve on the planes nobody painted (and its held-out
+strokes would tell nothing). So on the planes it learned from, the channels come out of fold (stacked
+generalisation, Wolpert 1992): those planes are dealt into up to :data:`FOLDS` groups, and each group's planes get
+the probabilities of a forest fitted on the other groups' strokes. Strokes on a single plane are split into its two
+halves instead (where half the strokes lie on either side), each half predicted by the forest of the other. A fold
+whose strokes hold fewer than two classes keeps the forest of all strokes there (``in_sample``).
 
 Fine-tuning keeps the parent's forest: its earlier labels (``fit_on``) get out-of-fold channels as above, the planes
 of new labels the parent's forest, which never saw them.
@@ -64,12 +65,13 @@ class ForestContext:
 
 
 class _StrokesOutside(TrainingStrokes):
-    """Training strokes of an index without those of some planes, or of one side of a cut through a plane."""
+    """The labels of an index (held-out ones included) without those of some planes, or of one side of a cut
+    through a plane."""
 
     def __init__(
         self, index: LabelIndex, planes: Collection[int | None] = (), cut: tuple[int, int, bool] | None = None
     ):
-        super().__init__(index)
+        super().__init__(index, held_out=True)
         self._planes = {z: v for z, v in self._planes.items() if z not in planes}
         if cut is not None:  # (in-plane axis 0/1, coordinate, keep the side below it)
             axis, at, below = cut
@@ -108,7 +110,7 @@ def _units(indices: Sequence[LabelIndex]) -> list[tuple[LabelIndex, int | None]]
     seen: set[PlaneKey] = set()
     units = []
     for ix in indices:
-        for z in TrainingStrokes(ix).planes():
+        for z in TrainingStrokes(ix, held_out=True).planes():
             if (id(ix.data.image), z) not in seen:
                 seen.add((id(ix.data.image), z))
                 units.append((ix, z))
@@ -123,13 +125,13 @@ def fit_context(
     forest: FittedForest | None = None,
     fit_on: Sequence[LabelIndex] | None = None,
 ) -> ForestContext:
-    """Forest channels for training on ``indices``: the kept ``forest`` (default: fitted on the training strokes of
-    ``fit_on``, default ``indices``), out-of-fold channels on the planes of ``fit_on``'s strokes, the kept forest's
-    on the other planes of ``indices``' strokes (module docstring)."""
-    fit_on = [ix for ix in (indices if fit_on is None else fit_on) if ix.train]
+    """Forest channels for training on ``indices``: the kept ``forest`` (default: fitted on every label of
+    ``fit_on``, default ``indices``, held-out ones included), out-of-fold channels on the planes of ``fit_on``'s
+    labels, the kept forest's on the other planes of ``indices``' labels (module docstring)."""
+    fit_on = [ix for ix in (indices if fit_on is None else fit_on) if ix.train or ix.val]
     if forest is None:
         forest = PixelForest.fit(
-            [TrainingData(ix.data.image, TrainingStrokes(ix), ix.data.name) for ix in fit_on],
+            [TrainingData(ix.data.image, TrainingStrokes(ix, held_out=True), ix.data.name) for ix in fit_on],
             n_classes,
             seed=seed,
             threads=threads,
@@ -154,7 +156,7 @@ def fit_context(
         ix, z = units[0]
         context.planes[id(ix.data.image), z] = _halves(ix, z, forest, n_classes, seed, threads, context)
     for ix in indices:
-        context.add_planes(ix.data.image, TrainingStrokes(ix).planes())
+        context.add_planes(ix.data.image, TrainingStrokes(ix, held_out=True).planes())
     return context
 
 
@@ -171,7 +173,7 @@ def _halves(
     image = ix.data.image
     h, w = image.shape[-2:]
     axis = 0 if h >= w else 1
-    coords = np.concatenate([yx for _, yx in TrainingStrokes(ix).items(z)])
+    coords = np.concatenate([yx for _, yx in TrainingStrokes(ix, held_out=True).items(z)])
     at = int(np.median(coords[:, axis])) if len(coords) else (h if axis == 0 else w) // 2
     at = min(max(at, 1), (h if axis == 0 else w) - 1)
     out = np.empty((n_classes, h, w), np.float16)

@@ -525,9 +525,7 @@ class Trainer:
                 cfg.threads,
                 cfg.teacher_planes,
                 fit_on=None if cfg.teacher_refit or not earlier else earlier,
-                # a new network's forest channels come from a forest fitted on the same strokes: it teaches too
-                forest=self.context.forest if self.context is not None and self.base_metadata is None else None,
-            )
+            )  # its own forest: the channels' forest learned the held-out strokes too
             if self.context is not None:  # planes only the teacher labels are sampled too: their channels, once
                 for ix in self.indices + self.replay_indices:
                     self.context.add_planes(ix.data.image, [z for z in pseudo.get(id(ix), {}) if z is not None])

@@ -29,14 +29,16 @@ PseudoLabels = dict[int, dict[int | None, np.ndarray]]  # id(LabelIndex) -> plan
 
 
 class TrainingStrokes:
-    """The training pixels of a :class:`LabelIndex` as a lazy label volume, read plane by plane."""
+    """The training pixels of a :class:`LabelIndex` (with ``held_out``, its held-out pixels too) as a lazy label
+    volume, read plane by plane."""
 
-    def __init__(self, index: LabelIndex):
+    def __init__(self, index: LabelIndex, held_out: bool = False):
         self.shape = tuple(index.data.image.shape)
         self.ndim = len(self.shape)
         self.dtype = np.dtype(np.uint16)
         self._planes: dict[int | None, list[tuple[int, np.ndarray]]] = {}
-        for c, xy in index.train.items():
+        pairs = list(index.train.items()) + (list(index.val.items()) if held_out else [])
+        for c, xy in pairs:
             if self.ndim == 2:
                 self._planes.setdefault(None, []).append((c, xy))
                 continue
