@@ -21,7 +21,6 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..base.forest_channels import FittedForest
 from .forest import PixelForest
 from .sampling import LabelIndex, TrainingData
 
@@ -85,18 +84,16 @@ def forest_pseudo_labels(
     threads: int | None = None,
     extra_planes: int = 0,
     fit_on: Sequence[LabelIndex] | None = None,
-    forest: FittedForest | None = None,
 ) -> PseudoLabels:
-    """Fit a forest on the training strokes of ``fit_on`` (default: ``indices``), or take ``forest`` already fitted
-    on them, and label the pixels of the painted planes of ``indices`` (and of ``extra_planes`` unpainted planes per
-    volume) where its probability of the winning class is at least ``confidence`` (1..K; 0 elsewhere)."""
+    """Fit a forest on the training strokes of ``fit_on`` (default: ``indices``) and label the pixels of the
+    painted planes of ``indices`` (and of ``extra_planes`` unpainted planes per volume) where its probability of
+    the winning class is at least ``confidence`` (1..K; 0 elsewhere)."""
     if not 0 < confidence <= 1:
         raise ValueError(f"the teacher's confidence threshold must be in (0, 1], got {confidence}")
     strokes = {id(ix): TrainingStrokes(ix) for ix in indices if ix.train}
     fit_on = indices if fit_on is None else fit_on
     data = [TrainingData(ix.data.image, TrainingStrokes(ix), ix.data.name) for ix in fit_on if ix.train]
-    if forest is None:
-        forest = PixelForest.fit(data, n_classes, seed=seed, threads=threads)
+    forest = PixelForest.fit(data, n_classes, seed=seed, threads=threads)
     out: PseudoLabels = {}
     done: dict[tuple[int, int | None], np.ndarray] = {}  # (image, plane): a retraining's new and replayed labels
     for ix in indices:  # share one image and often its planes: label each once
