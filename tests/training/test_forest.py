@@ -208,3 +208,33 @@ def test_pickle_round_trip(task2d):
     clone = pickle.loads(pickle.dumps(forest))
     assert (clone.n_classes, clone.classes_present, clone.n_fit_pixels) == (2, (1, 2), forest.n_fit_pixels)
     np.testing.assert_array_equal(clone.predict_proba(image), forest.predict_proba(image))
+
+
+def _features_by_formula(img: np.ndarray) -> np.ndarray:
+    """The 49 features written out plainly with scipy and numpy (the specification :func:`filter_features` meets)."""
+    img = img.astype(np.float32)
+    planes = [img]
+    for s in SIGMAS:
+        g = ndi.gaussian_filter(img, s)
+        gy, gx = ndi.gaussian_filter(img, s, order=(1, 0)), ndi.gaussian_filter(img, s, order=(0, 1))
+        hyy, hxy, hxx = (ndi.gaussian_filter(img, s, order=o) for o in ((2, 0), (1, 1), (0, 2)))
+        syy, sxy, sxx = (ndi.gaussian_filter(p, 0.5 * s) for p in (gy * gy, gx * gy, gx * gx))
+        planes += [g, hxx + hyy, np.sqrt(gx * gx + gy * gy), g - ndi.gaussian_filter(img, 0.66 * s)]
+        for a, b, c in ((syy, sxy, sxx), (hyy, hxy, hxx)):
+            mean, rad = 0.5 * (a + c), np.sqrt((0.5 * (a - c)) ** 2 + b * b)
+            planes += [mean + rad, mean - rad]
+    return np.stack(planes, axis=-1)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_features_equal_the_formulas_bit_for_bit_whatever_the_threads(threads):
+    img = np.random.default_rng(5).random((61, 47)).astype(np.float32) * 200
+    np.testing.assert_array_equal(filter_features(img, threads=threads), _features_by_formula(img))
+    uint8 = (img).astype(np.uint8)
+    np.testing.assert_array_equal(filter_features(uint8, threads=threads), _features_by_formula(uint8))
+
+
+def test_features_of_a_non_contiguous_view():
+    img = np.random.default_rng(6).random((50, 80)).astype(np.float32)
+    view = img[:, ::2]
+    np.testing.assert_array_equal(filter_features(view), _features_by_formula(np.ascontiguousarray(view)))
