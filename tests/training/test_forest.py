@@ -64,17 +64,15 @@ def task2d():
     return image, strokes, truth, PixelForest.fit([TrainingData(image, strokes)], **FAST)
 
 
-def test_features_match_reference_formulas():
+def test_features_shape_and_names():
+    """The values are held to the written-out formulas below; here the layout the forest's callers rely on."""
     assert len(feature_names()) == 1 + len(SIGMAS) * len(FEATURES_PER_SIGMA) == 49
     img = np.random.default_rng(3).random((40, 50)).astype(np.float32) * 100
     feats = filter_features(img)
-    assert feats.shape == (40, 50, 49) and feats.dtype == np.float32
+    assert feats.shape == (40, 50, 49) and feats.dtype == np.float32 and feats.flags.c_contiguous
     names = feature_names()
     np.testing.assert_array_equal(feats[..., names.index("raw")], img)
-    np.testing.assert_allclose(feats[..., names.index("gaussian_1")], ndi.gaussian_filter(img, 1.0), atol=1e-4)
-    gy = ndi.gaussian_filter(img, 1.0, order=(1, 0))
-    gx = ndi.gaussian_filter(img, 1.0, order=(0, 1))
-    np.testing.assert_allclose(feats[..., names.index("grad_mag_1")], np.hypot(gx, gy), atol=1e-4)
+    np.testing.assert_array_equal(feats[..., names.index("gaussian_1")], ndi.gaussian_filter(img, 1.0))
 
 
 def test_context_radius_gives_exact_crop_features():
