@@ -27,9 +27,10 @@ def memory_bandwidth_gbs(megabytes: int = 256) -> float:
     return 3 * n * 4 / seconds / 1e9
 
 
-def matmul_peak_gflops(size: int = 2048) -> float:
-    """fp32 ``size x size`` matrix-multiply rate in GFLOP/s: the compute ceiling for convolutions."""
-    a, b, c = torch.rand(size, size), torch.rand(size, size), torch.empty(size, size)
+def matmul_peak_gflops(size: int = 2048, dtype: torch.dtype = torch.float32) -> float:
+    """``size x size`` matrix-multiply rate in GFLOP/s (fp32 by default): the compute ceiling for convolutions."""
+    a, b = torch.rand(size, size).to(dtype), torch.rand(size, size).to(dtype)
+    c = torch.empty(size, size, dtype=dtype)
     seconds = best_time(lambda: torch.mm(a, b, out=c), repeats=5)
     return 2 * size**3 / seconds / 1e9
 

@@ -4,6 +4,7 @@ Run from the repository root (a git checkout, with the package installed)::
 
     python benchmarks/msd_kernel.py                      # padded taps against framed maps
     python benchmarks/msd_kernel.py --against 0fe2227    # and the MS-D of that commit
+    python benchmarks/msd_kernel.py --blocks 4 8 16      # layers whose taps are mixed together (MSDNet's block)
 
 The paper's MS-D (100 layers, width 1) is timed on a 512^2 and a 1024^2 forward and on training steps (forward and
 backward) of one 256^2 patch and of the engine's default batch, 16 patches of 64^2. The configurations take turns
@@ -71,6 +72,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
     parser.add_argument("--against", metavar="COMMIT", help="also time the MS-D of this git commit")
+    parser.add_argument(
+        "--blocks", type=int, nargs="+", metavar="B", help="compare these block sizes (layout_for) instead of layouts"
+    )
     args = parser.parse_args()
     torch.manual_seed(0)
     net = MSDNet(1, 2, depth=100)
@@ -80,7 +84,16 @@ def main() -> None:
             earlier = earlier_msd(args.against, Path(tmp))(1, 2, depth=100)
             earlier.load_state_dict(net.state_dict())
             configs[f"commit {args.against}"] = (earlier, None)
-        configs.update({name: (net, growth) for name, growth in LAYOUTS.items()})
+        if args.blocks:
+            for block in args.blocks:
+                blocked = MSDNet(1, 2, depth=100, block=block)
+                blocked.load_state_dict(net.state_dict())
+                configs[f"block {block}" + (" (default)" if block == net.block else "")] = (
+                    blocked,
+                    LAYOUTS["layout_for"],
+                )
+        else:
+            configs.update({name: (net, growth) for name, growth in LAYOUTS.items()})
         inputs = {case: torch.randn(b, 1, side, side) for case, (b, side, _) in CASES.items()}
         seconds: dict[tuple[str, str], list[float]] = {(c, k): [] for c in CASES for k in configs}
         for _ in range(args.rounds):

@@ -1,4 +1,4 @@
-"""Model benchmarks: MS-D training step and memory, MS-D and U-Net forward throughput.
+"""Model benchmarks: MS-D training step and memory, MS-D (float32 and bfloat16) and U-Net forward throughput.
 
 Run from the repository root with the package installed::
 
@@ -26,6 +26,7 @@ from machine import best_time, describe, matmul_peak_gflops, memory_bandwidth_gb
 
 from napari_msd.models import MSDNet, UNet  # noqa: E402
 from napari_msd.models.msd_reference import reference_forward  # noqa: E402
+from napari_msd.models.precision import bfloat16_speedup, inference_dtype, inference_precision  # noqa: E402
 
 
 def msd_bytes_per_pixel(depth: int, width: int = 1, c_in: int = 1, c_out: int = 2) -> int:
@@ -107,7 +108,13 @@ def run(quick: bool) -> dict:
     r["mem_fast"] = peak_memory("fast", train_size, depth)
     r["mem_naive"] = peak_memory("naive", train_size, depth)
 
-    r["fwd_fast_mpx_s"] = forward_mpx_s(net, fwd_size, repeats=3)
+    with inference_precision("float32"):
+        r["fwd_fast_mpx_s"] = forward_mpx_s(net, fwd_size, repeats=3)
+    with inference_precision("bfloat16"):
+        r["fwd_bf16_mpx_s"] = forward_mpx_s(net, fwd_size, repeats=3)
+    r["matmul_bf16_gflops"] = matmul_peak_gflops(dtype=torch.bfloat16)
+    r["bf16_probe"] = bfloat16_speedup(torch.get_num_threads())
+    r["auto_precision"] = str(inference_dtype(torch.device("cpu"))).removeprefix("torch.")
     r["fwd_naive_mpx_s"] = forward_mpx_s(lambda x: reference_forward(net, x), fwd_size, repeats=1)
     r["msd_bytes_per_px"] = msd_bytes_per_pixel(depth)
     r["msd_flops_per_px"] = msd_flops_per_pixel(depth)
@@ -125,11 +132,13 @@ def table(r: dict) -> str:
     mf, mn = r["mem_fast"], r["mem_naive"]
     bw_roof = r["bandwidth_gbs"] * 1e9 / r["msd_bytes_per_px"] / 1e6
     compute_roof = r["matmul_gflops"] * 1e9 / r["msd_flops_per_px"] / 1e6
+    compute_bf16 = r["matmul_bf16_gflops"] * 1e9 / r["msd_flops_per_px"] / 1e6
     unet_gflops = r["unet_fwd_mpx_s"] * r["unet_flops_per_px"] / 1e3
     rows = [
         ("Machine", r["machine"], "", ""),
         ("Memory bandwidth (a+b, 256 MB)", f"{r['bandwidth_gbs']:.1f} GB/s", "", ""),
         ("fp32 matmul peak (2048^3)", f"{r['matmul_gflops']:.0f} GFLOP/s", "", ""),
+        ("bf16 matmul peak (2048^3)", f"{r['matmul_bf16_gflops']:.0f} GFLOP/s", "", ""),
         (
             f"MS-D d={d} w=1 training step, {ts}x{ts}, batch 1",
             f"{r['train_fast_s']:.2f} s",
@@ -143,7 +152,7 @@ def table(r: dict) -> str:
             f"{mn['peak_bytes'] / max(mf['peak_bytes'], 1):.1f}x less",
         ),
         (
-            f"MS-D d={d} forward, {fs}x{fs}",
+            f"MS-D d={d} forward, {fs}x{fs}, float32",
             f"{r['fwd_fast_mpx_s']:.2f} Mpx/s",
             f"{r['fwd_naive_mpx_s']:.2f} Mpx/s",
             f"{r['fwd_fast_mpx_s'] / r['fwd_naive_mpx_s']:.1f}x faster",
@@ -159,6 +168,24 @@ def table(r: dict) -> str:
             f"{compute_roof:.2f} Mpx/s ({r['msd_flops_per_px'] / 1e3:.0f} kFLOP/px)",
             "",
             f"ours at {r['fwd_fast_mpx_s'] / compute_roof:.0%}",
+        ),
+        (
+            f"MS-D d={d} forward, {fs}x{fs}, bfloat16 (the probe: {r['bf16_probe']:.1f}x; auto: {r['auto_precision']})",
+            f"{r['fwd_bf16_mpx_s']:.2f} Mpx/s",
+            "",
+            f"{r['fwd_bf16_mpx_s'] / r['fwd_fast_mpx_s']:.1f}x float32",
+        ),
+        (
+            "  per-layer bandwidth roofline, 2-byte maps",
+            f"{2 * bw_roof:.2f} Mpx/s ({r['msd_bytes_per_px'] / 2e3:.1f} kB/px)",
+            "",
+            f"ours at {r['fwd_bf16_mpx_s'] / (2 * bw_roof):.0%}",
+        ),
+        (
+            "  compute roofline (bf16 matmul peak)",
+            f"{compute_bf16:.2f} Mpx/s",
+            "",
+            f"ours at {r['fwd_bf16_mpx_s'] / compute_bf16:.0%}",
         ),
         (
             f"U-Net depth 4, 32 base ({r['unet_params'] / 1e6:.2f} M params) forward, {fs}x{fs}",

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
 from helpers.arrays import CountingArray
+
+# Forwards without gradients in float32 in this process and in every process the tests start, whatever the CPU (see
+# _float32_forwards); set before the test modules copy the environment for their subprocesses.
+os.environ["NAPARI_MSD_PRECISION"] = "float32"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -16,6 +22,16 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def _float32_forwards(monkeypatch):
+    """Forwards without gradients in float32 on every machine (tests compare exact figures; a CPU with native
+    bfloat16 would otherwise choose it): bfloat16 has tests of its own (models/test_precision.py)."""
+    from napari_msd.models import precision
+
+    monkeypatch.setenv("NAPARI_MSD_PRECISION", "float32")
+    monkeypatch.setitem(precision._process, "precision", None)  # a test's set_inference_precision ends with it
 
 
 @pytest.fixture(autouse=True)

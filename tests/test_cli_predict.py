@@ -59,7 +59,7 @@ def test_predict_writes_and_a_finished_job_reruns_as_a_no_op(files, tmp_path, ca
         [files["model"], files["small"], out, "--tile-size", "36", "--probabilities"], capsys
     )
     assert code == 0, stderr
-    assert stderr.strip() == "predicting 45 blocks of 1x36x36 (halo 0x21x21) in this process"
+    assert stderr.strip() == "predicting 45 blocks of 1x36x36 (halo 0x21x21) in this process; MS-D in float32 (chosen)"
     assert stdout.startswith(f"wrote {out}: 45 blocks in ")
     before = _snapshot(out)
     code, stdout, stderr = _predict(
@@ -67,6 +67,21 @@ def test_predict_writes_and_a_finished_job_reruns_as_a_no_op(files, tmp_path, ca
     )
     assert code == 0 and "resuming: 45 already done" in stderr and ": 0 blocks in " in stdout
     assert _snapshot(out) == before
+
+
+def test_precision_is_chosen_on_the_command_line_and_said(files, tmp_path, capsys):
+    outputs = {}
+    for chosen in ("float32", "bfloat16"):
+        out = tmp_path / f"{chosen}.zarr"
+        code, _, stderr = _predict([files["model"], files["small"], out, "--precision", chosen], capsys)
+        assert code == 0, stderr
+        assert stderr.strip().endswith(f"; MS-D in {chosen} (chosen)")
+        outputs[chosen] = _read(out)["labels"]
+    assert np.mean(outputs["float32"] == outputs["bfloat16"]) > 0.98
+    with pytest.raises(SystemExit):
+        main(["predict", str(files["model"]), str(files["small"]), str(tmp_path / "x.zarr"), "--precision", "half"])
+    err = capsys.readouterr().err
+    assert "invalid choice: 'half'" in err and not (tmp_path / "x.zarr").exists()
 
 
 def test_resume_after_a_kill_equals_an_uninterrupted_run(files, tmp_path, capsys):

@@ -355,9 +355,15 @@ def _cmd_pretrain(args: argparse.Namespace) -> None:
 
 
 def _cmd_predict(args: argparse.Namespace) -> None:
+    import os
+
     from .inference.batch import BatchError, BatchFinished, BatchStarted, BlockWritten, prepare, run
+    from .models.precision import describe_precision, set_inference_precision
 
     _check_output_folder(args.output, "OUTPUT")
+    if args.precision is not None:
+        set_inference_precision(args.precision)
+        os.environ["NAPARI_MSD_PRECISION"] = args.precision  # the workers of a local dask cluster start after this
     try:
         job = prepare(
             args.model,
@@ -382,9 +388,11 @@ def _cmd_predict(args: argparse.Namespace) -> None:
         for event in run(job, scheduler=args.scheduler, workers=args.workers):
             if isinstance(event, BatchStarted):
                 resumed = f", resuming: {event.n_done} already done" if event.n_done else ""
+                base = getattr(job.predictor, "base", job.predictor)  # the Predictor under an orientation average
+                precision = f"; MS-D in {describe_precision(base.device)}" if base.metadata.arch == "msd" else ""
                 print(
                     f"predicting {event.n_blocks} blocks of {'x'.join(map(str, event.block_shape))} "
-                    f"(halo {'x'.join(map(str, event.halo))}) in {event.where}{resumed}",
+                    f"(halo {'x'.join(map(str, event.halo))}) in {event.where}{resumed}{precision}",
                     file=sys.stderr,
                 )
                 bar = tqdm(
@@ -775,6 +783,12 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--workers", type=int, default=2, help="workers of the local cluster (default 2)")
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     predict.add_argument("--batch-size", type=int, default=4, help="planes or blocks per forward pass")
+    predict.add_argument(
+        "--precision",
+        choices=["auto", "float32", "bfloat16"],
+        help="MS-D's arithmetic: auto (bfloat16 where this CPU measures it at least 1.5x faster; the default, or "
+        "NAPARI_MSD_PRECISION), float32, bfloat16",
+    )
     predict.add_argument("--overwrite", action="store_true", help="replace an existing, different prediction")
     predict.add_argument("--quiet", action="store_true", help="no progress bar")
     predict.set_defaults(func=_cmd_predict)

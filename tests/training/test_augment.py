@@ -138,3 +138,24 @@ def test_intensity_jitter_changes_only_the_image():
         assert 0.8 - 1e-6 <= gain <= 1.2 + 1e-6
         assert -0.2 - 1e-5 <= offset <= 0.2 + 1e-5
         torch.testing.assert_close(b, gain * a + offset, rtol=0, atol=1e-4)
+
+
+def test_context_dropout_sets_the_extra_channels_of_some_samples_to_uniform():
+    x, y = _batch((64, 10, 10), channels=4)  # one image channel, three forest probabilities
+    aug = Augmentation(flips=False, rotations=False, context_dropout=0.5)
+    xa, ya = aug(x, y, torch.Generator().manual_seed(0), image_channels=1)
+    torch.testing.assert_close(ya, y, rtol=0, atol=0)
+    torch.testing.assert_close(xa[:, :1], x[:, :1], rtol=0, atol=0)  # the image is never dropped
+    dropped = torch.tensor([bool((xa[i, 1:] == 1 / 3).all()) for i in range(len(x))])
+    kept = torch.tensor([torch.equal(xa[i, 1:], x[i, 1:]) for i in range(len(x))])
+    assert bool((dropped ^ kept).all())  # each sample either whole or uniform
+    assert 16 <= int(dropped.sum()) <= 48
+    assert torch.equal(x, _batch((64, 10, 10), channels=4)[0])  # the input batch is not changed in place
+
+
+def test_context_dropout_leaves_image_only_batches_alone():
+    x, y = _batch((8, 10, 10), channels=3)
+    aug = Augmentation(flips=False, rotations=False, context_dropout=1.0)
+    for image_channels in (None, 3):
+        xa, _ = aug(x, y, torch.Generator().manual_seed(0), image_channels=image_channels)
+        assert torch.equal(xa, x)

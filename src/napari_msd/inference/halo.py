@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from ..io.model_file import ModelMetadata
+from ..models.precision import inference_precision
 from .predictor import Predictor
 from .tiling import Block, Region, normalize_region, plan_blocks
 
@@ -118,8 +119,23 @@ def measure_effective_halo(
     ``predictor``: a :class:`.Predictor` or ``(model, metadata)``. ``region``: slices in image coordinates
     (default :func:`default_region`). ``block_shape``: the blocks the region is cut into for the candidates.
     ``reference_halo``: the reference's halo (default: the receptive field; lower it for 3D networks whose
-    receptive field does not fit in memory). Returns the reference halo when no smaller candidate agrees.
+    receptive field does not fit in memory). Returns the reference halo when no smaller candidate agrees. Predicts
+    in float32 (:mod:`napari_msd.models.precision`): the halo measures context, not rounding.
     """
+    with inference_precision("float32"):
+        return _measure(predictor, image, region, agreement, candidates, block_shape, reference_halo, deadline)
+
+
+def _measure(
+    predictor: Predictor | tuple[torch.nn.Module, ModelMetadata],
+    image: Any,
+    region: Sequence[slice | int] | None,
+    agreement: float,
+    candidates: Sequence[int] | None,
+    block_shape: int | Sequence[int] | None,
+    reference_halo: int | None,
+    deadline: float | None,
+) -> int | None:
     predictor = _as_predictor(predictor)
     shape = tuple(int(n) for n in image.shape)
     predictor.spec.check_image(len(shape))

@@ -24,6 +24,7 @@ from torch import nn
 
 from .checks import check_input
 from .msd_kernel import MSDFunction
+from .precision import inference_dtype
 
 DEFAULT_DILATIONS = tuple(range(1, 11))
 
@@ -119,13 +120,19 @@ class MSDNet(nn.Module):
         }
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(N, in_channels, *spatial)`` to ``(N, out_channels, *spatial)`` logits."""
+        """``(N, in_channels, *spatial)`` to ``(N, out_channels, *spatial)`` logits, in the parameters' dtype.
+        Without gradients, float32 networks compute in :func:`~napari_msd.models.precision.inference_dtype`."""
         check_input("MSDNet", x, self.in_channels, self.ndim)
         dtype = self.bias.dtype
+        params = [self.bias, self.head_weight, self.head_bias, *self.weights]
+        if dtype == torch.float32 and not torch.is_grad_enabled():
+            compute = inference_dtype(x.device)
+            if compute != dtype:
+                params = [p.to(compute) for p in params]
+        bias, head_weight, head_bias, *weights = params
         with torch.autocast(device_type=x.device.type, enabled=False):
-            return MSDFunction.apply(
-                x.to(dtype), self.bias, self.head_weight, self.head_bias, self.schedule, self.block, *self.weights
-            )
+            out = MSDFunction.apply(x.to(bias.dtype), bias, head_weight, head_bias, self.schedule, self.block, *weights)
+        return out.to(dtype)
 
     def extra_repr(self) -> str:
         return (

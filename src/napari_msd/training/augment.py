@@ -3,7 +3,9 @@
 In-plane flips and 90-degree rotations (rotations only on square patches), optional
 intensity jitter (gain and offset in normalised units) and optional elastic deformation
 (a smooth random displacement field; images interpolated linearly, labels by nearest
-neighbour, so no label value is ever invented).
+neighbour, so no label value is ever invented). Optional context dropout: in a share of the
+samples, the extra input channels beside the image (a forest's class probabilities) are set to
+"no opinion" (uniform), so the network also learns to read the image alone.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ class Augmentation:
     intensity: float = 0.0  # e.g. 0.1: gain in [0.9, 1.1], offset in [-0.1, 0.1]
     elastic: float = 0.0  # displacement amplitude in pixels, e.g. 4
     elastic_grid: int = 8  # control points per axis of the random displacement field
+    context_dropout: float = 0.0  # share of samples whose channels after the image's are set to uniform
 
     def __call__(
         self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator, image_channels: int | None = None
@@ -42,7 +45,19 @@ class Augmentation:
             offset = self.intensity * (2 * torch.rand(shape, generator=generator, device=x.device) - 1)
             n = x.shape[1] if image_channels is None else image_channels
             x = torch.cat([x[:, :n] * gain + offset, x[:, n:]], dim=1)
+        if self.context_dropout > 0 and image_channels is not None and x.shape[1] > image_channels:
+            x = self._drop_context(x, image_channels, generator)
         return x, y
+
+    def _drop_context(self, x: torch.Tensor, image_channels: int, g: torch.Generator) -> torch.Tensor:
+        """Set the channels after the first ``image_channels`` to ``1 / their number`` in a ``context_dropout``
+        share of the samples (drawn per sample)."""
+        drop = torch.rand(x.shape[0], generator=g, device=x.device) < self.context_dropout
+        if not bool(drop.any()):
+            return x
+        x = x.clone()
+        x[drop, image_channels:] = 1.0 / (x.shape[1] - image_channels)
+        return x
 
     def _geometric(self, x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         h, w = -2, -1  # in-plane axes (last two) of both x (C, ..., H, W) and y (..., H, W)

@@ -1,0 +1,108 @@
+"""The precision of forwards without gradients: bfloat16 where this CPU multiplies it natively faster than float32.
+
+MS-D's forward is a chain of skinny matrix products (a few tap rows by every pixel of the tile) and shifted sums.
+On CPUs with native bfloat16 dot products (AVX-512 BF16, AMX) oneDNN runs those products several times faster than
+MKL's float32, and the maps take half the bytes. Training always runs in float32: only forwards without autograd
+(prediction, live previews, validation, the prior correction's estimate) take the reduced precision, and under
+``"auto"`` only where a short probe of such a product measured bfloat16 at least ``MIN_SPEEDUP`` times faster.
+The logits come back in float32.
+
+``set_inference_precision(...)`` (or the environment variable ``NAPARI_MSD_PRECISION``) chooses ``"auto"``,
+``"float32"`` or ``"bfloat16"`` for the process; ``with inference_precision("float32"):`` holds the calling thread
+to one of them (the effective-halo measurement compares predictions and keeps float32).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+PRECISIONS = ("auto", "float32", "bfloat16")
+MIN_SPEEDUP = 1.5  # "auto" takes bfloat16 from this measured speed-up of the probe's product on
+PROBE_SHAPE = (36, 64, 65536)  # rows x inner x pixels: 4 MS-D layers' taps over 64 maps of a 256^2 tile
+
+# set_inference_precision's choice; None: the environment's, else "auto"
+_process: dict[str, str | None] = {"precision": None}
+_thread = threading.local()
+
+
+def _checked(precision: str, where: str) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"{where} {precision!r} is not a precision; use one of {', '.join(PRECISIONS)}")
+    return precision
+
+
+def set_inference_precision(precision: str) -> None:
+    """Choose the precision of forwards without gradients for this process (``PRECISIONS``)."""
+    _process["precision"] = _checked(precision, "inference precision")
+
+
+def current_precision() -> str:
+    """The calling thread's choice, else the process's, else ``NAPARI_MSD_PRECISION``, else ``"auto"``."""
+    held = getattr(_thread, "precision", None)
+    if held is not None:
+        return held
+    chosen = _process["precision"]
+    if chosen is not None:
+        return chosen
+    return _checked(os.environ.get("NAPARI_MSD_PRECISION", "auto") or "auto", "NAPARI_MSD_PRECISION")
+
+
+@contextmanager
+def inference_precision(precision: str) -> Iterator[None]:
+    """Hold the calling thread to ``precision`` inside the block."""
+    _checked(precision, "inference precision")
+    before = getattr(_thread, "precision", None)
+    _thread.precision = precision
+    try:
+        yield
+    finally:
+        _thread.precision = before
+
+
+@functools.cache
+def bfloat16_speedup(threads: int | None = None) -> float:
+    """How many times faster a bfloat16 product of ``PROBE_SHAPE`` runs than in float32 on this CPU, with
+    ``threads`` (default: torch's current number); best of 5 each, measured once per process (about 0.1 s)."""
+    del threads  # part of the cache key only: the ratio depends on the thread team
+    rows, inner, pixels = PROBE_SHAPE
+    generator = torch.Generator().manual_seed(0)
+    seconds = []
+    for dtype in (torch.float32, torch.bfloat16):
+        a = torch.randn(rows, inner, generator=generator).to(dtype)
+        b = torch.randn(inner, pixels, generator=generator).to(dtype)
+        out = torch.empty(rows, pixels, dtype=dtype)
+        torch.mm(a, b, out=out)  # warm: oneDNN builds its kernel on the first call
+        best = float("inf")
+        for _ in range(5):
+            start = time.perf_counter()
+            torch.mm(a, b, out=out)
+            best = min(best, time.perf_counter() - start)
+        seconds.append(best)
+    return seconds[0] / max(seconds[1], 1e-9)
+
+
+def inference_dtype(device: torch.device) -> torch.dtype:
+    """The dtype of a forward without gradients on ``device``: float32, or bfloat16 where chosen or, under
+    ``"auto"``, on a CPU where the probe measured it at least ``MIN_SPEEDUP`` times faster."""
+    precision = current_precision()
+    if precision == "bfloat16":
+        return torch.bfloat16
+    if precision == "float32" or device.type != "cpu":
+        return torch.float32
+    return torch.bfloat16 if bfloat16_speedup(torch.get_num_threads()) >= MIN_SPEEDUP else torch.float32
+
+
+def describe_precision(device: torch.device) -> str:
+    """One line for logs and docks, e.g. ``"bfloat16 (products 3.9x faster than float32 here)"``."""
+    precision, dtype = current_precision(), inference_dtype(device)
+    name = "bfloat16" if dtype == torch.bfloat16 else "float32"
+    if precision != "auto" or device.type != "cpu":
+        return f"{name} (chosen)" if precision != "auto" else name
+    return f"{name} (products {bfloat16_speedup(torch.get_num_threads()):.1f}x faster in bfloat16 here)"

@@ -1,0 +1,146 @@
+"""bfloat16 forwards without gradients (models.precision): close to float32, never in training, chosen as asked."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from napari_msd.models import precision
+from napari_msd.models.msd import MSDNet
+from napari_msd.models.precision import (
+    current_precision,
+    describe_precision,
+    inference_dtype,
+    inference_precision,
+    set_inference_precision,
+)
+
+CPU = torch.device("cpu")
+
+
+def _net(seed: int = 0, in_channels: int = 1, ndim: int = 2) -> MSDNet:
+    torch.manual_seed(seed)
+    net = MSDNet(in_channels, 3, depth=20, ndim=ndim)
+    with torch.no_grad():  # a head that reads the maps (a new network's is zero: every class alike)
+        net.head_weight.normal_(0.0, 0.5)
+        net.head_bias.normal_(0.0, 0.1)
+    return net.eval()
+
+
+def _image(shape: tuple[int, ...], seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    smooth = torch.nn.functional.avg_pool2d(torch.rand((1, 1, *shape[-2:]), generator=g), 5, 1, 2)
+    return (smooth - smooth.mean()) / smooth.std()
+
+
+def _forward(net: torch.nn.Module, x: torch.Tensor, chosen: str) -> torch.Tensor:
+    with torch.no_grad(), inference_precision(chosen):
+        return net(x)
+
+
+def test_bfloat16_forward_is_close_to_float32_and_returns_float32():
+    net, x = _net(), _image((96, 80))
+    full, reduced = _forward(net, x, "float32"), _forward(net, x, "bfloat16")
+    assert reduced.dtype == torch.float32 and reduced.shape == full.shape
+    assert not torch.equal(full, reduced)  # it did compute in bfloat16
+    p_full, p_reduced = torch.softmax(full, 1), torch.softmax(reduced, 1)
+    assert float((p_full - p_reduced).abs().max()) < 0.05
+    assert float((full.argmax(1) == reduced.argmax(1)).float().mean()) > 0.99
+
+
+def test_bfloat16_forward_in_3d_and_with_extra_channels():
+    net = _net(in_channels=2, ndim=3)
+    x = torch.randn(1, 2, 12, 20, 24, generator=torch.Generator().manual_seed(3))
+    full, reduced = _forward(net, x, "float32"), _forward(net, x, "bfloat16")
+    assert float((torch.softmax(full, 1) - torch.softmax(reduced, 1)).abs().max()) < 0.05
+
+
+def test_training_forwards_stay_float32_whatever_is_chosen():
+    net, x = _net(), _image((48, 48))
+    with inference_precision("float32"):
+        loss_full = net(x).square().mean()
+    with inference_precision("bfloat16"):
+        loss_chosen = net(x).square().mean()
+    assert torch.equal(loss_full, loss_chosen)  # with autograd on, the bfloat16 choice changes nothing
+    loss_chosen.backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in net.parameters())
+
+
+def test_other_dtypes_are_left_as_they_are():
+    net, x = _net().double(), _image((40, 40)).double()
+    with torch.no_grad():
+        full = net(x)
+    assert torch.equal(_forward(net, x, "bfloat16"), full) and full.dtype == torch.float64
+
+
+def test_the_choice_is_per_thread_inside_the_block_and_per_process_outside():
+    set_inference_precision("bfloat16")
+    seen = {}
+    with inference_precision("float32"):
+        worker = threading.Thread(target=lambda: seen.setdefault("other thread", current_precision()))
+        worker.start()
+        worker.join()
+        seen["this thread"] = current_precision()
+    seen["after"] = current_precision()
+    assert seen == {"other thread": "bfloat16", "this thread": "float32", "after": "bfloat16"}
+
+
+def test_the_environment_chooses_when_the_process_did_not(monkeypatch):
+    monkeypatch.setenv("NAPARI_MSD_PRECISION", "bfloat16")
+    assert current_precision() == "bfloat16" and inference_dtype(CPU) == torch.bfloat16
+    monkeypatch.setenv("NAPARI_MSD_PRECISION", "")
+    assert current_precision() == "auto"
+
+
+def test_auto_follows_the_measured_speed_up_on_a_cpu_only(monkeypatch):
+    set_inference_precision("auto")
+    monkeypatch.setattr(precision, "bfloat16_speedup", lambda threads=None: 3.0)
+    assert inference_dtype(CPU) == torch.bfloat16
+    assert describe_precision(CPU) == "bfloat16 (products 3.0x faster in bfloat16 here)"
+    assert inference_dtype(torch.device("cuda")) == torch.float32  # GPUs keep float32 unless chosen
+    monkeypatch.setattr(precision, "bfloat16_speedup", lambda threads=None: 1.1)
+    assert inference_dtype(CPU) == torch.float32
+    assert describe_precision(CPU) == "float32 (products 1.1x faster in bfloat16 here)"
+    set_inference_precision("float32")
+    assert describe_precision(CPU) == "float32 (chosen)"
+
+
+def test_the_probe_measures_a_positive_ratio_once():
+    first = precision.bfloat16_speedup(1)
+    assert first > 0 and precision.bfloat16_speedup(1) == first
+
+
+@pytest.mark.parametrize("bad", ["half", "fp16", "BF16"])
+def test_an_unknown_precision_is_refused_in_one_line(bad, monkeypatch):
+    with pytest.raises(ValueError, match=r"is not a precision; use one of auto, float32, bfloat16") as err:
+        set_inference_precision(bad)
+    assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match="is not a precision"):
+        with inference_precision(bad):
+            pass
+    monkeypatch.setenv("NAPARI_MSD_PRECISION", bad)
+    with pytest.raises(ValueError, match="NAPARI_MSD_PRECISION"):
+        current_precision()
+
+
+def test_predictor_in_bfloat16_agrees_with_float32_on_labels():
+    from napari_msd.inference.predictor import Predictor
+    from napari_msd.io.model_file import ModelMetadata
+
+    net = _net()
+    meta = ModelMetadata(
+        arch="msd", config=net.config(), class_names=["a", "b", "c"], receptive_field=net.receptive_field
+    )
+    planes = [_image((120, 100), seed).numpy()[0, 0] for seed in (1, 2)]
+    image = np.clip(np.stack(planes) * 40 + 128, 0, 255).astype(np.uint8)
+    predictor = Predictor(net, meta, device="cpu")
+    with inference_precision("float32"):
+        full = predictor.predict(image)
+    with inference_precision("bfloat16"):
+        reduced = predictor.predict(image)
+    assert full.shape == reduced.shape == (3, *image.shape)  # class probabilities
+    assert np.abs(full - reduced).mean() < 0.01
+    assert np.mean(full.argmax(0) == reduced.argmax(0)) > 0.98
