@@ -66,6 +66,7 @@ def test_prediction_matches_the_core_and_streams_the_view_first(docks, qtbot, er
     assert np.abs(p_bright.astype(int) - np.rint(probs[1] * 255).astype(int)).max() <= 1
     assert regions[0][0] == slice(3, 4)  # the plane on screen came first
     assert len(regions) == 4 and "done" in predict.status.text()
+    assert predict.status.text().endswith(" s (float32)")  # MS-D says its arithmetic (float32 in the tests)
     assert get_session(viewer).predictions[out].version == "v1"
     assert predict.predict_button.isEnabled() and not predict.stop_button.isEnabled()
 

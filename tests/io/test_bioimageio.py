@@ -142,6 +142,18 @@ def test_a_2d_model_takes_its_test_input_from_the_middle_plane_of_a_volume(tmp_p
     np.testing.assert_allclose(_array(path, bio.TEST_OUTPUT)[0], expected, atol=1e-6)
 
 
+def test_a_cpu_predicting_in_bfloat16_still_exports_float32_test_outputs(tmp_path):
+    from napari_msd.models.precision import inference_precision, set_inference_precision
+
+    net = networks.msd()
+    meta = _metadata(net, InputSpec())
+    with inference_precision("float32"):
+        expected = Predictor(net, meta).predict(IMAGE)
+    set_inference_precision("bfloat16")  # as "auto" chooses on a CPU with fast bfloat16 products
+    path = bio.export_package((net, meta), tmp_path / "m.zip", test_image=IMAGE)  # the TorchScript copy agrees
+    np.testing.assert_array_equal(_array(path, bio.TEST_OUTPUT)[0], expected)
+
+
 # -- what the package holds ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("kind", ["msd", "unet"])
 def test_test_output_is_napari_msds_prediction_of_a_crop_of_the_image(packages, kind):

@@ -15,6 +15,7 @@ from napari_msd.models.precision import (
     describe_precision,
     inference_dtype,
     inference_precision,
+    precision_name,
     set_inference_precision,
 )
 
@@ -98,7 +99,7 @@ def test_the_environment_chooses_when_the_process_did_not(monkeypatch):
 def test_auto_follows_the_measured_speed_up_on_a_cpu_only(monkeypatch):
     set_inference_precision("auto")
     monkeypatch.setattr(precision, "bfloat16_speedup", lambda threads=None: 3.0)
-    assert inference_dtype(CPU) == torch.bfloat16
+    assert inference_dtype(CPU) == torch.bfloat16 and precision_name(CPU) == "bfloat16"
     assert describe_precision(CPU) == "bfloat16 (products 3.0x faster in bfloat16 here)"
     assert inference_dtype(torch.device("cuda")) == torch.float32  # GPUs keep float32 unless chosen
     monkeypatch.setattr(precision, "bfloat16_speedup", lambda threads=None: 1.1)

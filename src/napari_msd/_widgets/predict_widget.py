@@ -74,14 +74,16 @@ class PredictRun:
     measure: str  # "entropy", "margin" or (an ensemble) "disagreement"
     n_blocks: int = 0
     done: int = 0
+    precision: str = ""  # MS-D's arithmetic, in words (models.precision); empty for other networks
     started: float = dataclasses.field(default_factory=time.perf_counter)
 
 
 @dataclasses.dataclass
 class Planned:
-    """Worker event: the prediction has ``n_blocks`` blocks."""
+    """Worker event: the prediction has ``n_blocks`` blocks, computed in ``precision`` (words; empty: not MS-D)."""
 
     n_blocks: int
+    precision: str = ""
 
 
 @dataclasses.dataclass
@@ -321,13 +323,15 @@ class PredictWidget(QWidget):
         """Worker thread: predict block by block, the view first, writing into the output arrays."""
         from napari_msd.inference.predictor import Predictor
         from napari_msd.inference.sinks import BlockSink, UncertaintyInto, class_probabilities_into, labels_into, stream
+        from napari_msd.models.precision import precision_name
 
         run = self._run
         assert run is not None
         model = run.model if run.device == "cpu" else copy.deepcopy(run.model)  # the version stays on the CPU
         predictor = Predictor(model, run.meta, device=run.device)
         plan = predictor.plan(run.image.shape)
-        yield Planned(len(plan))
+        msd = run.meta.arch == "msd"  # the probe, if any, runs here, off the main thread
+        yield Planned(len(plan), precision_name(predictor.device) if msd else "")
         review = None if run.unc_out is None else UncertaintyInto(run.unc_out, run.measure)
         sinks: list[BlockSink] = [labels_into(run.labels_out), labels_into(run.predicted_out)]
         sinks += [review] if review is not None else []
@@ -350,7 +354,7 @@ class PredictWidget(QWidget):
         if run is None:
             return
         if isinstance(event, Planned):
-            run.n_blocks = event.n_blocks
+            run.n_blocks, run.precision = event.n_blocks, event.precision
             self.progress_bar.setRange(0, event.n_blocks)
             self.progress_bar.setValue(0)
             self.progress_bar.setVisible(True)
@@ -394,7 +398,8 @@ class PredictWidget(QWidget):
                 self._refresh()
             complete = run.done == run.n_blocks and run.n_blocks > 0
             what = "done" if complete else f"stopped after {run.done} of {run.n_blocks} blocks"
-            self.status.setText(f"Prediction {what} in {time.perf_counter() - run.started:.1f} s")
+            precision = f" ({run.precision})" if run.precision else ""
+            self.status.setText(f"Prediction {what} in {time.perf_counter() - run.started:.1f} s{precision}")
         self._set_running(False)
 
     def stop(self) -> None:

@@ -49,6 +49,7 @@ from ..base.inputs import InputSpec, plane_axes, read_input
 from ..base.normalization import Normalization
 from ..errors import one_line
 from ..models.forest_buffers import forest_of
+from ..models.precision import inference_precision
 from ..models.registry import ARCHITECTURES
 from ..models.scriptable import SCRIPTABLE, script_network
 from .model_file import ModelFileError, ModelMetadata, _to_json, load_model, save_model
@@ -268,9 +269,11 @@ def _test_input(image: Any, model: nn.Module, spec: InputSpec, norm: Normalizati
 
 def _predict(model: nn.Module, x: np.ndarray, norm: Normalization | None) -> tuple[np.ndarray, np.ndarray]:
     """napari-msd's logits and class probabilities for one raw input ``(channels, *spatial)``: normalised as
-    :class:`~napari_msd.inference.Predictor` does, then the network and a softmax over classes."""
+    :class:`~napari_msd.inference.Predictor` does, then the network and a softmax over classes. In float32 whatever
+    the CPU (:mod:`napari_msd.models.precision`): they become the package's test outputs, which its float32 TorchScript
+    copy must reproduce."""
     normed = norm(x) if norm is not None else x.astype(np.float32)
-    with torch.inference_mode():
+    with torch.inference_mode(), inference_precision("float32"):
         logits = model(torch.from_numpy(np.ascontiguousarray(normed[None]))).float()
         probabilities = torch.softmax(logits, dim=1)
     return logits.numpy(), probabilities.numpy()

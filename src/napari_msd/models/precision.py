@@ -99,10 +99,14 @@ def inference_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if bfloat16_speedup(torch.get_num_threads()) >= MIN_SPEEDUP else torch.float32
 
 
+def precision_name(device: torch.device) -> str:
+    """``"bfloat16"`` or ``"float32"``: what a forward without gradients on ``device`` computes in now."""
+    return "bfloat16" if inference_dtype(device) == torch.bfloat16 else "float32"
+
+
 def describe_precision(device: torch.device) -> str:
-    """One line for logs and docks, e.g. ``"bfloat16 (products 3.9x faster than float32 here)"``."""
-    precision, dtype = current_precision(), inference_dtype(device)
-    name = "bfloat16" if dtype == torch.bfloat16 else "float32"
+    """One line for logs and docks, e.g. ``"bfloat16 (products 3.9x faster in bfloat16 here)"``."""
+    precision, name = current_precision(), precision_name(device)
     if precision != "auto" or device.type != "cpu":
         return f"{name} (chosen)" if precision != "auto" else name
     return f"{name} (products {bfloat16_speedup(torch.get_num_threads()):.1f}x faster in bfloat16 here)"
