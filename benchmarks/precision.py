@@ -94,10 +94,9 @@ def main() -> None:
     rows = []
     for key in args.datasets:
         rows += run_dataset(key, args)
-    threads = torch.get_num_threads()
     print(
         f"\n{describe()}; fp32 matmul peak {matmul_peak_gflops():.0f} GFLOP/s; the probe's bfloat16 product "
-        f"{bfloat16_speedup(threads):.1f}x faster than float32 here; whole slices, median of {args.rounds} rounds\n"
+        f"{bfloat16_speedup():.1f}x faster than float32 here; whole slices, median of {args.rounds} rounds\n"
     )
     print(
         "| data set | float32 | bfloat16 | speed-up | labels that agree | largest probability difference "

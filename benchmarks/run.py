@@ -113,7 +113,7 @@ def run(quick: bool) -> dict:
     with inference_precision("bfloat16"):
         r["fwd_bf16_mpx_s"] = forward_mpx_s(net, fwd_size, repeats=3)
     r["matmul_bf16_gflops"] = matmul_peak_gflops(dtype=torch.bfloat16)
-    r["bf16_probe"] = bfloat16_speedup(torch.get_num_threads())
+    r["bf16_probe"] = bfloat16_speedup()
     r["auto_precision"] = str(inference_dtype(torch.device("cpu"))).removeprefix("torch.")
     r["fwd_naive_mpx_s"] = forward_mpx_s(lambda x: reference_forward(net, x), fwd_size, repeats=1)
     r["msd_bytes_per_px"] = msd_bytes_per_pixel(depth)

@@ -445,3 +445,11 @@ def test_demo_screenshot_into_a_missing_folder_is_refused_before_opening_napari(
         f"(mkdir -p {missing}) or choose another --screenshot"
     )
     assert not missing.exists()
+
+
+def test_a_bad_precision_setting_ends_any_command_in_one_line(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("NAPARI_MSD_PRECISION", "half")
+    assert main(["sample", "-o", str(tmp_path / "sample")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("napari-msd sample: error: NAPARI_MSD_PRECISION 'half' is not a precision; use one of")
+    assert "\n" not in err and not (tmp_path / "sample").exists()

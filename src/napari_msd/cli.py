@@ -840,11 +840,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_precision_setting() -> None:
+    """A bad ``NAPARI_MSD_PRECISION`` ends the command before any work, not at its first prediction."""
+    from .models.precision import current_precision
+
+    try:
+        current_precision()
+    except ValueError as err:
+        raise CLIError(str(err)) from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``napari-msd`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        _check_precision_setting()
         args.func(args)
     except CLIError as err:
         print(f"napari-msd {args.command}: error: {err}", file=sys.stderr)

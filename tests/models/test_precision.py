@@ -98,20 +98,39 @@ def test_the_environment_chooses_when_the_process_did_not(monkeypatch):
 
 def test_auto_follows_the_measured_speed_up_on_a_cpu_only(monkeypatch):
     set_inference_precision("auto")
-    monkeypatch.setattr(precision, "bfloat16_speedup", lambda threads=None: 3.0)
+    monkeypatch.setattr(precision, "bfloat16_speedup", lambda: 3.0)
     assert inference_dtype(CPU) == torch.bfloat16 and precision_name(CPU) == "bfloat16"
     assert describe_precision(CPU) == "bfloat16 (products 3.0x faster in bfloat16 here)"
     assert inference_dtype(torch.device("cuda")) == torch.float32  # GPUs keep float32 unless chosen
-    monkeypatch.setattr(precision, "bfloat16_speedup", lambda threads=None: 1.1)
+    monkeypatch.setattr(precision, "bfloat16_speedup", lambda: 1.1)
     assert inference_dtype(CPU) == torch.float32
     assert describe_precision(CPU) == "float32 (products 1.1x faster in bfloat16 here)"
     set_inference_precision("float32")
     assert describe_precision(CPU) == "float32 (chosen)"
 
 
-def test_the_probe_measures_a_positive_ratio_once():
-    first = precision.bfloat16_speedup(1)
-    assert first > 0 and precision.bfloat16_speedup(1) == first
+def test_the_probe_measures_once_and_skips_cpus_without_native_bfloat16(monkeypatch):
+    first = precision.bfloat16_speedup()
+    assert first >= 0 and precision.bfloat16_speedup() == first
+    assert (first == 0) == (precision.native_bfloat16() is False)
+    precision._probe.cache_clear()
+    try:
+        monkeypatch.setattr(precision, "native_bfloat16", lambda: False)
+        assert precision.bfloat16_speedup() == 0.0
+        set_inference_precision("auto")
+        assert inference_dtype(CPU) == torch.float32
+        assert describe_precision(CPU) == "float32 (no native bfloat16 here)"
+    finally:
+        precision._probe.cache_clear()
+
+
+def test_the_output_bias_is_added_in_full_precision():
+    net, x = _net(), _image((40, 40))
+    before = _forward(net, x, "bfloat16")
+    with torch.no_grad():
+        net.head_bias += torch.tensor([0.01, -0.003, 0.0])  # finer than bfloat16 resolves next to logits of ~1-10
+    after = _forward(net, x, "bfloat16")
+    torch.testing.assert_close(after - before, torch.tensor([0.01, -0.003, 0.0]).view(1, 3, 1, 1).expand_as(after))
 
 
 @pytest.mark.parametrize("bad", ["half", "fp16", "BF16"])

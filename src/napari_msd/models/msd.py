@@ -130,9 +130,20 @@ class MSDNet(nn.Module):
             if compute != dtype:
                 params = [p.to(compute) for p in params]
         bias, head_weight, head_bias, *weights = params
+        reduced = bias.dtype != dtype  # its output bias is added in full precision (a prior correction's shift)
         with torch.autocast(device_type=x.device.type, enabled=False):
-            out = MSDFunction.apply(x.to(bias.dtype), bias, head_weight, head_bias, self.schedule, self.block, *weights)
-        return out.to(dtype)
+            out = MSDFunction.apply(
+                x.to(bias.dtype),
+                bias,
+                head_weight,
+                torch.zeros_like(head_bias) if reduced else head_bias,
+                self.schedule,
+                self.block,
+                *weights,
+            )
+        if not reduced:
+            return out
+        return out.to(dtype) + self.head_bias.view(1, -1, *(1,) * self.ndim)
 
     def extra_repr(self) -> str:
         return (

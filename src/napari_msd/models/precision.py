@@ -2,10 +2,11 @@
 
 MS-D's forward is a chain of skinny matrix products (a few tap rows by every pixel of the tile) and shifted sums.
 On CPUs with native bfloat16 dot products (AVX-512 BF16, AMX) oneDNN runs those products several times faster than
-MKL's float32, and the maps take half the bytes. Training always runs in float32: only forwards without autograd
-(prediction, live previews, validation, the prior correction's estimate) take the reduced precision, and under
-``"auto"`` only where a short probe of such a product measured bfloat16 at least ``MIN_SPEEDUP`` times faster.
-The logits come back in float32.
+MKL's float32, and the maps take half the bytes. Training steps (forward and backward with autograd) always run in
+float32: only forwards without autograd (prediction, live previews, validation, the prior correction's estimate, a
+retraining's parent as teacher) take the reduced precision, and under ``"auto"`` only on a CPU that reports native
+bfloat16 and where a short probe of such a product measured it at least ``MIN_SPEEDUP`` times faster (once per
+process). The logits come back in float32, the output bias added in float32.
 
 ``set_inference_precision(...)`` (or the environment variable ``NAPARI_MSD_PRECISION``) chooses ``"auto"``,
 ``"float32"`` or ``"bfloat16"`` for the process; ``with inference_precision("float32"):`` holds the calling thread
@@ -66,11 +67,29 @@ def inference_precision(precision: str) -> Iterator[None]:
         _thread.precision = before
 
 
+_probe_lock = threading.Lock()
+
+
+def native_bfloat16() -> bool | None:
+    """Whether this CPU has native bfloat16 dot products (AVX-512 BF16 or AMX); None where torch cannot tell."""
+    cpu = getattr(torch, "cpu", None)
+    checks = [getattr(cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    if any(check is None for check in checks):
+        return None
+    return any(bool(check()) for check in checks)  # type: ignore[misc]
+
+
+def bfloat16_speedup() -> float:
+    """How many times faster a bfloat16 product of ``PROBE_SHAPE`` runs than in float32 on this CPU (0 without native
+    bfloat16: emulated products are slow, and not probed); best of 5 each, measured once per process (about 0.1 s)."""
+    with _probe_lock:
+        return _probe()
+
+
 @functools.cache
-def bfloat16_speedup(threads: int | None = None) -> float:
-    """How many times faster a bfloat16 product of ``PROBE_SHAPE`` runs than in float32 on this CPU, with
-    ``threads`` (default: torch's current number); best of 5 each, measured once per process (about 0.1 s)."""
-    del threads  # part of the cache key only: the ratio depends on the thread team
+def _probe() -> float:
+    if native_bfloat16() is False:
+        return 0.0
     rows, inner, pixels = PROBE_SHAPE
     generator = torch.Generator().manual_seed(0)
     seconds = []
@@ -96,7 +115,7 @@ def inference_dtype(device: torch.device) -> torch.dtype:
         return torch.bfloat16
     if precision == "float32" or device.type != "cpu":
         return torch.float32
-    return torch.bfloat16 if bfloat16_speedup(torch.get_num_threads()) >= MIN_SPEEDUP else torch.float32
+    return torch.bfloat16 if bfloat16_speedup() >= MIN_SPEEDUP else torch.float32
 
 
 def precision_name(device: torch.device) -> str:
@@ -109,4 +128,7 @@ def describe_precision(device: torch.device) -> str:
     precision, name = current_precision(), precision_name(device)
     if precision != "auto" or device.type != "cpu":
         return f"{name} (chosen)" if precision != "auto" else name
-    return f"{name} (products {bfloat16_speedup(torch.get_num_threads()):.1f}x faster in bfloat16 here)"
+    speedup = bfloat16_speedup()
+    if speedup == 0:
+        return f"{name} (no native bfloat16 here)"
+    return f"{name} (products {speedup:.1f}x faster in bfloat16 here)"
