@@ -74,7 +74,7 @@ def test_both_layouts_sum_the_same_shifted_taps(spatial, dilation):
     from napari_msd.models.msd_kernel import Scratch
 
     torch.manual_seed(0)
-    taps = torch.randn(2, 3 ** len(spatial), *spatial, dtype=torch.float64)
+    taps = torch.randn(3 ** len(spatial), 2, *spatial, dtype=torch.float64)  # (taps, N, *spatial)
     padded, framed = PaddedTaps(spatial, {dilation, 3}, taps.device), Framed(spatial, {dilation, 3}, taps.device)
     stored = torch.zeros((*taps.shape[:2], *framed.stored), dtype=torch.float64)
     framed.inside(stored).copy_(taps)
@@ -84,7 +84,7 @@ def test_both_layouts_sum_the_same_shifted_taps(spatial, dilation):
     framed.shift_sum(stored, dilation, out_framed, Scratch(taps))
     torch.testing.assert_close(out_framed, out_padded)
     expected = sum(  # tap k of the 3**ndim, read at its kernel offset from the reflect-padded map
-        reflect_pad(taps[:, k : k + 1], dilation, len(spatial))[(slice(None), 0) + window]
+        reflect_pad(taps[k : k + 1], dilation, len(spatial))[(0, slice(None)) + window]
         for k, window in enumerate(Frame(spatial, dilation, taps.device).windows(dilation))
     )
     torch.testing.assert_close(out_padded, expected)
@@ -97,7 +97,7 @@ def test_the_shifted_sums_adjoint_satisfies_the_inner_product_identity(kind, spa
 
     torch.manual_seed(1)
     layout = kind(spatial, {dilation, 3}, torch.device("cpu"))
-    taps = torch.randn(2, 3 ** len(spatial), *layout.stored, dtype=torch.float64)
+    taps = torch.randn(3 ** len(spatial), 2, *layout.stored, dtype=torch.float64)
     g = torch.randn(2, *spatial, dtype=torch.float64)
     out = torch.empty(2, *spatial, dtype=torch.float64)
     layout.shift_sum(taps, dilation, out, Scratch(taps))

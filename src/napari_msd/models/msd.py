@@ -24,7 +24,7 @@ from torch import nn
 
 from .checks import check_input
 from .msd_kernel import MSDFunction
-from .precision import inference_dtype
+from .precision import held_products, inference_dtype
 
 DEFAULT_DILATIONS = tuple(range(1, 11))
 
@@ -121,14 +121,21 @@ class MSDNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, in_channels, *spatial)`` to ``(N, out_channels, *spatial)`` logits, in the parameters' dtype.
-        Without gradients, float32 networks compute in :func:`~napari_msd.models.precision.inference_dtype`."""
+        Without gradients, float32 networks compute in :func:`~napari_msd.models.precision.inference_dtype`; with
+        them, their products run in the dtype a training holds (:func:`~napari_msd.models.precision.held_products`,
+        float32 by default), gradients and parameters staying float32."""
         check_input("MSDNet", x, self.in_channels, self.ndim)
         dtype = self.bias.dtype
         params = [self.bias, self.head_weight, self.head_bias, *self.weights]
-        if dtype == torch.float32 and not torch.is_grad_enabled():
-            compute = inference_dtype(x.device)
-            if compute != dtype:
-                params = [p.to(compute) for p in params]
+        products = dtype
+        if dtype == torch.float32:
+            if not torch.is_grad_enabled():
+                compute = inference_dtype(x.device)
+                if compute != dtype:
+                    params = [p.to(compute) for p in params]
+                    products = compute
+            else:
+                products = held_products() or dtype
         bias, head_weight, head_bias, *weights = params
         reduced = bias.dtype != dtype  # its output bias is added in full precision (a prior correction's shift)
         with torch.autocast(device_type=x.device.type, enabled=False):
@@ -139,6 +146,7 @@ class MSDNet(nn.Module):
                 torch.zeros_like(head_bias) if reduced else head_bias,
                 self.schedule,
                 self.block,
+                products,
                 *weights,
             )
         if not reduced:

@@ -14,8 +14,13 @@ Two layouts of the buffer (:func:`layout_for` picks one):
   shifted sum reads their windows directly: no padding per layer, at the price of the frame's share of every
   product (8% at 512 x 512, 2.3x for a 64^3 block).
 
-Products run over the whole batch at once (broadcast matrix products), not sample by sample: at a training batch of
-16 x 64 x 64 the Python loop cost a third of a step.
+The buffer is maps-first, ``(maps, N, *stored)``: a map of every sample is one row of ``maps x (N * pixels)``, so
+every product is one plain matrix product over the whole batch (no per-sample loop, no broadcast batched product).
+
+Products may run in a lower precision than the parameters (``products``, :mod:`.precision`): bfloat16 on CPUs that
+multiply it natively several times faster. The maps are then stored in bfloat16 (each layer's shifted sum, bias and
+ReLU computed in float32 and rounded once), while the gradient buffer, the parameters and their gradients stay
+float32: every product's result is added into float32.
 """
 
 from __future__ import annotations
@@ -49,7 +54,7 @@ class Scratch:
 
 class Frame:
     """A reflective frame of ``pad`` pixels around maps of interior shape ``spatial``, in tensors
-    ``(N, C, *framed)``: :meth:`fill` writes the reflection (repeated where an axis is not longer than ``pad``),
+    ``(A, B, *framed)`` (any two leading axes): :meth:`fill` writes the reflection (repeated where an axis is not longer than ``pad``),
     :meth:`fold` is its adjoint (adds the frame's gradient onto the interior pixels it copies)."""
 
     def __init__(self, spatial: tuple[int, ...], pad: int, device: torch.device):
@@ -63,7 +68,7 @@ class Frame:
             self._axes.append((frame, source[frame]))
 
     def inside(self, t: torch.Tensor) -> torch.Tensor:
-        """The interior of framed maps ``(N, C, *framed)``, a view."""
+        """The interior of framed maps ``(A, B, *framed)``, a view."""
         return t[(slice(None), slice(None)) + self.interior]
 
     def windows(self, dilation: int) -> list[tuple[slice, ...]]:
@@ -75,12 +80,12 @@ class Frame:
         ]
 
     def tap_windows(self, taps: torch.Tensor, dilation: int) -> torch.Tensor:
-        """All the windows of framed tap maps ``(N, 3**ndim, *framed)`` at once, as one strided view
-        ``(N, 3, ..., 3, *spatial)`` (tap ``k`` at the kernel position of C order): one copy fills them all."""
+        """All the windows of framed tap maps ``(3**ndim, N, *framed)`` at once, as one strided view
+        ``(3, ..., 3, N, *spatial)`` (tap ``k`` at the kernel position of C order): one copy fills them all."""
         ndim = len(self.spatial)
-        batch, channel, *axes = taps.stride()
-        size = (taps.shape[0],) + (3,) * ndim + self.spatial
-        strides = (batch, *(channel * 3 ** (ndim - 1 - a) + dilation * axes[a] for a in range(ndim)), *axes)
+        tap, batch, *axes = taps.stride()
+        size = (3,) * ndim + (taps.shape[1],) + self.spatial
+        strides = (*(tap * 3 ** (ndim - 1 - a) + dilation * axes[a] for a in range(ndim)), batch, *axes)
         start = taps.storage_offset() + sum((self.pad - dilation) * step for step in axes)
         return taps.as_strided(size, strides, start)
 
@@ -123,20 +128,20 @@ class PaddedTaps:
         return t
 
     def made(self, maps: torch.Tensor) -> None:
-        """Maps ``(N, C, *stored)`` just written: nothing to add."""
+        """Maps ``(C, N, *stored)`` just written: nothing to add."""
 
     def settle(self, grad: torch.Tensor) -> None:
-        """The gradient of maps ``(N, C, *stored)`` is complete: nothing to fold."""
+        """The gradient of maps ``(C, N, *stored)`` is complete: nothing to fold."""
 
     def shift_sum(self, taps: torch.Tensor, dilation: int, out: torch.Tensor, scratch: Scratch) -> None:
-        """Into ``out`` ``(N, *spatial)``: the sum of the taps ``(N, 3**ndim, *stored)``, reflect-padded and each
+        """Into ``out`` ``(N, *spatial)``: the sum of the taps ``(3**ndim, N, *stored)``, reflect-padded and each
         shifted by its kernel offset at ``dilation``."""
         frame = self._frames[dilation]
         padded = reflect_pad(taps, dilation, taps.ndim - 2, out=scratch(*taps.shape[:2], *frame.framed))
         _sum_windows(padded, self._windows[dilation], out)
 
     def shift_sum_adjoint(self, grad: torch.Tensor, dilation: int, out: torch.Tensor, scratch: Scratch) -> None:
-        """Adjoint of :meth:`shift_sum`: ``grad`` ``(N, *spatial)`` into ``out`` ``(N, 3**ndim, *stored)``. The
+        """Adjoint of :meth:`shift_sum`: ``grad`` ``(N, *spatial)`` into ``out`` ``(3**ndim, N, *stored)``. The
         padding's adjoint is :meth:`Frame.fold`: torch's reflection-pad backward kernel took 2-4x longer."""
         frame = self._frames[dilation]
         padded = scratch(*out.shape[:2], *frame.framed).zero_()
@@ -158,11 +163,11 @@ class Framed:
         return self._frame.inside(t)
 
     def made(self, maps: torch.Tensor) -> None:
-        """Maps ``(N, C, *stored)`` whose interior was just written: fill their frame."""
+        """Maps ``(C, N, *stored)`` whose interior was just written: fill their frame."""
         self._frame.fill(maps)
 
     def settle(self, grad: torch.Tensor) -> None:
-        """The gradient of maps ``(N, C, *stored)`` is complete: fold its frame onto the interior."""
+        """The gradient of maps ``(C, N, *stored)`` is complete: fold its frame onto the interior."""
         self._frame.fold(grad)
 
     def shift_sum(self, taps: torch.Tensor, dilation: int, out: torch.Tensor, scratch: Scratch) -> None:
@@ -177,7 +182,7 @@ Layout = PaddedTaps | Framed
 
 def _sum_windows(taps: torch.Tensor, windows: Sequence[tuple[slice, ...]], out: torch.Tensor) -> None:
     for k, window in enumerate(windows):
-        piece = taps[(slice(None), k) + window]
+        piece = taps[(k, slice(None)) + window]
         if k == 0:
             out.copy_(piece)
         else:
@@ -185,9 +190,8 @@ def _sum_windows(taps: torch.Tensor, windows: Sequence[tuple[slice, ...]], out: 
 
 
 def _spread(windows: torch.Tensor, grad: torch.Tensor) -> None:
-    """Copy ``grad`` ``(N, *spatial)`` into every tap's window ``(N, 3, ..., 3, *spatial)`` (one op, not 3**ndim)."""
-    ndim = grad.ndim - 1
-    windows.copy_(grad.view(grad.shape[0], *(1,) * ndim, *grad.shape[1:]).expand(windows.shape))
+    """Copy ``grad`` ``(N, *spatial)`` into every tap's window ``(3, ..., 3, N, *spatial)`` (one op, not 3**ndim)."""
+    windows.copy_(grad.expand(windows.shape))
 
 
 def layout_for(spatial: tuple[int, ...], schedule: Sequence[Sequence[int]], device: torch.device) -> Layout:
@@ -209,93 +213,104 @@ def layer_blocks(depth: int, block: int) -> list[tuple[int, int]]:
     return [(start, min(start + block, depth)) for start in range(0, depth, block)]
 
 
+def _add_product(into: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scratch: Scratch) -> None:
+    """``into += a @ b``; a product in a lower precision than ``into`` lands in ``scratch`` first."""
+    if a.dtype == into.dtype:
+        into.addmm_(a, b)
+    else:
+        into.add_(torch.mm(a, b, out=scratch(a.shape[0], b.shape[1])))
+
+
 class MSDFunction(torch.autograd.Function):
-    """All MS-D layers and the output layer; ``apply(x, bias, head_weight, head_bias, schedule, block, *weights)``."""
+    """All MS-D layers and the output layer;
+    ``apply(x, bias, head_weight, head_bias, schedule, block, products, *weights)``, ``products`` the dtype of the
+    matrix products and stored maps (the parameters' own, or bfloat16 for float32 parameters)."""
 
     @staticmethod
-    def forward(ctx, x, bias, head_weight, head_bias, schedule, block, *weights):
+    def forward(ctx, x, bias, head_weight, head_bias, schedule, block, products, *weights):
         n, c_in = x.shape[:2]
         width, depth = weights[0].shape[0], len(weights)
         n_maps = c_in + width * depth
         n_taps = 3 ** (x.ndim - 2)
         rows_per_layer = width * n_taps
         layout = layout_for(tuple(x.shape[2:]), schedule, x.device)
-        buf = x.new_empty((n, n_maps, *layout.stored))
-        layout.inside(buf[:, :c_in]).copy_(x)
-        layout.made(buf[:, :c_in])
-        flat = buf.view(n, n_maps, -1)
-        mats = [tap_matrix(w).contiguous() for w in weights]
-        mixed_scratch, pad_scratch = Scratch(x), Scratch(x)
+        buf = x.new_empty((n_maps, n, *layout.stored), dtype=products)
+        layout.inside(buf[:c_in].transpose(0, 1)).copy_(x)
+        layout.made(buf[:c_in])
+        flat = buf.view(n_maps, -1)
+        mats = [tap_matrix(w).to(products).contiguous() for w in weights]
+        mixed_scratch, pad_scratch = Scratch(buf), Scratch(buf)
+        rounded = products != bias.dtype  # each layer summed in the parameters' precision, then stored rounded
+        sum_scratch = Scratch(bias)
         for start, stop in layer_blocks(depth, block):
             c_start = c_in + start * width
             block_mat = torch.cat([m[:, :c_start] for m in mats[start:stop]])
-            mixed = mixed_scratch(n, block_mat.shape[0], flat.shape[2])
-            torch.matmul(block_mat, flat[:, :c_start], out=mixed)
+            mixed = mixed_scratch(block_mat.shape[0], flat.shape[1])
+            torch.mm(block_mat, flat[:c_start], out=mixed)
             for i in range(start, stop):
                 c_i = c_in + i * width
-                rows = mixed[:, (i - start) * rows_per_layer : (i - start + 1) * rows_per_layer]
+                rows = mixed[(i - start) * rows_per_layer : (i - start + 1) * rows_per_layer]
                 if c_i > c_start:  # the maps made earlier in this block
-                    part = mats[i][:, c_start:c_i]
-                    rows.baddbmm_(part.expand(n, *part.shape), flat[:, c_start:c_i])
-                layer = layout.inside(buf[:, c_i : c_i + width])
+                    rows.addmm_(mats[i][:, c_start:c_i], flat[c_start:c_i])
                 for j in range(width):
-                    taps = rows[:, j * n_taps : (j + 1) * n_taps].view(n, n_taps, *layout.stored)
-                    out = layer[:, j]
+                    taps = rows[j * n_taps : (j + 1) * n_taps].view(n_taps, n, *layout.stored)
+                    stored = layout.inside(buf[c_i + j : c_i + j + 1])[0]  # (N, *spatial)
+                    out = sum_scratch(*stored.shape) if rounded else stored
                     layout.shift_sum(taps, schedule[i][j], out, pad_scratch)
                     out.add_(bias[i * width + j]).clamp_(min=0)
-                layout.made(buf[:, c_i : c_i + width])
-        logits = torch.matmul(head_weight, flat) + head_bias[:, None]
+                    if rounded:
+                        stored.copy_(out)
+                layout.made(buf[c_i : c_i + width])
+        logits = torch.mm(head_weight.to(products), flat).to(head_bias.dtype).add_(head_bias[:, None])
         ctx.schedule, ctx.block, ctx.layout = schedule, block, layout
         ctx.save_for_backward(buf, head_weight, *weights)
-        return layout.inside(logits.view(n, -1, *layout.stored)).contiguous()
+        return layout.inside(logits.view(-1, n, *layout.stored).transpose(0, 1)).contiguous()
 
     @staticmethod
     def backward(ctx, grad_logits):
         buf, head_weight, *weights = ctx.saved_tensors
         schedule, block, layout = ctx.schedule, ctx.block, ctx.layout
-        n, n_maps = buf.shape[:2]
+        n_maps, n = buf.shape[:2]
+        products, dtype = buf.dtype, head_weight.dtype
         width, depth = weights[0].shape[0], len(weights)
         c_in = n_maps - width * depth
         n_taps = 3 ** len(layout.spatial)
         rows_per_layer = width * n_taps
-        flat = buf.view(n, n_maps, -1)
-        sums = (0, *range(2, grad_logits.ndim))  # over the batch and the pixels
-        if layout.stored == layout.spatial:
-            g_out = grad_logits.reshape(n, grad_logits.shape[1], -1)
-        else:  # the frame's logits were not returned: no gradient there
-            g_stored = grad_logits.new_zeros((n, grad_logits.shape[1], *layout.stored))
-            layout.inside(g_stored).copy_(grad_logits)
-            g_out = g_stored.view(n, grad_logits.shape[1], -1)
-
-        grad_head_weight = torch.matmul(g_out, flat.transpose(1, 2)).sum(0)
-        grad_head_bias = grad_logits.sum(dim=sums)
-        grad = torch.matmul(head_weight.t(), g_out)  # (N, maps, P): the one gradient buffer
-        grad_maps = grad.view(n, n_maps, *layout.stored)
-        grad_bias = buf.new_zeros(width * depth)
-        grad_mats = [buf.new_zeros((w.shape[0] * n_taps, w.shape[1])) for w in weights]
-        mats = [tap_matrix(w).contiguous() for w in weights]
-        taps_scratch, pad_scratch = Scratch(buf), Scratch(buf)
-
+        flat = buf.view(n_maps, -1)
+        c_out = grad_logits.shape[1]
+        g_stored = grad_logits.new_zeros((c_out, n, *layout.stored))  # the frame's logits were not returned: 0
+        layout.inside(g_stored.transpose(0, 1)).copy_(grad_logits)
+        g_out = g_stored.view(c_out, -1)
+        grad_head_weight = torch.mm(g_out.to(products), flat.t()).to(dtype)
+        grad_head_bias = grad_logits.sum(dim=(0, *range(2, grad_logits.ndim)))
+        grad = torch.mm(head_weight.t(), g_out)  # (maps, N * pixels): the one gradient buffer, in full precision
+        grad_maps = grad.view(n_maps, n, *layout.stored)
+        grad_bias = grad.new_zeros(width * depth)
+        grad_mats = [grad.new_zeros((w.shape[0] * n_taps, w.shape[1])) for w in weights]
+        mats = [tap_matrix(w).to(products).contiguous() for w in weights]
+        taps_scratch, pad_scratch = Scratch(grad), Scratch(grad)
+        low_scratch, product_scratch = Scratch(buf), Scratch(buf)
         for start, stop in reversed(layer_blocks(depth, block)):
             c_start = c_in + start * width
-            g_taps = taps_scratch(n, (stop - start) * rows_per_layer, flat.shape[2])
+            g_taps = taps_scratch((stop - start) * rows_per_layer, flat.shape[1])
             for i in reversed(range(start, stop)):
                 c_i = c_in + i * width
-                layout.settle(grad_maps[:, c_i : c_i + width])  # every later layer has added its share by now
-                g_layer = layout.inside(grad_maps[:, c_i : c_i + width])
-                g_layer.mul_(layout.inside(buf[:, c_i : c_i + width]) > 0)  # ReLU'
-                grad_bias[i * width : (i + 1) * width] = g_layer.sum(dim=sums)
-                rows = g_taps[:, (i - start) * rows_per_layer : (i - start + 1) * rows_per_layer]
+                layout.settle(grad_maps[c_i : c_i + width])  # every later layer has added its share by now
+                g_layer = layout.inside(grad_maps[c_i : c_i + width])  # (w, N, *spatial)
+                g_layer.mul_(layout.inside(buf[c_i : c_i + width]) > 0)  # ReLU'
+                grad_bias[i * width : (i + 1) * width] = g_layer.sum(dim=tuple(range(1, g_layer.ndim)))
+                rows = g_taps[(i - start) * rows_per_layer : (i - start + 1) * rows_per_layer]
                 for j in range(width):
-                    out = rows[:, j * n_taps : (j + 1) * n_taps].view(n, n_taps, *layout.stored)
-                    layout.shift_sum_adjoint(g_layer[:, j], schedule[i][j], out, pad_scratch)
+                    out = rows[j * n_taps : (j + 1) * n_taps].view(n_taps, n, *layout.stored)
+                    layout.shift_sum_adjoint(g_layer[j], schedule[i][j], out, pad_scratch)
                 if c_i > c_start:
-                    part = mats[i][:, c_start:c_i].t()
-                    grad[:, c_start:c_i].baddbmm_(part.expand(n, *part.shape), rows)
-                    grad_mats[i][:, c_start:c_i] += torch.matmul(rows, flat[:, c_start:c_i].transpose(1, 2)).sum(0)
+                    low = rows if products == dtype else low_scratch(*rows.shape).copy_(rows)
+                    _add_product(grad[c_start:c_i], mats[i][:, c_start:c_i].t(), low, product_scratch)
+                    grad_mats[i][:, c_start:c_i] += torch.mm(low, flat[c_start:c_i].t())
+            low = g_taps if products == dtype else low_scratch(*g_taps.shape).copy_(g_taps)
             block_mat = torch.cat([m[:, :c_start] for m in mats[start:stop]]).t()
-            grad[:, :c_start].baddbmm_(block_mat.expand(n, *block_mat.shape), g_taps)
-            g_block = torch.matmul(g_taps, flat[:, :c_start].transpose(1, 2)).sum(0)
+            _add_product(grad[:c_start], block_mat, low, product_scratch)
+            g_block = torch.mm(low, flat[:c_start].t())
             for i in range(start, stop):
                 grad_mats[i][:, :c_start] = g_block[(i - start) * rows_per_layer : (i - start + 1) * rows_per_layer]
 
@@ -305,6 +320,6 @@ class MSDFunction(torch.autograd.Function):
         ]
         grad_x = None
         if ctx.needs_input_grad[0]:
-            layout.settle(grad_maps[:, :c_in])
-            grad_x = layout.inside(grad_maps[:, :c_in]).contiguous()
-        return (grad_x, grad_bias, grad_head_weight, grad_head_bias, None, None, *grad_weights)
+            layout.settle(grad_maps[:c_in])
+            grad_x = layout.inside(grad_maps[:c_in].transpose(0, 1)).contiguous()
+        return (grad_x, grad_bias, grad_head_weight, grad_head_bias, None, None, None, *grad_weights)

@@ -1,9 +1,9 @@
-"""The precision of forwards without gradients: bfloat16 where this CPU multiplies it natively faster than float32.
+"""The precision of MS-D's arithmetic: bfloat16 where this CPU multiplies it natively faster than float32.
 
 MS-D's forward is a chain of skinny matrix products (a few tap rows by every pixel of the tile) and shifted sums.
 On CPUs with native bfloat16 dot products (AVX-512 BF16, AMX) oneDNN runs those products several times faster than
-MKL's float32, and the maps take half the bytes. Training steps (forward and backward with autograd) always run in
-float32: only forwards without autograd (prediction, live previews, validation, the prior correction's estimate, a
+MKL's float32, and the maps take half the bytes. Training steps (forward and backward with autograd) run in float32
+unless a training chooses otherwise (below); forwards without autograd (prediction, live previews, validation, the prior correction's estimate, a
 retraining's parent as teacher) take the reduced precision, and under ``"auto"`` only on a CPU that reports native
 bfloat16 and where a short probe of such a product measured it at least ``MIN_SPEEDUP`` times faster (once per
 process). The logits come back in float32, the output bias added in float32.
@@ -132,3 +132,34 @@ def describe_precision(device: torch.device) -> str:
     if speedup == 0:
         return f"{name} (no native bfloat16 here)"
     return f"{name} (products {speedup:.1f}x faster in bfloat16 here)"
+
+
+def training_dtype(device: torch.device, precision: str = "auto") -> torch.dtype:
+    """The dtype of MS-D's products in training steps on ``device``: ``precision`` if it names one, else (``"auto"``)
+    what a forward without gradients computes in here (:func:`inference_dtype`: the thread's, the process's or
+    ``NAPARI_MSD_PRECISION``'s choice, or bfloat16 on a CPU where it is measured faster)."""
+    _checked(precision, "training precision")
+    if precision == "bfloat16":
+        return torch.bfloat16
+    if precision == "float32":
+        return torch.float32
+    return inference_dtype(device)
+
+
+def held_products() -> torch.dtype | None:
+    """The dtype the calling thread's training holds for MS-D's products (:func:`training_products`), else None."""
+    return getattr(_thread, "products", None)
+
+
+@contextmanager
+def training_products(dtype: torch.dtype) -> Iterator[None]:
+    """Run the calling thread's MS-D training steps with products in ``dtype`` (float32 or bfloat16) inside the
+    block; parameters, gradients and the gradient buffer stay float32."""
+    if dtype not in (torch.float32, torch.bfloat16):
+        raise ValueError(f"MS-D's products run in float32 or bfloat16, not {dtype}")
+    before = held_products()
+    _thread.products = dtype
+    try:
+        yield
+    finally:
+        _thread.products = before

@@ -15,6 +15,7 @@ class TrainingStarted:
     val_pixels: dict[str, int]  # class name -> held-out pixels (empty: validation is off)
     fine_tuning: bool = False
     forest_channels: int = 0  # input channels of a forest's class probabilities beside the image (training.context)
+    products: str = ""  # "float32" or "bfloat16": MS-D's matrix products in training steps; empty for other networks
 
 
 @dataclass(frozen=True)
