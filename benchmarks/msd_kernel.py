@@ -5,12 +5,15 @@ Run from the repository root (a git checkout, with the package installed)::
     python benchmarks/msd_kernel.py                      # padded taps against framed maps
     python benchmarks/msd_kernel.py --against 0fe2227    # and the MS-D of that commit
     python benchmarks/msd_kernel.py --blocks 4 8 16      # layers whose taps are mixed together (MSDNet's block)
+    python benchmarks/msd_kernel.py --against 0fe2227 --bfloat16   # and training steps with bfloat16 products
 
 The paper's MS-D (100 layers, width 1) is timed on a 512^2 and a 1024^2 forward and on training steps (forward and
 backward) of one 256^2 patch and of the engine's default batch, 16 patches of 64^2. The configurations take turns
 within every round, in one process, with the same weights: on a shared machine whose speed drifts from minute to
 minute, only such interleaved figures compare. It prints the median and the best of the rounds per configuration;
-"layout_for" is what :class:`~napari_msd.models.MSDNet` picks by itself.
+"layout_for" is what :class:`~napari_msd.models.MSDNet` picks by itself. Forwards run in float32 (the kernels, not
+the precision, are compared: see ``benchmarks/precision.py``); ``--bfloat16`` adds MSDNet's own layout with the
+training steps' products in bfloat16 (:func:`~napari_msd.models.precision.training_products`).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from machine import describe  # noqa: E402
 
 from napari_msd.models import msd_kernel  # noqa: E402
 from napari_msd.models.msd import MSDNet  # noqa: E402
+from napari_msd.models.precision import inference_precision, training_products  # noqa: E402
 
 CASES = {  # name: (batch, side, training)
     "forward 512^2": (1, 512, False),
@@ -54,12 +58,13 @@ def earlier_msd(commit: str, into: Path):
     return importlib.import_module(f"models_{commit}.msd").MSDNet
 
 
-def time_once(net: torch.nn.Module, x: torch.Tensor, training: bool) -> float:
+def time_once(net: torch.nn.Module, x: torch.Tensor, training: bool, products: torch.dtype = torch.float32) -> float:
     def run():
         if training:
-            net(x).square().mean().backward()
+            with training_products(products):
+                net(x).square().mean().backward()
         else:
-            with torch.no_grad():
+            with torch.no_grad(), inference_precision("float32"):
                 net(x)
 
     run()  # warm: scratch sizes, allocator
@@ -74,6 +79,9 @@ def main() -> None:
     parser.add_argument("--against", metavar="COMMIT", help="also time the MS-D of this git commit")
     parser.add_argument(
         "--blocks", type=int, nargs="+", metavar="B", help="compare these block sizes (layout_for) instead of layouts"
+    )
+    parser.add_argument(
+        "--bfloat16", action="store_true", help="also MSDNet's layout with bfloat16 products in the training steps"
     )
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -94,6 +102,8 @@ def main() -> None:
                 )
         else:
             configs.update({name: (net, growth) for name, growth in LAYOUTS.items()})
+        if args.bfloat16:
+            configs["layout_for, bfloat16 products"] = (net, LAYOUTS["layout_for"])
         inputs = {case: torch.randn(b, 1, side, side) for case, (b, side, _) in CASES.items()}
         seconds: dict[tuple[str, str], list[float]] = {(c, k): [] for c in CASES for k in configs}
         for _ in range(args.rounds):
@@ -101,13 +111,21 @@ def main() -> None:
                 for name, (model, growth) in configs.items():
                     if growth is not None:
                         msd_kernel.FRAMED_MAX_GROWTH = growth
-                    seconds[(case, name)].append(time_once(model, inputs[case], training))
+                    products = torch.bfloat16 if name.endswith("bfloat16 products") else torch.float32
+                    if products != torch.float32 and not training:
+                        continue  # forwards without gradients: the same float32 kernel as layout_for
+                    seconds[(case, name)].append(time_once(model, inputs[case], training, products))
         msd_kernel.FRAMED_MAX_GROWTH = LAYOUTS["layout_for"]
     print(f"{describe()}; {args.rounds} interleaved rounds; seconds, median (best)\n")
     print("| case | " + " | ".join(configs) + " |")
     print("|---|" + "---|" * len(configs))
-    for case in CASES:
-        cells = [f"{statistics.median(seconds[(case, k)]):.3f} ({min(seconds[(case, k)]):.3f})" for k in configs]
+    for case, (_, _, training) in CASES.items():
+        cells = [
+            f"{statistics.median(seconds[(case, k)]):.3f} ({min(seconds[(case, k)]):.3f})"
+            if training or not k.endswith("bfloat16 products")
+            else "(as layout_for)"
+            for k in configs
+        ]
         print(f"| {case} | " + " | ".join(cells) + " |")
 
 

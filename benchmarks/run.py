@@ -1,4 +1,5 @@
-"""Model benchmarks: MS-D training step and memory, MS-D (float32 and bfloat16) and U-Net forward throughput.
+"""Model benchmarks: MS-D training step (float32 and bfloat16 products) and memory, MS-D (float32 and bfloat16) and
+U-Net forward throughput.
 
 Run from the repository root with the package installed::
 
@@ -26,7 +27,12 @@ from machine import best_time, describe, matmul_peak_gflops, memory_bandwidth_gb
 
 from napari_msd.models import MSDNet, UNet  # noqa: E402
 from napari_msd.models.msd_reference import reference_forward  # noqa: E402
-from napari_msd.models.precision import bfloat16_speedup, inference_dtype, inference_precision  # noqa: E402
+from napari_msd.models.precision import (  # noqa: E402
+    bfloat16_speedup,
+    inference_dtype,
+    inference_precision,
+    training_products,
+)
 
 
 def msd_bytes_per_pixel(depth: int, width: int = 1, c_in: int = 1, c_out: int = 2) -> int:
@@ -102,6 +108,8 @@ def run(quick: bool) -> dict:
 
     net = MSDNet(1, 2, depth=depth)
     r["train_fast_s"] = train_step_seconds(net, net.parameters(), train_size, steps)
+    with training_products(torch.bfloat16):
+        r["train_bf16_s"] = train_step_seconds(net, net.parameters(), train_size, steps)
     r["train_naive_s"] = train_step_seconds(
         lambda x: reference_forward(net, x), net.parameters(), train_size, max(1, steps - 1)
     )
@@ -144,6 +152,12 @@ def table(r: dict) -> str:
             f"{r['train_fast_s']:.2f} s",
             f"{r['train_naive_s']:.2f} s",
             f"{r['train_naive_s'] / r['train_fast_s']:.1f}x faster",
+        ),
+        (
+            f"MS-D d={d} w=1 training step, {ts}x{ts}, batch 1, bfloat16 products",
+            f"{r['train_bf16_s']:.2f} s",
+            "",
+            f"{r['train_fast_s'] / r['train_bf16_s']:.1f}x float32",
         ),
         (
             f"MS-D d={d} peak training memory, {ts}x{ts}",

@@ -195,6 +195,20 @@ def test_train_with_forest_channels_says_so_and_stores_the_forest(stroke_files, 
     assert _train_config(parser_args).forest_channels is TrainConfig.forest_channels is False
 
 
+def test_train_with_bfloat16_products_says_so_and_the_choice_reaches_the_engine(stroke_files, tmp_path, capsys):
+    image, labels = stroke_files
+    out = tmp_path / "bf16.msd"
+    args = [str(image), str(labels), "-o", str(out), "--depth", "6", "--steps", "30", "--patch-size", "32"]
+    args += ["--validate-every", "10"]
+    code, stdout, _ = _train([*args, "--precision", "bfloat16"], capsys)
+    assert code == 0 and "; products in bfloat16" in stdout
+    assert main(["info", str(out)]) == 0
+    assert "bfloat16" in json.loads(capsys.readouterr().out)["provenance"]["precision"]
+    assert _train_config(build_parser().parse_args(["train", *args])).precision == TrainConfig.precision == "auto"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", *args, "--precision", "half"])
+
+
 def test_the_cli_offers_every_lr_schedule():
     train = build_parser()._subparsers._group_actions[0].choices["train"]  # type: ignore[union-attr]
     action = next(a for a in train._actions if a.dest == "lr_schedule")

@@ -1,4 +1,5 @@
-"""bfloat16 forwards without gradients (models.precision): close to float32, never in training, chosen as asked."""
+"""bfloat16 in MS-D (models.precision): forwards without gradients close to float32; training products in bfloat16
+only where a training holds them, with float32 gradients close to float32's; chosen as asked."""
 
 from __future__ import annotations
 
@@ -13,10 +14,13 @@ from napari_msd.models.msd import MSDNet
 from napari_msd.models.precision import (
     current_precision,
     describe_precision,
+    held_products,
     inference_dtype,
     inference_precision,
     precision_name,
     set_inference_precision,
+    training_dtype,
+    training_products,
 )
 
 CPU = torch.device("cpu")
@@ -164,3 +168,90 @@ def test_predictor_in_bfloat16_agrees_with_float32_on_labels():
     assert full.shape == reduced.shape == (3, *image.shape)  # class probabilities
     assert np.abs(full - reduced).mean() < 0.01
     assert np.mean(full.argmax(0) == reduced.argmax(0)) > 0.98
+
+
+def _gradients(net: torch.nn.Module, x: torch.Tensor, products: torch.dtype) -> tuple[float, list[torch.Tensor]]:
+    net.zero_grad(set_to_none=True)
+    target = torch.arange(x.shape[0] * x[0, 0].numel()).view(x.shape[0], *x.shape[2:]) % 3
+    with training_products(products):
+        loss = torch.nn.functional.cross_entropy(net(x), target)
+        loss.backward()
+    return float(loss), [p.grad.clone() for p in net.parameters()]
+
+
+def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0))
+
+
+@pytest.mark.parametrize(
+    ("in_channels", "ndim", "width", "shape"),
+    [(1, 2, 1, (4, 1, 40, 36)), (2, 3, 2, (2, 2, 10, 14, 12))],
+    ids=["2d batch", "3d, 2 channels, width 2"],
+)
+def test_training_products_in_bfloat16_give_float32_gradients_close_to_float32(in_channels, ndim, width, shape):
+    torch.manual_seed(0)
+    net = MSDNet(in_channels, 3, depth=12, width=width, ndim=ndim)
+    with torch.no_grad():
+        net.head_weight.normal_(0.0, 0.5)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(4))
+    loss_full, full = _gradients(net, x, torch.float32)
+    loss_low, low = _gradients(net, x, torch.bfloat16)
+    assert loss_low != loss_full and abs(loss_low - loss_full) < 0.01 * loss_full  # computed in bfloat16, close
+    assert all(g.dtype == torch.float32 for g in low) and all(p.dtype == torch.float32 for p in net.parameters())
+    assert _cosine(torch.cat([g.flatten() for g in full]), torch.cat([g.flatten() for g in low])) > 0.999
+    assert min(_cosine(a, b) for a, b in zip(full, low)) > 0.97  # every parameter's gradient, not just the sum
+
+
+def test_a_training_in_bfloat16_products_learns_as_one_in_float32():
+    def train(products: torch.dtype) -> list[float]:
+        torch.manual_seed(0)
+        net = MSDNet(1, 2, depth=10)
+        optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
+        x = _image((48, 48), seed=5)
+        target = (x[:, 0] > 0).long()  # a threshold of a smooth image: learnable by a few layers
+        losses = []
+        for _ in range(40):
+            optimizer.zero_grad()
+            with training_products(products):
+                loss = torch.nn.functional.cross_entropy(net(x), target)
+                loss.backward()
+            optimizer.step()
+            losses.append(float(loss))
+        return losses
+
+    full, low = train(torch.float32), train(torch.bfloat16)
+    assert low != full
+    assert low[-1] < 0.3 * low[0] and full[-1] < 0.3 * full[0]
+    assert abs(low[-1] - full[-1]) < 0.1 * low[0]
+
+
+def test_training_products_are_held_per_thread_and_only_for_training():
+    seen = {}
+    net, x = _net(), _image((40, 40))
+    outside = _forward(net, x, "float32")
+    assert held_products() is None
+    with training_products(torch.bfloat16):
+        worker = threading.Thread(target=lambda: seen.setdefault("other thread", held_products()))
+        worker.start()
+        worker.join()
+        seen["this thread"] = held_products()
+        inside = _forward(net, x, "float32")  # a forward without gradients follows the inference choice alone
+    seen["after"] = held_products()
+    assert seen == {"other thread": None, "this thread": torch.bfloat16, "after": None}
+    assert torch.equal(inside, outside)
+    with pytest.raises(ValueError, match="float32 or bfloat16"):
+        with training_products(torch.float16):
+            pass
+
+
+def test_a_training_precision_is_chosen_as_asked_and_auto_follows_the_inference_choice(monkeypatch):
+    assert training_dtype(CPU, "bfloat16") == torch.bfloat16 and training_dtype(CPU, "float32") == torch.float32
+    set_inference_precision("auto")
+    monkeypatch.setattr(precision, "bfloat16_speedup", lambda: 3.0)
+    assert training_dtype(CPU) == torch.bfloat16 and training_dtype(torch.device("cuda")) == torch.float32
+    monkeypatch.setattr(precision, "bfloat16_speedup", lambda: 1.1)
+    assert training_dtype(CPU) == torch.float32
+    set_inference_precision("bfloat16")  # NAPARI_MSD_PRECISION or --precision: one choice for both
+    assert training_dtype(CPU, "auto") == torch.bfloat16 and training_dtype(CPU, "float32") == torch.float32
+    with pytest.raises(ValueError, match="training precision 'half' is not a precision"):
+        training_dtype(CPU, "half")

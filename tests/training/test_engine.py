@@ -778,6 +778,7 @@ def _bad_inputs(image, labels):
         "bad metric": ([TrainingData(two_d, labels)], {"metric": "f1"}, ValueError, "metric"),
         "wrong class names": ([TrainingData(two_d, labels)], {"class_names": ["a", "b", "c"]}, ValueError, "names"),
         "negative edge weight": ([TrainingData(two_d, labels)], {"edge_weight": -1.0}, ValueError, "edge-aware"),
+        "unknown precision": ([TrainingData(two_d, labels)], {"precision": "half"}, ValueError, "precision must be"),
         "image as labels": ([TrainingData(two_d, two_d)], {}, TrainingDataError, "is this the image?"),
     }
 
@@ -794,6 +795,7 @@ CASES = [
     "bad metric",
     "wrong class names",
     "negative edge weight",
+    "unknown precision",
     "image as labels",
 ]
 
@@ -809,6 +811,39 @@ def test_bad_input_is_refused_with_one_line(case, task, tmp_path):
         Trainer(data, _config(**overrides), output=out)
     assert words in _one_line(err)
     assert not out.exists()
+
+
+# -- the precision of MS-D's products ------------------------------------------------------------------------------
+
+
+def test_an_msd_trained_with_bfloat16_products_learns_keeps_float32_weights_and_says_so(task, data, predict, tmp_path):
+    image, _, truth = task
+    out = tmp_path / "bf16.msd"
+    trainer = Trainer(data, _config(precision="bfloat16"), output=out)
+    events = list(trainer.run())
+    assert events[0].products == "bfloat16"
+    steps = _of(events, TrainStep)
+    assert np.mean([s.loss for s in steps[-5:]]) < np.mean([s.loss for s in steps[:5]])
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+    assert (predict(trainer.snapshot(), trainer.normalization, image) == truth).mean() >= 0.75  # as float32's test
+    assert "bfloat16" in read_metadata(out).provenance["precision"]
+
+
+@pytest.mark.parametrize(("arch", "products"), [(MSD, "float32"), (UNET, "")], ids=["msd", "unet"])
+def test_the_tests_default_trains_in_float32_and_other_networks_name_no_products(arch, products, data, monkeypatch):
+    calls = []
+    monkeypatch.setattr(engine_module, "training_products", lambda dtype: calls.append(dtype) or _Held())
+    trainer = Trainer(data, _config(steps=2, **arch))  # precision "auto" follows NAPARI_MSD_PRECISION=float32 here
+    events = list(trainer.run())
+    assert events[0].products == products and calls == [torch.float32, torch.float32]
+
+
+class _Held:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
 
 
 # -- the edge-aware loss --------------------------------------------------------------------------------------

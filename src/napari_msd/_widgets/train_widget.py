@@ -712,6 +712,7 @@ class TrainWidget(QWidget):
             self.status.setText(
                 f"{member}{what} on {event.device}; labeled px {px}"
                 + (f"; starting from {body.describe()}" if body is not None else "")
+                + ("; products in bfloat16" if event.products == "bfloat16" else "")
             )
         elif isinstance(event, TrainStep):
             self.plot.add_loss(offset + event.step, event.loss)

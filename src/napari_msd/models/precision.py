@@ -2,15 +2,20 @@
 
 MS-D's forward is a chain of skinny matrix products (a few tap rows by every pixel of the tile) and shifted sums.
 On CPUs with native bfloat16 dot products (AVX-512 BF16, AMX) oneDNN runs those products several times faster than
-MKL's float32, and the maps take half the bytes. Training steps (forward and backward with autograd) run in float32
-unless a training chooses otherwise (below); forwards without autograd (prediction, live previews, validation, the prior correction's estimate, a
-retraining's parent as teacher) take the reduced precision, and under ``"auto"`` only on a CPU that reports native
-bfloat16 and where a short probe of such a product measured it at least ``MIN_SPEEDUP`` times faster (once per
-process). The logits come back in float32, the output bias added in float32.
+MKL's float32, and the maps take half the bytes.
+
+- Forwards without autograd (prediction, live previews, validation, the prior correction's estimate, a retraining's
+  parent as teacher) compute in :func:`inference_dtype`: under ``"auto"`` bfloat16 only on a CPU that reports native
+  bfloat16 and where a short probe of such a product measured it at least ``MIN_SPEEDUP`` times faster (once per
+  process). The logits come back in float32, the output bias added in float32.
+- Training steps are float32 unless a training holds another dtype for its products (``with
+  training_products(dtype):``, chosen by :func:`training_dtype` from ``TrainConfig.precision``): the matrix products
+  and the stored maps then take bfloat16, while the gradient buffer, the parameters and their gradients stay float32.
 
 ``set_inference_precision(...)`` (or the environment variable ``NAPARI_MSD_PRECISION``) chooses ``"auto"``,
 ``"float32"`` or ``"bfloat16"`` for the process; ``with inference_precision("float32"):`` holds the calling thread
-to one of them (the effective-halo measurement compares predictions and keeps float32).
+to one of them (the effective-halo measurement compares predictions and keeps float32). A training's ``"auto"``
+follows that choice.
 """
 
 from __future__ import annotations
