@@ -11,15 +11,16 @@ The paper's MS-D (100 layers, width 1) is timed on a 512^2 and a 1024^2 forward 
 backward) of one 256^2 patch and of the engine's default batch, 16 patches of 64^2. The configurations take turns
 within every round, in one process, with the same weights: on a shared machine whose speed drifts from minute to
 minute, only such interleaved figures compare. It prints the median and the best of the rounds per configuration;
-"layout_for" is what :class:`~napari_msd.models.MSDNet` picks by itself. Forwards run in float32 (the kernels, not
-the precision, are compared: see ``benchmarks/precision.py``); ``--bfloat16`` adds MSDNet's own layout with the
-training steps' products in bfloat16 (:func:`~napari_msd.models.precision.training_products`).
+"layout_for" is what :class:`~napari_msd.models.MSDNet` picks by itself. Forwards run in float32, an earlier commit's
+too (kernels are compared here, precisions in ``benchmarks/precision.py``); ``--bfloat16`` adds MSDNet's own layout
+with the training steps' products in bfloat16 (:func:`~napari_msd.models.precision.training_products`).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import statistics
 import subprocess
 import sys
@@ -29,6 +30,8 @@ from pathlib import Path
 
 import torch
 
+# forwards compare kernels in float32, an earlier commit's copy too (its own precision module reads the environment)
+os.environ["NAPARI_MSD_PRECISION"] = "float32"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe  # noqa: E402
 

@@ -204,7 +204,7 @@ def test_train_with_bfloat16_products_says_so_and_the_choice_reaches_the_engine(
     assert code == 0 and "; products in bfloat16" in stdout
     assert main(["info", str(out)]) == 0
     assert "bfloat16" in json.loads(capsys.readouterr().out)["provenance"]["precision"]
-    assert _train_config(build_parser().parse_args(["train", *args])).precision == TrainConfig.precision == "auto"
+    assert _train_config(build_parser().parse_args(["train", *args])).precision == TrainConfig.precision == "float32"
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", *args, "--precision", "half"])
 

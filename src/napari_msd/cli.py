@@ -728,9 +728,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--precision",
         choices=["auto", "float32", "bfloat16"],
-        help="MS-D's products in training steps and its forwards without gradients: auto (bfloat16 where this CPU "
-        "measures it at least 1.5x faster; the default, or NAPARI_MSD_PRECISION), float32, bfloat16 (weights and "
-        "gradients stay float32)",
+        help="MS-D's arithmetic in training steps (default float32) and in forwards without gradients (default "
+        "auto: bfloat16 where this CPU measures it at least 1.5x faster, or NAPARI_MSD_PRECISION): float32, "
+        "bfloat16 (products and stored maps; weights and gradients stay float32) or auto for both",
     )
     train.add_argument("--class-names", help="comma-separated, e.g. membrane,interior")
     train.add_argument("--threads", type=int, help="CPU threads (default: all cores)")

@@ -11,12 +11,24 @@ from napari_msd.models.msd import MSDNet, msd_dilation_schedule, msd_parameter_c
 from napari_msd.models.msd_reference import reference_forward
 
 
-@pytest.fixture(params=["padded taps", "framed"])
+@pytest.fixture(
+    params=[
+        ("padded taps", "sample-major"),
+        ("framed", "sample-major"),
+        ("padded taps", "maps-first"),
+        ("framed", "maps-first"),
+    ],
+    ids=lambda p: ", ".join(p),
+)
 def layout(request, monkeypatch):
-    """Run a test with each buffer layout of the MS-D kernel (``msd_kernel.layout_for`` picks by input size)."""
+    """Run a test with each buffer layout of the MS-D kernel (``msd_kernel.layout_for`` picks by input size) and each
+    arrangement of the batch (``msd_kernel.storage_for`` picks by the products' dtype: maps-first for bfloat16)."""
     from napari_msd.models import msd_kernel
 
-    monkeypatch.setattr(msd_kernel, "FRAMED_MAX_GROWTH", 0.0 if request.param == "padded taps" else math.inf)
+    layout, storage = request.param
+    monkeypatch.setattr(msd_kernel, "FRAMED_MAX_GROWTH", 0.0 if layout == "padded taps" else math.inf)
+    if storage == "maps-first":
+        monkeypatch.setattr(msd_kernel, "storage_for", lambda n, stored, products: msd_kernel.MapsFirst(n, stored))
     return request.param
 
 

@@ -104,3 +104,19 @@ def test_the_shifted_sums_adjoint_satisfies_the_inner_product_identity(kind, spa
     adjoint = torch.full_like(taps, float("nan"))  # every element must be written
     layout.shift_sum_adjoint(g, dilation, adjoint, Scratch(taps))
     assert torch.allclose((out * g).sum(), (taps * adjoint).sum(), rtol=1e-12)
+
+
+def test_the_batch_is_arranged_by_the_products_dtype():
+    from napari_msd.models.msd_kernel import MapsFirst, SampleMajor, storage_for
+
+    assert type(storage_for(4, (8, 8), torch.float32)) is SampleMajor  # MKL's float32 products: per sample
+    assert type(storage_for(4, (8, 8), torch.float64)) is SampleMajor
+    assert type(storage_for(4, (8, 8), torch.bfloat16)) is MapsFirst  # oneDNN's bfloat16: one product for all
+    for kind in (SampleMajor, MapsFirst):  # both hand the layouts (maps, N, *stored) views of the same values
+        store = kind(3, (4, 5))
+        t = store.empty(torch.empty(0), 6, torch.float64)
+        maps = store.maps(t)
+        assert maps.shape == (6, 3, 4, 5)
+        maps.copy_(torch.arange(360, dtype=torch.float64).view(6, 3, 4, 5))
+        assert torch.equal(store.maps(store.flat(t)), maps)
+        assert torch.equal(store.maps(store.rows(store.flat(t), 2, 4)), maps[2:4])

@@ -830,12 +830,23 @@ def test_an_msd_trained_with_bfloat16_products_learns_keeps_float32_weights_and_
 
 
 @pytest.mark.parametrize(("arch", "products"), [(MSD, "float32"), (UNET, "")], ids=["msd", "unet"])
-def test_the_tests_default_trains_in_float32_and_other_networks_name_no_products(arch, products, data, monkeypatch):
+def test_the_default_trains_in_float32_and_other_networks_name_no_products(arch, products, data, monkeypatch):
     calls = []
     monkeypatch.setattr(engine_module, "training_products", lambda dtype: calls.append(dtype) or _Held())
-    trainer = Trainer(data, _config(steps=2, **arch))  # precision "auto" follows NAPARI_MSD_PRECISION=float32 here
+    trainer = Trainer(data, _config(steps=2, **arch))
     events = list(trainer.run())
     assert events[0].products == products and calls == [torch.float32, torch.float32]
+
+
+def test_auto_products_follow_the_choice_of_forwards_without_gradients(data, monkeypatch):
+    from napari_msd.models import precision
+
+    monkeypatch.setenv("NAPARI_MSD_PRECISION", "auto")
+    monkeypatch.setattr(precision, "bfloat16_speedup", lambda: 3.0)  # as on a CPU with fast native bfloat16
+    assert Trainer(data, _config(steps=1, precision="auto")).products == torch.bfloat16
+    monkeypatch.setattr(precision, "bfloat16_speedup", lambda: 1.0)
+    assert Trainer(data, _config(steps=1, precision="auto")).products == torch.float32
+    assert Trainer(data, _config(steps=1)).products == torch.float32  # the default, wherever it runs
 
 
 class _Held:

@@ -14,8 +14,11 @@ Two layouts of the buffer (:func:`layout_for` picks one):
   shifted sum reads their windows directly: no padding per layer, at the price of the frame's share of every
   product (8% at 512 x 512, 2.3x for a 64^3 block).
 
-The buffer is maps-first, ``(maps, N, *stored)``: a map of every sample is one row of ``maps x (N * pixels)``, so
-every product is one plain matrix product over the whole batch (no per-sample loop, no broadcast batched product).
+Two arrangements of a batch in memory (:func:`storage_for` picks one by the products' dtype): :class:`SampleMajor`
+``(N, maps, *stored)``, whose products are batched matrix products, one per sample (MKL's float32 products run
+faster so), and :class:`MapsFirst` ``(maps, N, *stored)``, where a map of every sample is one row of
+``maps x (N * pixels)`` and every product is one plain matrix product over the whole batch (oneDNN's bfloat16
+products run faster so). The layouts see maps and taps as ``(C, N, *stored)`` views either way.
 
 Products may run in a lower precision than the parameters (``products``, :mod:`.precision`): bfloat16 on CPUs that
 multiply it natively several times faster. The maps are then stored in bfloat16 (each layer's shifted sum, bias and
@@ -137,8 +140,8 @@ class PaddedTaps:
         """Into ``out`` ``(N, *spatial)``: the sum of the taps ``(3**ndim, N, *stored)``, reflect-padded and each
         shifted by its kernel offset at ``dilation``."""
         frame = self._frames[dilation]
-        swap = not taps.is_contiguous() and taps.transpose(0, 1).is_contiguous()  # padded in its memory order:
-        source = taps.transpose(0, 1) if swap else taps  # torch's kernel would copy a transposed view first
+        swap = taps.stride(0) < taps.stride(1)  # sample-major taps: padded as (N, taps, ...), their memory order
+        source = taps.transpose(0, 1) if swap else taps
         padded = reflect_pad(source, dilation, taps.ndim - 2, out=scratch(*source.shape[:2], *frame.framed))
         _sum_windows(padded.transpose(0, 1) if swap else padded, self._windows[dilation], out)
 

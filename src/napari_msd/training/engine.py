@@ -137,8 +137,9 @@ class TrainConfig:
         0.0  # fine-tuning: weight of the parent's predictions on unlabeled pixels (training.distill),
     )
     #                              which then replace the forest teacher; 0 = off
-    precision: str = "auto"  # MS-D's products in training steps (models.precision): "auto" = bfloat16 on a CPU that
-    #                          multiplies it natively faster (or as NAPARI_MSD_PRECISION says), "float32", "bfloat16"
+    precision: str = "float32"  # MS-D's products in training steps (models.precision): "bfloat16" (1.2-1.6x faster
+    #                             steps where the CPU has it; lost on VNC, README), "auto" (as forwards without
+    #                             gradients choose: NAPARI_MSD_PRECISION, or bfloat16 where measured faster)
 
     def check(self) -> None:
         if self.steps is None and self.time_limit is None:
