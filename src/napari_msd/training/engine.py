@@ -137,7 +137,7 @@ class TrainConfig:
         0.0  # fine-tuning: weight of the parent's predictions on unlabeled pixels (training.distill),
     )
     #                              which then replace the forest teacher; 0 = off
-    precision: str = "float32"  # MS-D's products in training steps (models.precision): "bfloat16" (1.2-1.6x faster
+    precision: str = "float32"  # MS-D's products in training steps (models.precision): "bfloat16" (about 1.3x faster
     #                             steps where the CPU has it; lost on VNC, README), "auto" (as forwards without
     #                             gradients choose: NAPARI_MSD_PRECISION, or bfloat16 where measured faster)
 
