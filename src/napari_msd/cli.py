@@ -154,7 +154,7 @@ def _train_config(args: argparse.Namespace):
         seed=args.seed,
         prior_correction=args.prior_correction,
         forest_channels=args.forest_channels,
-        **({} if getattr(args, "precision", None) is None else {"precision": args.precision}),
+        **({} if args.precision is None else {"precision": args.precision}),
         class_names=args.class_names.split(",") if args.class_names else None,
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import threading
@@ -832,7 +833,9 @@ def test_an_msd_trained_with_bfloat16_products_learns_keeps_float32_weights_and_
 @pytest.mark.parametrize(("arch", "products"), [(MSD, "float32"), (UNET, "")], ids=["msd", "unet"])
 def test_the_default_trains_in_float32_and_other_networks_name_no_products(arch, products, data, monkeypatch):
     calls = []
-    monkeypatch.setattr(engine_module, "training_products", lambda dtype: calls.append(dtype) or _Held())
+    monkeypatch.setattr(
+        engine_module, "training_products", lambda dtype: calls.append(dtype) or contextlib.nullcontext()
+    )
     trainer = Trainer(data, _config(steps=2, **arch))
     events = list(trainer.run())
     assert events[0].products == products and calls == [torch.float32, torch.float32]
@@ -847,14 +850,6 @@ def test_auto_products_follow_the_choice_of_forwards_without_gradients(data, mon
     monkeypatch.setattr(precision, "bfloat16_speedup", lambda: 1.0)
     assert Trainer(data, _config(steps=1, precision="auto")).products == torch.float32
     assert Trainer(data, _config(steps=1)).products == torch.float32  # the default, wherever it runs
-
-
-class _Held:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 # -- the edge-aware loss --------------------------------------------------------------------------------------
